@@ -1,0 +1,221 @@
+"""`DiffusionGRPOConfig`: TRL's `GRPOConfig` plus what ParaRL needs."""
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+
+_ADVANTAGE_MODES = ("per_step", "trajectory_mean")
+_LIKELIHOODS = ("trajectory", "random_mask")
+_STEP_SELECTIONS = ("uniform", "stratified", "final", "fixed", "all")
+_SCHEDULES = ("linear", "cosine")
+_REMASKING = ("low_confidence", "random")
+_GUIDANCE_DROPS = ("prompt", "image", "both")
+_DECODE_ORDERS = ("parallel", "text_then_image", "image_then_text")
+
+
+@dataclass
+class DiffusionGRPOConfig(GRPOConfig):
+    r"""
+    Configuration class for [`DiffusionGRPOTrainer`]: ParaRL, GRPO with rewards at intermediate denoising steps of a
+    parallel multimodal masked-diffusion model.
+
+    Every [`~trl.GRPOConfig`] field keeps its meaning and default, with these ParaRL readings:
+
+    - `num_generations` (G) counts rollouts per prompt; `per_device_train_batch_size` counts *rollouts* per device and
+      micro-step. Each rollout becomes `num_reward_steps` loss rows (one per selected step), so a micro-step's loss
+      sees `per_device_train_batch_size * num_reward_steps` rows. TRL's divisibility rules are unchanged: the global
+      generation batch (`per_device_train_batch_size * num_processes * steps_per_generation`) must be a multiple of
+      `num_generations`.
+    - `temperature` is the default of both modality temperatures; `top_k` (0 = off) filters both modalities.
+    - `max_completion_length` is ignored: the output length is fixed by the model's sequence preset.
+    - `beta`, `epsilon`, `loss_type`, `num_iterations`, `scale_rewards`, `reward_weights` and
+      `multi_objective_aggregation` act on (rollout, step) rows exactly as TRL's act on completions.
+
+    Parameters that control the rollout (parallel decoding):
+
+    > Parameters that control the rollout
+
+    diffusion_steps (`int`, *optional*, defaults to `64`):
+        Number of denoising steps of the shared step axis (one model forward each).
+    block_length (`int` or `None`, *optional*, defaults to `None`):
+        Semi-autoregressive text blocks (LLaDA style; the paper uses 64). `None` decodes the text span as one block,
+        like the released samplers. Must divide the text span, and the number of blocks must divide
+        `diffusion_steps`.
+    text_schedule (`str`, *optional*, defaults to `"linear"`):
+        Text reveal schedule: `"linear"` or `"cosine"`.
+    image_schedule (`str`, *optional*, defaults to `"cosine"`):
+        Image reveal schedule: `"cosine"` (MaskGIT) or `"linear"`.
+    image_start (`float`, *optional*, defaults to `0.0`):
+        Fraction of the step axis before the image schedule starts (the released samplers use `0.25`).
+    text_temperature (`float` or `None`, *optional*, defaults to `None`):
+        Text sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.
+    image_temperature (`float` or `None`, *optional*, defaults to `None`):
+        Image sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.
+    remasking (`str`, *optional*, defaults to `"low_confidence"`):
+        Which masked positions a step reveals: the most confident (`"low_confidence"`) or random ones (`"random"`).
+    text_guidance_scale (`float`, *optional*, defaults to `0.0`):
+        Classifier-free guidance on text logits (0 = off). Guidance makes the behaviour policy differ from the
+        model's own distribution, so training rollouts keep it off by default.
+    image_guidance_scale (`float`, *optional*, defaults to `0.0`):
+        Classifier-free guidance on image logits (0 = off).
+    guidance_drop (`str`, *optional*, defaults to `"both"`):
+        What the unconditional rows drop: `"prompt"`, `"image"` or `"both"`.
+    decode_order (`str`, *optional*, defaults to `"parallel"`):
+        `"parallel"` or the sequential baselines `"text_then_image"` / `"image_then_text"`.
+
+    > Parameters that control the ParaRL objective
+
+    num_reward_steps (`int`, *optional*, defaults to `3`):
+        Steps s per rollout at which rewards are computed (the paper's sparse steps; s = 3).
+    reward_step_selection (`str`, *optional*, defaults to `"uniform"`):
+        How the s steps are drawn, fresh per prompt group and shared by its rollouts: `"uniform"`, `"stratified"`
+        (one per equal segment), `"final"` (the last step only: output-level RL, the paper's baseline; forces
+        `num_reward_steps=1`), `"fixed"` (`reward_steps`) or `"all"` (every step).
+    reward_steps (`list[int]` or `None`, *optional*, defaults to `None`):
+        The steps for `reward_step_selection="fixed"` (0-based).
+    advantage_mode (`str`, *optional*, defaults to `"per_step"`):
+        `"per_step"`: z-score over the group at the same step (paper Eq. 4). `"trajectory_mean"`: z-score of each
+        rollout's mean reward over its selected steps (paper Fig. 4), shared by its steps.
+    likelihood (`str`, *optional*, defaults to `"trajectory"`):
+        `"trajectory"`: the exact conditional likelihood of the tokens revealed at step k given the state before
+        step k. `"random_mask"`: MMaDA UniGRPO's estimator (a random mask ratio per row, masked output tokens scored
+        given the rest), for comparison.
+    reward_clip (`float`, *optional*, defaults to `1.0`):
+        Clip constant c of the reward normalisation: z clipped to [-c, c], then mapped to [0, 1].
+    reward_calibration_fraction (`float`, *optional*, defaults to `0.01`):
+        Fraction of the training prompts rolled out once before training to estimate the normalisation mean and
+        std of every reward that has an unfitted `normalizer`.
+    reward_mean (`float` or `None`, *optional*, defaults to `None`):
+        Known normalisation mean (skips calibration when `reward_std` is also given).
+    reward_std (`float` or `None`, *optional*, defaults to `None`):
+        Known normalisation std.
+    grey_unrevealed (`bool`, *optional*, defaults to `False`):
+        Paint image cells that are still masked at the reward step grey instead of showing the x0 estimate.
+    log_trajectory_pictures (`bool`, *optional*, defaults to `True`):
+        Every `logging_steps`, draw one rollout's trajectory to `<output_dir>/trajectories/` and to `report_to`.
+    """
+
+    _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS
+
+    # Rollout
+    diffusion_steps: int = field(
+        default=64, metadata={"help": "Number of denoising steps of the shared step axis (one forward each)."}
+    )
+    block_length: int | None = field(
+        default=None,
+        metadata={"help": "Semi-autoregressive text block length; None decodes the text span as one block."},
+    )
+    text_schedule: str = field(default="linear", metadata={"help": "Text reveal schedule.", "choices": list(_SCHEDULES)})
+    image_schedule: str = field(
+        default="cosine", metadata={"help": "Image reveal schedule.", "choices": list(_SCHEDULES)}
+    )
+    image_start: float = field(
+        default=0.0, metadata={"help": "Fraction of the step axis before the image schedule starts."}
+    )
+    text_temperature: float | None = field(
+        default=None, metadata={"help": "Text sampling temperature; None uses `temperature`."}
+    )
+    image_temperature: float | None = field(
+        default=None, metadata={"help": "Image sampling temperature; None uses `temperature`."}
+    )
+    remasking: str = field(
+        default="low_confidence",
+        metadata={"help": "Which masked positions a step reveals.", "choices": list(_REMASKING)},
+    )
+    text_guidance_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance on text (0 = off)."})
+    image_guidance_scale: float = field(
+        default=0.0, metadata={"help": "Classifier-free guidance on the image (0 = off)."}
+    )
+    guidance_drop: str = field(
+        default="both",
+        metadata={"help": "What the unconditional rows drop.", "choices": list(_GUIDANCE_DROPS)},
+    )
+    decode_order: str = field(
+        default="parallel", metadata={"help": "Decoding order.", "choices": list(_DECODE_ORDERS)}
+    )
+
+    # ParaRL objective
+    num_reward_steps: int = field(default=3, metadata={"help": "Steps per rollout at which rewards are computed."})
+    reward_step_selection: str = field(
+        default="uniform",
+        metadata={"help": "How the reward steps are drawn per prompt group.", "choices": list(_STEP_SELECTIONS)},
+    )
+    reward_steps: list[int] | None = field(
+        default=None, metadata={"help": "The steps for reward_step_selection='fixed' (0-based)."}
+    )
+    advantage_mode: str = field(
+        default="per_step",
+        metadata={"help": "Group z-score per step, or of the trajectory mean.", "choices": list(_ADVANTAGE_MODES)},
+    )
+    likelihood: str = field(
+        default="trajectory",
+        metadata={"help": "Per-token likelihood estimator.", "choices": list(_LIKELIHOODS)},
+    )
+    reward_clip: float = field(default=1.0, metadata={"help": "Clip constant c of the reward normalisation."})
+    reward_calibration_fraction: float = field(
+        default=0.01, metadata={"help": "Fraction of training prompts used to calibrate reward normalisers."}
+    )
+    reward_mean: float | None = field(default=None, metadata={"help": "Known normalisation mean."})
+    reward_std: float | None = field(default=None, metadata={"help": "Known normalisation std."})
+    grey_unrevealed: bool = field(
+        default=False, metadata={"help": "Grey out still-masked image cells in reward images."}
+    )
+    log_trajectory_pictures: bool = field(
+        default=True, metadata={"help": "Draw a trajectory picture every logging_steps."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        choices = {
+            "text_schedule": _SCHEDULES,
+            "image_schedule": _SCHEDULES,
+            "remasking": _REMASKING,
+            "guidance_drop": _GUIDANCE_DROPS,
+            "decode_order": _DECODE_ORDERS,
+            "reward_step_selection": _STEP_SELECTIONS,
+            "advantage_mode": _ADVANTAGE_MODES,
+            "likelihood": _LIKELIHOODS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}.")
+        if self.diffusion_steps < 1:
+            raise ValueError(f"diffusion_steps must be >= 1, got {self.diffusion_steps}.")
+        if self.block_length is not None and self.block_length < 1:
+            raise ValueError(f"block_length must be a positive integer or None, got {self.block_length}.")
+        if not 0.0 <= self.image_start < 1.0:
+            raise ValueError(f"image_start must be in [0, 1), got {self.image_start}.")
+        for name in ("temperature", "text_temperature", "image_temperature"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(
+                    f"{name}={value}: ParaRL scores the rollout's own sampling distribution, which greedy decoding "
+                    "(temperature 0) does not have; use a temperature > 0."
+                )
+        if self.reward_step_selection == "final":
+            self.num_reward_steps = 1
+        elif self.reward_step_selection == "all":
+            self.num_reward_steps = self.diffusion_steps
+        elif self.reward_step_selection == "fixed":
+            if not self.reward_steps:
+                raise ValueError("reward_step_selection='fixed' needs reward_steps, e.g. reward_steps=[7, 15, 31].")
+            if any(not 0 <= step < self.diffusion_steps for step in self.reward_steps):
+                raise ValueError(f"reward_steps {self.reward_steps} must lie in [0, diffusion_steps={self.diffusion_steps}).")
+            self.num_reward_steps = len(set(self.reward_steps))
+        if not 1 <= self.num_reward_steps <= self.diffusion_steps:
+            raise ValueError(
+                f"num_reward_steps={self.num_reward_steps} must be between 1 and diffusion_steps={self.diffusion_steps}."
+            )
+        if self.reward_clip <= 0:
+            raise ValueError(f"reward_clip must be > 0, got {self.reward_clip}.")
+        if not 0.0 <= self.reward_calibration_fraction <= 1.0:
+            raise ValueError(f"reward_calibration_fraction must be in [0, 1], got {self.reward_calibration_fraction}.")
+        if (self.reward_mean is None) != (self.reward_std is None):
+            raise ValueError("Give both reward_mean and reward_std, or neither (then they are calibrated).")
+        if self.reward_std is not None and self.reward_std < 0:
+            raise ValueError(f"reward_std must be >= 0, got {self.reward_std}.")
+        if self.text_temperature is None:
+            self.text_temperature = self.temperature
+        if self.image_temperature is None:
+            self.image_temperature = self.temperature

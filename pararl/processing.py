@@ -1,0 +1,388 @@
+"""Unified multimodal vocabulary and the thinking-aware sequence template.
+
+One sequence = input part + output part, under full bidirectional attention:
+
+- input part:  ``<task> [<soi> input-image-codes <eoi>] <bos> instruction <eos> [pad ...]``
+- output part: ``<soi> output-image-codes <eoi> <bos> text-span``
+
+The text span has a fixed length ``max_reasoning_tokens`` and holds the reasoning, ``<eos>``, then
+``text_fill_token_id`` up to its end (MMaDA-Parallel-M fills with ``<eos>``). Every output sequence of a preset
+therefore has the same length and the same layout, which keeps the rollout free of per-sample shapes. Image code
+``c`` becomes token ``image_token_offset + c``; presets with ``image_row_end_token_id`` (MMaDA-Parallel-A) put that
+token after every image row. Only image and text slots of the output part are ever masked.
+
+The input part is right-padded to the batch maximum with ``pad_token_id`` and a 0 in ``attention_mask``, so every
+output part starts at the same column. The model masks padded keys and derives positions from the mask, so the
+padding changes nothing. Presets that reproduce a released layout (``pad_prompt_to_max``) instead fill the
+instruction up to its budget with attended ``text_fill_token_id`` tokens, as the released code does.
+
+Unconditional rows (classifier-free guidance and conditioning dropout) are built here and nowhere else:
+``drop_prompt`` turns the instruction into the empty one (``<bos> <eos>``) and ``drop_image`` removes the whole
+``<soi> codes <eoi>`` span of the input image. The rollout's guidance rows and the SFT dropout both call
+:meth:`ParallelProcessor.encode_prompts` with these flags, so training and sampling agree on what "unconditional"
+means.
+"""
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from .models.image_tokenizers import ImageTokenizer
+
+
+__all__ = ["SequencePreset", "ParallelProcessor", "MMADA_PARALLEL_M", "MMADA_PARALLEL_A"]
+
+ImageInput = Image.Image | torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class SequencePreset:
+    """Token ids and budgets of one model family's sequence layout.
+
+    Args:
+        name (`str`): Preset name, e.g. `"toy"` or `"mmada-parallel-m"`.
+        mask_token_id (`int`): The `[MASK]` token.
+        image_token_offset (`int`): Image code `c` is token `image_token_offset + c`.
+        codebook_size (`int`): Number of image codes.
+        image_grid (`tuple[int, int]`): Code grid `(rows, cols)` of one image.
+        soi_token_id / eoi_token_id (`int`): Start / end of an image span.
+        bos_token_id / eos_token_id (`int`): Start / end of a text span.
+        pad_token_id (`int`): Token used to right-pad input parts (never attended).
+        text_fill_token_id (`int`): Fills the output text span after the reasoning's `<eos>`.
+        task_token_ids (`dict[str, int]`): Task name (`"edit"`, `"generate"`) to its task token.
+        max_prompt_tokens (`int`): Instruction budget in tokens (without `<bos>`/`<eos>`).
+        max_reasoning_tokens (`int`): Length of the output text span (reasoning + `<eos>` + fill).
+        image_row_end_token_id (`int` or `None`, defaults to `None`): Token after every image row, if the family
+            uses one (MMaDA-Parallel-A's newline).
+        pad_prompt_to_max (`bool`, defaults to `False`): Fill every instruction to `max_prompt_tokens + 1` text
+            tokens with attended `text_fill_token_id` tokens, as the released MMaDA-Parallel-M code does.
+    """
+
+    name: str
+    mask_token_id: int
+    image_token_offset: int
+    codebook_size: int
+    image_grid: tuple[int, int]
+    soi_token_id: int
+    eoi_token_id: int
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    text_fill_token_id: int
+    task_token_ids: dict[str, int] = field(default_factory=dict)
+    max_prompt_tokens: int = 64
+    max_reasoning_tokens: int = 64
+    image_row_end_token_id: int | None = None
+    pad_prompt_to_max: bool = False
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.image_grid[0] * self.image_grid[1]
+
+    @property
+    def text_vocab_range(self) -> tuple[int, int]:
+        """Vocabulary columns that text slots are sampled from (the mask column is excluded by the sampler)."""
+        return (0, self.image_token_offset)
+
+    @property
+    def image_vocab_range(self) -> tuple[int, int]:
+        """Vocabulary columns of the image codebook."""
+        return (self.image_token_offset, self.image_token_offset + self.codebook_size)
+
+    @property
+    def sentinel_token_ids(self) -> dict[str, int]:
+        ids = {
+            "mask_token_id": self.mask_token_id,
+            "soi_token_id": self.soi_token_id,
+            "eoi_token_id": self.eoi_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "text_fill_token_id": self.text_fill_token_id,
+        }
+        ids.update({f"task_token_ids[{task!r}]": token for task, token in self.task_token_ids.items()})
+        if self.image_row_end_token_id is not None:
+            ids["image_row_end_token_id"] = self.image_row_end_token_id
+        return ids
+
+
+# MMaDA-Parallel-M (MMaDA-8B-MixCoT + MAGVIT-v2): ids from the released prompting utilities; the instruction and
+# the reasoning each get a 256-token text budget (BOS and EOS included), filled with EOS.
+MMADA_PARALLEL_M = SequencePreset(
+    name="mmada-parallel-m",
+    mask_token_id=126336,
+    image_token_offset=126349,
+    codebook_size=8192,
+    image_grid=(32, 32),
+    soi_token_id=126084,
+    eoi_token_id=126085,
+    bos_token_id=126080,
+    eos_token_id=126081,
+    pad_token_id=126081,
+    text_fill_token_id=126081,
+    task_token_ids={"edit": 126095, "generate": 126088},
+    max_prompt_tokens=254,
+    max_reasoning_tokens=255,
+    pad_prompt_to_max=True,
+)
+
+# MMaDA-Parallel-A (Lumina-DiMOO + aMUSEd VQ): image codes at 126356 and a newline token after each row. Its prompt
+# markup is literal text; the sentinels below are Lumina-DiMOO's (BOI/EOI, answer start as text BOS, answer end).
+MMADA_PARALLEL_A = SequencePreset(
+    name="mmada-parallel-a",
+    mask_token_id=126336,
+    image_token_offset=126356,
+    codebook_size=8192,
+    image_grid=(32, 32),
+    soi_token_id=126349,
+    eoi_token_id=126350,
+    bos_token_id=126354,
+    eos_token_id=126355,
+    pad_token_id=126339,
+    text_fill_token_id=126355,
+    task_token_ids={"edit": 126351, "generate": 126351},
+    max_prompt_tokens=512,
+    max_reasoning_tokens=256,
+    image_row_end_token_id=126084,
+)
+
+
+class ParallelProcessor:
+    """Builds input and output parts of thinking-aware sequences and decodes any output state.
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]): Text tokenizer of the unified vocabulary.
+        image_tokenizer ([`~pararl.models.image_tokenizers.ImageTokenizer`]): Image (VQ) tokenizer.
+        preset ([`SequencePreset`]): Token ids and budgets.
+        truncate_prompt (`bool`, defaults to `False`): Truncate instructions over the budget with a warning instead
+            of raising.
+        truncate_reasoning (`bool`, defaults to `False`): Same for reasoning texts given to `encode_outputs`.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        image_tokenizer: ImageTokenizer,
+        preset: SequencePreset,
+        truncate_prompt: bool = False,
+        truncate_reasoning: bool = False,
+    ):
+        self.tokenizer = tokenizer
+        self.image_tokenizer = image_tokenizer
+        self.preset = preset
+        self.truncate_prompt = truncate_prompt
+        self.truncate_reasoning = truncate_reasoning
+        self._check_compatible()
+
+        rows, cols = preset.image_grid
+        row_end = preset.image_row_end_token_id
+        # Output layout: <soi> image slots (+ row ends) <eoi> <bos> text span.
+        image_span = []
+        for _ in range(rows):
+            image_span += [preset.mask_token_id] * cols + ([row_end] if row_end is not None else [])
+        template = [preset.soi_token_id, *image_span, preset.eoi_token_id, preset.bos_token_id]
+        text_start = len(template)
+        template += [preset.mask_token_id] * preset.max_reasoning_tokens
+        self._output_template = torch.tensor(template, dtype=torch.long)
+        slot_is_mask = self._output_template == preset.mask_token_id
+        self.text_positions = torch.arange(text_start, len(template))
+        self.image_positions = torch.nonzero(slot_is_mask[:text_start]).squeeze(-1)
+        self.maskable_mask = slot_is_mask
+        self.output_length = len(template)
+
+    # ----------------------------------------------------------------------------------------------- validation
+    def _check_compatible(self) -> None:
+        preset, tokenizer = self.preset, self.tokenizer
+        grid = tuple(self.image_tokenizer.grid_shape)
+        if grid != tuple(preset.image_grid):
+            raise ValueError(f"image tokenizer grid {grid} does not match preset {preset.name!r} image_grid {preset.image_grid}.")
+        if self.image_tokenizer.codebook_size != preset.codebook_size:
+            raise ValueError(
+                f"image tokenizer codebook_size {self.image_tokenizer.codebook_size} does not match preset "
+                f"{preset.name!r} codebook_size {preset.codebook_size}."
+            )
+        if preset.max_reasoning_tokens < 2:
+            raise ValueError("preset max_reasoning_tokens must be >= 2 (room for one token and <eos>).")
+        text_vocab = len(tokenizer)
+        for field_name, token_id in preset.sentinel_token_ids.items():
+            if not 0 <= token_id < text_vocab:
+                raise ValueError(
+                    f"tokenizer is missing the special token for {field_name} (id {token_id}); its vocabulary has "
+                    f"{text_vocab} tokens. Use the tokenizer that belongs to preset {preset.name!r}."
+                )
+        for attr in ("bos_token_id", "eos_token_id", "mask_token_id"):
+            tok_id = getattr(tokenizer, attr, None)
+            if tok_id is not None and tok_id != getattr(preset, attr):
+                raise ValueError(
+                    f"tokenizer.{attr} is {tok_id} but preset {preset.name!r} uses {getattr(preset, attr)}; "
+                    "the tokenizer and the preset must describe the same vocabulary."
+                )
+
+    def _image_codes(self, images: Sequence[ImageInput], field_name: str) -> list[torch.Tensor | None]:
+        """Turns PIL images or code grids into validated (rows, cols) code grids, encoding PIL images in one batch."""
+        codes: list[torch.Tensor | None] = [None] * len(images)
+        pil_index = [i for i, image in enumerate(images) if isinstance(image, Image.Image)]
+        if pil_index:
+            encoded = self.image_tokenizer.encode([images[i] for i in pil_index])
+            for i, grid in zip(pil_index, encoded):
+                codes[i] = grid
+        grid_shape = tuple(self.preset.image_grid)
+        for i, image in enumerate(images):
+            if image is None or isinstance(image, Image.Image):
+                continue
+            grid = torch.as_tensor(image)
+            if grid.dim() == 1 and grid.numel() == self.preset.num_image_tokens:
+                grid = grid.view(grid_shape)
+            if tuple(grid.shape) != grid_shape:
+                raise ValueError(f"{field_name}[{i}]: image codes have shape {tuple(grid.shape)}, expected {grid_shape}.")
+            if grid.dtype.is_floating_point or grid.min() < 0 or grid.max() >= self.preset.codebook_size:
+                raise ValueError(
+                    f"{field_name}[{i}]: image codes must be integers in [0, {self.preset.codebook_size}) "
+                    f"(got min {grid.min().item()}, max {grid.max().item()})."
+                )
+            codes[i] = grid.long()
+        return codes
+
+    def _text_ids(self, texts: Sequence[str], budget: int, truncate: bool, field_name: str) -> list[list[int]]:
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        for i, row in enumerate(ids):
+            if len(row) > budget:
+                if not truncate:
+                    raise ValueError(
+                        f"{field_name}[{i}] has {len(row)} tokens, over the budget of {budget} of preset "
+                        f"{self.preset.name!r}; shorten it or pass truncate_{field_name.split('[')[0]}=True."
+                    )
+                warnings.warn(f"{field_name}[{i}] truncated from {len(row)} to {budget} tokens.", stacklevel=3)
+                ids[i] = row[:budget]
+        return ids
+
+    def _image_span(self, grid: torch.Tensor) -> list[int]:
+        tokens = (grid + self.preset.image_token_offset).tolist()
+        row_end = self.preset.image_row_end_token_id
+        span = [self.preset.soi_token_id]
+        for row in tokens:
+            span += row + ([row_end] if row_end is not None else [])
+        return span + [self.preset.eoi_token_id]
+
+    # --------------------------------------------------------------------------------------------------- encode
+    def encode_prompts(
+        self,
+        prompts: Sequence[str],
+        images: Sequence[ImageInput] | None = None,
+        tasks: Sequence[str | None] | None = None,
+        drop_prompt: Sequence[bool] | None = None,
+        drop_image: Sequence[bool] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Builds the input parts of a batch.
+
+        Args:
+            prompts: Instructions.
+            images: Per row an input image (PIL), its code grid `(rows, cols)`, or `None` (generation).
+            tasks: Per row `"edit"` or `"generate"`; defaults to `"edit"` where an image is given.
+            drop_prompt: Per row, replace the instruction by the empty one (unconditional row).
+            drop_image: Per row, leave out the input image span (unconditional row).
+
+        Returns:
+            `{"input_ids": LongTensor (B, L_in), "attention_mask": LongTensor (B, L_in)}`, right-padded.
+        """
+        batch = len(prompts)
+        images = list(images) if images is not None else [None] * batch
+        tasks = list(tasks) if tasks is not None else [None] * batch
+        drop_prompt = list(drop_prompt) if drop_prompt is not None else [False] * batch
+        drop_image = list(drop_image) if drop_image is not None else [False] * batch
+        for name, values in (("images", images), ("tasks", tasks), ("drop_prompt", drop_prompt), ("drop_image", drop_image)):
+            if len(values) != batch:
+                raise ValueError(f"{name} has {len(values)} entries but there are {batch} prompts.")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompts[{i}] must be a string, got {type(prompt).__name__}.")
+
+        preset = self.preset
+        codes = self._image_codes(images, "images")
+        text_ids = self._text_ids(prompts, preset.max_prompt_tokens, self.truncate_prompt, "prompt")
+        rows = []
+        for i in range(batch):
+            task = tasks[i] or ("edit" if codes[i] is not None else "generate")
+            if task not in preset.task_token_ids:
+                raise ValueError(f"tasks[{i}] is {task!r}; preset {preset.name!r} knows {sorted(preset.task_token_ids)}.")
+            row = [preset.task_token_ids[task]]
+            if codes[i] is not None and not drop_image[i]:
+                row += self._image_span(codes[i])
+            instruction = [] if drop_prompt[i] else text_ids[i]
+            row += [preset.bos_token_id, *instruction, preset.eos_token_id]
+            if preset.pad_prompt_to_max:
+                row += [preset.text_fill_token_id] * (preset.max_prompt_tokens - len(instruction))
+            rows.append(row)
+
+        length = max(len(row) for row in rows)
+        input_ids = torch.full((batch, length), preset.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def encode_outputs(self, reasoning: Sequence[str], images: Sequence[ImageInput]) -> torch.Tensor:
+        """Builds target output parts (for SFT and tests): `LongTensor (B, L_out)`."""
+        if len(reasoning) != len(images):
+            raise ValueError(f"reasoning has {len(reasoning)} entries but images has {len(images)}.")
+        for i, image in enumerate(images):
+            if image is None:
+                raise ValueError(f"output images[{i}] is missing; every output part needs an image.")
+        preset = self.preset
+        codes = self._image_codes(images, "output images")
+        text_ids = self._text_ids(reasoning, preset.max_reasoning_tokens - 1, self.truncate_reasoning, "reasoning")
+        outputs = self.masked_outputs(len(reasoning))
+        grids = torch.stack(codes).view(len(codes), -1)
+        outputs[:, self.image_positions] = grids + preset.image_token_offset
+        text = torch.full((len(reasoning), preset.max_reasoning_tokens), preset.text_fill_token_id, dtype=torch.long)
+        for i, row in enumerate(text_ids):
+            text[i, : len(row) + 1] = torch.tensor([*row, preset.eos_token_id], dtype=torch.long)
+        outputs[:, self.text_positions] = text
+        return outputs
+
+    def masked_outputs(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """The fully masked output part (sentinels fixed): the rollout's starting state."""
+        return self._output_template.to(device).expand(batch_size, -1).clone()
+
+    # --------------------------------------------------------------------------------------------------- decode
+    def decode_text(self, output_ids: torch.Tensor) -> list[str]:
+        """Decodes the text span of output states: masks dropped, cut at the first `<eos>`, specials skipped."""
+        text = output_ids[:, self.text_positions.to(output_ids.device)].tolist()
+        texts = []
+        for row in text:
+            row = [token for token in row if token != self.preset.mask_token_id]
+            if self.preset.eos_token_id in row:
+                row = row[: row.index(self.preset.eos_token_id)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    def image_codes(self, output_ids: torch.Tensor) -> torch.Tensor:
+        """Image code grids `(B, rows, cols)` of output states; -1 where a slot holds no image token (masked)."""
+        tokens = output_ids[:, self.image_positions.to(output_ids.device)] - self.preset.image_token_offset
+        valid = (tokens >= 0) & (tokens < self.preset.codebook_size)
+        return torch.where(valid, tokens, -1).view(-1, *self.preset.image_grid)
+
+    def decode_images(self, codes: torch.Tensor, grey_unknown: bool = True) -> torch.Tensor:
+        """Decodes code grids `(B, rows, cols)` (-1 = unknown) to images `(B, 3, H, W)` in [0, 1].
+
+        Unknown cells are decoded as code 0 and, with `grey_unknown`, painted mid-grey afterwards.
+        """
+        unknown = codes < 0
+        pixels = self.image_tokenizer.decode(codes.clamp(min=0))
+        if grey_unknown and unknown.any():
+            height, width = pixels.shape[-2:]
+            rows, cols = codes.shape[-2:]
+            cell_mask = unknown.repeat_interleave(height // rows, dim=1).repeat_interleave(width // cols, dim=2)
+            pixels = pixels.masked_fill(cell_mask.unsqueeze(1).to(pixels.device), 0.5)
+        return pixels
+
+    def concat(self, inputs: dict[str, torch.Tensor], output_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Full sequences `input part + output part` with their attention mask (output slots always attended)."""
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        ids = torch.cat([input_ids, output_ids.to(input_ids.device)], dim=1)
+        mask = torch.cat([attention_mask, torch.ones_like(output_ids, device=attention_mask.device)], dim=1)
+        return {"input_ids": ids, "attention_mask": mask}
