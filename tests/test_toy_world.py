@@ -1,0 +1,190 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from pararl.toy import (
+    CATEGORIES,
+    MAX_PROMPT_WORDS,
+    MAX_REASONING_WORDS,
+    build_toy_dataset,
+    build_toy_tokenizer,
+    combination_key,
+    describe_scene,
+    generate_samples,
+    is_held_out,
+    load_toy_tokenizer,
+    parse_scene,
+    render_scene,
+    scene_codes,
+    toy_image_tokenizer,
+    toy_preset,
+)
+from pararl.toy.world import BUILDERS, KNOWLEDGE, SHAPES, TOY_COLOURS, ToyObject
+
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def train():
+    return generate_samples("train", N, seed=0)
+
+
+@pytest.fixture(scope="module")
+def test():
+    return generate_samples("test", N, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_toy_tokenizer()
+
+
+def _signature(samples):
+    return [(s.prompt, s.reasoning, s.input_objects, s.output_objects) for s in samples]
+
+
+def test_seed_determinism(train):
+    assert _signature(generate_samples("train", 200, seed=0)) == _signature(train[:200])  # prefix-stable too
+    assert _signature(generate_samples("train", 200, seed=1)) != _signature(train[:200])
+    first, again = build_toy_dataset("test", 30, seed=3), build_toy_dataset("test", 30, seed=3)
+    assert first["prompt"] == again["prompt"] and first["answer"] == again["answer"]
+    assert [img.tobytes() for img in first["output_image"]] == [img.tobytes() for img in again["output_image"]]
+    assert build_toy_dataset("test", 30, seed=4)["answer"] != first["answer"]
+
+
+def test_held_out_combinations_are_disjoint(train, test):
+    train_keys = {s.combination for s in train}
+    test_keys = {s.combination for s in test}
+    assert not train_keys & test_keys
+    assert not any(is_held_out(*key) for key in train_keys)
+    assert all(is_held_out(*key) for key in test_keys)
+    # The rule keeps every shape and colour in training within every category.
+    for category in CATEGORIES:
+        assert {k[1] for k in train_keys if k[0] == category} == set(SHAPES)
+        assert {k[2] for k in train_keys if k[0] == category} == set(TOY_COLOURS)
+    # Every template reaches both splits, and the two splits together cover every combination.
+    templates = {builder.__name__ for builders in BUILDERS.values() for builder in builders}
+    assert len({s.template for s in train}) == len({s.template for s in test}) == len(templates)
+    assert len(train_keys | test_keys) == len(CATEGORIES) * len(SHAPES) * len(TOY_COLOURS)
+
+
+def test_every_category_and_budgets(train, test):
+    for samples in (train, test):
+        assert {s.category for s in samples} == set(CATEGORIES)
+        for s in samples:
+            assert s.prompt == s.prompt.lower() and s.reasoning == s.reasoning.lower()
+            assert len(s.prompt.split()) <= MAX_PROMPT_WORDS
+            assert len(s.reasoning.split()) <= MAX_REASONING_WORDS
+            assert (s.task == "generate") == (s.category == "generation") == (s.input_objects is None)
+
+
+def test_scenes_render_parse_and_answers_are_consistent(train, test):
+    image_tokenizer = toy_image_tokenizer()
+    samples = train[:200] + test[:200]
+    targets = [render_scene(s.output_objects) for s in samples]
+    codes = image_tokenizer.encode(targets)
+    assert torch.equal(codes, torch.stack([scene_codes(s.output_objects) for s in samples]))
+    for s, grid in zip(samples, codes):
+        assert tuple(parse_scene(grid)) == s.output_objects
+        answer = json.loads(s.to_row()["answer"]) if s is samples[0] else s.answer()
+        assert combination_key(json.dumps(answer)) == s.combination
+        assert [ToyObject.from_dict(o) for o in answer["objects"]] == list(s.output_objects)
+        for keyword in answer["keywords"]:
+            assert f" {keyword} " in f" {s.reasoning} "
+        if s.input_objects is not None:
+            source = scene_codes(s.input_objects)
+            assert tuple(parse_scene(render_scene(s.input_objects))) == s.input_objects
+            assert not torch.equal(source, grid), "an edit must change the image"
+            unchanged = torch.zeros(64, dtype=torch.bool)
+            unchanged[answer["unchanged_cells"]] = True
+            assert torch.equal(unchanged, (source == grid).flatten())
+            # Input scenes name objects by colour and shape: every such pair is unique.
+            pairs = [(o.shape, o.colour) for o in s.input_objects]
+            assert len(set(pairs)) == len(pairs)
+
+
+def test_reasoning_states_the_knowledge(train):
+    for s in train:
+        if s.template in ("recolour", "add_known", "remove_known", "draw_known"):
+            source = s.prompt.split(" of ")[1].split()[0]
+            assert s.reasoning.startswith(f"{source} is {KNOWLEDGE[source]} ")
+            assert s.focus[1] == KNOWLEDGE[source]
+
+
+def test_dataset_columns_and_images():
+    ds = build_toy_dataset("train", 24, seed=0)
+    assert ds.column_names == ["prompt", "image", "task", "category", "reasoning", "output_image", "answer"]
+    rows = list(ds)
+    assert {row["category"] for row in rows} == set(CATEGORIES)
+    for row, sample in zip(rows, generate_samples("train", 24, seed=0)):
+        assert row["prompt"] == sample.prompt and row["reasoning"] == sample.reasoning
+        assert isinstance(row["output_image"], Image.Image) and row["output_image"].size == (32, 32)
+        assert parse_scene(row["output_image"]) == list(sample.output_objects)
+        if row["task"] == "generate":
+            assert row["image"] is None
+        else:
+            assert parse_scene(row["image"]) == list(sample.input_objects)
+        assert combination_key(row) == sample.combination
+
+
+def test_parse_scene_rejects_invalid_scenes():
+    codes = scene_codes([ToyObject("bar", "green", 4)])
+    lane = codes.clone()
+    lane[2, 0] = 1
+    with pytest.raises(ValueError, match=r"row 2, col 0"):
+        parse_scene(lane)
+    assert parse_scene(lane, strict=False) == [ToyObject("bar", "green", 4)]
+    mixed = codes.clone()
+    mixed[3, 3] = 2  # half red, half green
+    with pytest.raises(ValueError, match="middle centre"):
+        parse_scene(mixed)
+    assert parse_scene(mixed, strict=False) == []
+    masked = codes.clone()
+    masked[3, 4] = -1  # a still-masked cell: the slot cannot be read
+    assert parse_scene(masked, strict=False) == []
+    with pytest.raises(ValueError, match="middle centre"):
+        parse_scene(masked)
+    assert describe_scene([]) == "an empty picture ."
+
+
+def test_tokenizer_saved_copy_equals_rebuilt(tokenizer):
+    rebuilt = build_toy_tokenizer()
+    assert tokenizer.get_vocab() == rebuilt.get_vocab()
+    assert tokenizer.backend_tokenizer.to_str() == rebuilt.backend_tokenizer.to_str()
+    assert tokenizer.all_special_tokens == rebuilt.all_special_tokens
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>", "<mask>", "<soi>", "<eoi>", "<edit>", "<generate>"]
+    assert tokenizer.convert_tokens_to_ids(specials) == list(range(9))
+    ids = (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    assert ids + (tokenizer.unk_token_id, tokenizer.mask_token_id) == (0, 1, 2, 3, 4)
+    assert len(tokenizer) < 256
+    assert len(tokenizer) == toy_preset().image_token_offset
+
+
+def test_tokenizer_never_yields_unk(tokenizer, train, test):
+    texts = [t for s in train + test for t in (s.prompt, s.reasoning)]
+    texts += [describe_scene(s.output_objects) for s in train[:500]]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    unk = tokenizer.unk_token_id
+    for text, ids in zip(texts, encoded):
+        assert unk not in ids, text
+        assert len(ids) == len(text.split())  # one token per word
+    sample = train[0]
+    assert tokenizer.decode(tokenizer(sample.reasoning)["input_ids"]) == sample.reasoning
+    assert tokenizer("Paint the RED square")["input_ids"] == tokenizer("paint the red square")["input_ids"]
+
+
+def test_toy_processor_round_trip():
+    pytest.importorskip("pararl.processing")
+    from pararl.toy import toy_processor
+
+    processor = toy_processor()
+    ds = build_toy_dataset("test", 12, seed=0)
+    inputs = processor.encode_prompts(ds["prompt"], ds["image"], ds["task"])
+    assert inputs["input_ids"].shape[0] == 12
+    outputs = processor.encode_outputs(ds["reasoning"], ds["output_image"])
+    assert processor.decode_text(outputs) == ds["reasoning"]
+    codes = processor.image_codes(outputs)
+    assert [parse_scene(grid) for grid in codes] == [parse_scene(image) for image in ds["output_image"]]
