@@ -1,0 +1,211 @@
+# /// script
+# dependencies = [
+#     "pararl",
+# ]
+# ///
+
+"""Parallel SFT (MMaDA-Parallel "parallel synthesis"): teach a masked-diffusion model to write its reasoning and draw
+its output image at the same time.
+
+With no arguments the script trains a tiny `MaskedDiffusionLM` from scratch on the bundled toy world, on CPU, in a
+couple of minutes. The learning-rate and schedule defaults below are set for that case; pass your own when you
+fine-tune a checkpoint.
+
+# Toy world, from scratch (CPU)
+```bash
+python examples/sft.py --output_dir outputs/toy-sft
+python examples/sft.py --model_size small --num_train_epochs 8 --output_dir outputs/toy-sft-small
+```
+
+# Fine-tune a checkpoint (full parameters, DeepSpeed ZeRO-3)
+```bash
+accelerate launch --config_file ds_configs/zero3.yaml examples/sft.py \
+    --model_name_or_path /path/to/checkpoint \
+    --processor my_package.processing:make_processor \
+    --dataset_name /path/to/dataset \
+    --learning_rate 2e-5 \
+    --lr_scheduler_type cosine \
+    --warmup_steps 500 \
+    --per_device_train_batch_size 4 \
+    --gradient_accumulation_steps 6 \
+    --gradient_checkpointing \
+    --output_dir outputs/sft
+```
+
+# LoRA
+```bash
+python examples/sft.py \
+    --model_name_or_path outputs/toy-sft \
+    --use_peft \
+    --lora_r 16 \
+    --lora_alpha 32 \
+    --learning_rate 1e-3 \
+    --output_dir outputs/toy-sft-lora
+```
+"""
+
+import importlib
+import os
+from dataclasses import dataclass, field
+
+import datasets
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
+from pararl.processing import ParallelProcessor
+from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
+from pararl.toy import build_toy_dataset
+
+
+# Sizes of the from-scratch toy model: (d_model, n_layers, n_heads, mlp_hidden_size).
+MODEL_SIZES = {
+    "tiny": (64, 2, 4, 128),
+    "small": (128, 4, 4, 384),
+    "base": (256, 6, 8, 768),
+}
+
+# LoRA on the attention projections: on MaskedDiffusionLM `ff_out` names both the MLP down projection and the LM head.
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out"]
+
+
+@dataclass
+class ScriptArguments:
+    """Arguments of the dataset, the processor and the from-scratch model."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A directory saved with `save_to_disk` or a Hub dataset id, in the pararl schema (prompt, image, "
+            "task, reasoning, output_image). Default: the bundled toy world."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (Hub datasets)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Evaluation split (used if eval is on)."})
+    processor: str = field(
+        default="pararl.toy:toy_processor",
+        metadata={"help": "`module:function` that returns the ParallelProcessor of the model's vocabulary."},
+    )
+    toy_train_samples: int = field(default=2000, metadata={"help": "Toy world: number of training samples."})
+    toy_eval_samples: int = field(default=200, metadata={"help": "Toy world: number of evaluation samples."})
+    toy_seed: int = field(default=0, metadata={"help": "Toy world: generation seed."})
+    model_size: str = field(
+        default="tiny",
+        metadata={
+            "help": "Size of the model trained from scratch when no --model_name_or_path is given.",
+            "choices": list(MODEL_SIZES),
+        },
+    )
+
+
+def load_processor(path: str) -> ParallelProcessor:
+    module, _, name = path.partition(":")
+    processor = getattr(importlib.import_module(module), name)()
+    if not isinstance(processor, ParallelProcessor):
+        raise ValueError(f"--processor {path} returned a {type(processor).__name__}, not a ParallelProcessor.")
+    return processor
+
+
+def scratch_model(processor: ParallelProcessor, size: str) -> MaskedDiffusionLM:
+    preset = processor.preset
+    d_model, n_layers, n_heads, mlp_hidden_size = MODEL_SIZES[size]
+    config = MaskedDiffusionConfig(
+        vocab_size=preset.image_vocab_range[1],
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        mlp_hidden_size=mlp_hidden_size,
+        max_sequence_length=1024,
+        rope_theta=10000.0,
+        mask_token_id=preset.mask_token_id,
+        pad_token_id=preset.pad_token_id,
+        bos_token_id=preset.bos_token_id,
+        eos_token_id=preset.eos_token_id,
+    )
+    return MaskedDiffusionLM(config)
+
+
+def load_datasets(script_args: ScriptArguments):
+    if script_args.dataset_name is None:
+        train = build_toy_dataset("train", script_args.toy_train_samples, seed=script_args.toy_seed)
+        test = build_toy_dataset("test", script_args.toy_eval_samples, seed=script_args.toy_seed)
+        return train, test
+    if os.path.isdir(script_args.dataset_name):
+        dataset = datasets.load_from_disk(script_args.dataset_name)
+    else:
+        dataset = datasets.load_dataset(script_args.dataset_name, name=script_args.dataset_config)
+    if isinstance(dataset, datasets.Dataset):
+        return dataset, None
+    return dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
+
+
+def main(script_args: ScriptArguments, training_args: ParallelSFTConfig, model_args: ModelConfig):
+    ################
+    # Processor
+    ################
+    processor = load_processor(script_args.processor)
+
+    ################
+    # Model
+    ################
+    if model_args.model_name_or_path is not None:
+        model = model_args.model_name_or_path
+        training_args.model_init_kwargs = {
+            "revision": model_args.model_revision,
+            "dtype": model_args.dtype,
+            **(training_args.model_init_kwargs or {}),
+        }
+    else:
+        model = scratch_model(processor, script_args.model_size)
+
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        # A masked-diffusion model is no causal LM: the plain PeftModel passes every forward argument through.
+        peft_config.task_type = None
+        if model_args.lora_target_modules is None:
+            peft_config.target_modules = set(DEFAULT_LORA_TARGETS)
+
+    ################
+    # Dataset
+    ################
+    train_dataset, eval_dataset = load_datasets(script_args)
+
+    ################
+    # Training
+    ################
+    trainer = ParallelSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((ScriptArguments, ParallelSFTConfig, ModelConfig))
+    # Defaults for the toy world from scratch (the no-argument run); the command line and --config override them.
+    parser.set_defaults(
+        output_dir="outputs/toy-sft",
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=20,
+        weight_decay=0.01,
+        num_train_epochs=2,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
+        eval_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    main(script_args, training_args, model_args)
