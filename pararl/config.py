@@ -106,7 +106,9 @@ class DiffusionGRPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "Semi-autoregressive text block length; None decodes the text span as one block."},
     )
-    text_schedule: str = field(default="linear", metadata={"help": "Text reveal schedule.", "choices": list(_SCHEDULES)})
+    text_schedule: str = field(
+        default="linear", metadata={"help": "Text reveal schedule.", "choices": list(_SCHEDULES)}
+    )
     image_schedule: str = field(
         default="cosine", metadata={"help": "Image reveal schedule.", "choices": list(_SCHEDULES)}
     )
@@ -201,7 +203,9 @@ class DiffusionGRPOConfig(GRPOConfig):
             if not self.reward_steps:
                 raise ValueError("reward_step_selection='fixed' needs reward_steps, e.g. reward_steps=[7, 15, 31].")
             if any(not 0 <= step < self.diffusion_steps for step in self.reward_steps):
-                raise ValueError(f"reward_steps {self.reward_steps} must lie in [0, diffusion_steps={self.diffusion_steps}).")
+                raise ValueError(
+                    f"reward_steps {self.reward_steps} must lie in [0, diffusion_steps={self.diffusion_steps})."
+                )
             self.num_reward_steps = len(set(self.reward_steps))
         if not 1 <= self.num_reward_steps <= self.diffusion_steps:
             raise ValueError(

@@ -1,0 +1,661 @@
+"""`DiffusionGRPOTrainer`: ParaRL, trajectory-level GRPO for parallel multimodal masked-diffusion models.
+
+The trainer is TRL's `GRPOTrainer` with three seams replaced:
+
+1. generation (`_generate_and_score_completions`): pararl's parallel decoder writes text and image together; for
+   every prompt group `num_reward_steps` step indices are drawn (shared by the group's rollouts); the rewards score
+   the intermediate state of every (rollout, step) pair and the advantages are normalised per group and step;
+2. the per-token likelihood (`_get_per_token_logps_and_entropies`): the log-probability of the tokens revealed at
+   step k, given the state before step k, under the modality's own sampling distribution;
+3. checkpoint hooks that also save and restore the reward normalisers.
+
+Each (rollout, step) pair is one TRL *completion row*, encoded so that TRL's loss code needs no change:
+
+- `prompt_ids` / `prompt_mask`: the input part (right-padded; padding masked);
+- `completion_ids`: the output part as it stands *after* step k (tokens revealed later are `[MASK]`);
+- `completion_mask`: 1 at the tokens revealed *at* step k, i.e. the tokens the loss scores.
+
+The likelihood rebuilds the model input by masking the scored tokens again, which gives exactly the state before
+step k. TRL's clipped ratio, loss types, `num_iterations`, β·KL to the reference, gradient accumulation and metrics
+then act on these rows unchanged, and everything is per row, so TRL's shuffle and split of the generation batch
+cannot break it.
+"""
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import gather, gather_object, is_peft_model
+from datasets import Dataset, IterableDataset
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+from trl.extras.profiling import profiling_context, profiling_decorator
+from trl.models import prepare_deepspeed, unwrap_model_for_generation
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import nanstd, use_adapter
+
+from .config import DiffusionGRPOConfig
+from .models import MaskedDiffusionLM
+from .processing import ParallelProcessor
+from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
+from .rewards.steps import StepSelector
+from .rollout import ParallelDecoder, RolloutConfig, Trajectory
+
+
+_REWARD_STATE_FILE = "reward_state.json"
+# Odd 64-bit constants that spread (seed, round, row) over independent integer seeds.
+_ROUND_MULTIPLIER = 0x9E3779B1
+_ROW_MULTIPLIER = 0x85EBCA77
+
+
+class DiffusionGRPOTrainer(GRPOTrainer):
+    """Trainer for ParaRL (MMaDA-Parallel, https://huggingface.co/papers/2511.09611).
+
+    Example:
+
+    ```python
+    from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
+    from pararl.rewards import CLIPAlignmentReward
+    from pararl.toy import build_toy_dataset, toy_processor
+
+    trainer = DiffusionGRPOTrainer(
+        model="path/to/sft-model",
+        reward_funcs=[CLIPAlignmentReward("pararl-toy-clip", pretrained="path/to/clip.pt")],
+        args=DiffusionGRPOConfig(output_dir="out", diffusion_steps=16, use_cpu=True),
+        train_dataset=build_toy_dataset("train", 256),
+        processing_class=toy_processor(),
+    )
+    trainer.train()
+    ```
+
+    Args:
+        model (`str` or [`~pararl.models.MaskedDiffusionLM`] or `PeftModel`): The policy, or a local path to one.
+        reward_funcs (`Reward`, `Callable` or a list of them): pararl [`~pararl.rewards.Reward`] objects and plain TRL
+            reward callables (`prompts`, `completions`, `**kwargs` -> list of float or None), mixed freely. A callable
+            receives the partial text as `completions` and the partial image in `images` / `image_tensors`.
+        args ([`DiffusionGRPOConfig`]): Training configuration.
+        train_dataset / eval_dataset (`datasets.Dataset`): Rows with `prompt` (the instruction, a string), optional
+            `image` (input PIL image, None for generation) or `image_codes` (a code grid), optional `task`
+            (`"edit"` / `"generate"`); every other column reaches the rewards.
+        processing_class ([`~pararl.processing.ParallelProcessor`]): Tokenizers and sequence preset of the model.
+        callbacks, optimizers: As in [`~transformers.Trainer`].
+        peft_config (`peft.PeftConfig`, *optional*): Train a LoRA adapter; the reference model is then the policy
+            with adapters disabled.
+        step_selector ([`~pararl.rewards.StepSelector`], *optional*): Overrides `reward_step_selection`.
+    """
+
+    _tag_names = ["trl", "grpo", "pararl", "parallel-diffusion"]
+    _name = "ParaRL"
+
+    def __init__(
+        self,
+        model: "str | MaskedDiffusionLM",
+        reward_funcs: "Reward | Callable | list[Reward | Callable]",
+        args: DiffusionGRPOConfig,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | None = None,
+        processing_class: ParallelProcessor | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple = (None, None),
+        peft_config: Any = None,
+        step_selector: StepSelector | None = None,
+    ):
+        if not isinstance(args, DiffusionGRPOConfig):
+            raise TypeError("args must be a DiffusionGRPOConfig (a GRPOConfig lacks the rollout and reward settings).")
+        if not isinstance(processing_class, ParallelProcessor):
+            raise TypeError(
+                "processing_class must be a pararl ParallelProcessor (text tokenizer + image tokenizer + preset), "
+                f"got {type(processing_class).__name__}."
+            )
+        if args.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError("DiffusionGRPOTrainer supports multi_objective_aggregation='sum_then_normalize' only.")
+        self.processor = processing_class
+
+        # TRL builds models from `config.architectures` through the transformers namespace, which does not know
+        # pararl's class: load local paths here.
+        model_path = None
+        if isinstance(model, str):
+            model_path = model
+            model_init_kwargs = dict(args.model_init_kwargs or {})
+            model_init_kwargs.setdefault("dtype", torch.float32)
+            model = MaskedDiffusionLM.from_pretrained(model, **model_init_kwargs)
+
+        # Rewards: every reward becomes a `Reward`; TRL only sees named stubs so that its bookkeeping (names,
+        # weights) stays intact while pararl scores intermediate states itself.
+        reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+        if not reward_funcs:
+            raise ValueError("reward_funcs is empty: give at least one Reward or reward callable.")
+        self.rewards = [func if isinstance(func, Reward) else as_reward(func) for func in reward_funcs]
+        stubs = [_named_stub(reward.name) for reward in self.rewards]
+
+        # TRL would build the reference model from a hub id; pararl builds it below, so TRL sees beta = 0 here.
+        beta = args.beta
+        args.beta = 0.0
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=stubs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class.tokenizer,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+            )
+        finally:
+            args.beta = beta
+        self.beta = beta
+        self.reward_func_names = [reward.name for reward in self.rewards]
+        for reward in self.rewards:
+            reward.to(self.accelerator.device)
+        self.ref_model = None
+        if beta != 0.0 and not is_peft_model(self.model):
+            # Full fine-tuning with a KL term: a frozen copy of the initial policy, sharded like it under ZeRO-3.
+            if model_path is not None:
+                ref_model = MaskedDiffusionLM.from_pretrained(model_path, dtype=self.model.dtype)
+            else:
+                ref_model = MaskedDiffusionLM(self.model.config).to(self.model.dtype)
+                ref_model.load_state_dict(self.model.state_dict())
+            ref_model.requires_grad_(False)
+            if self.is_deepspeed_enabled:
+                self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
+            else:
+                self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+
+        preset = processing_class.preset
+        self.rollout_config = RolloutConfig(
+            num_steps=args.diffusion_steps,
+            text_schedule=args.text_schedule,
+            image_schedule=args.image_schedule,
+            block_length=args.block_length,
+            image_start=args.image_start,
+            text_temperature=args.text_temperature,
+            image_temperature=args.image_temperature,
+            top_k=args.top_k or None,
+            remasking=args.remasking,
+            text_guidance_scale=args.text_guidance_scale,
+            image_guidance_scale=args.image_guidance_scale,
+            guidance_drop=args.guidance_drop,
+            order=args.decode_order,
+        )
+        # Fails early, with the decoder's message, on schedules that do not fit the preset (e.g. block_length).
+        self.reveal_plan = ParallelDecoder(self.model, processing_class, self.rollout_config).plan
+        self.step_selector = step_selector or get_step_selector(
+            args.reward_step_selection, args.num_reward_steps, args.reward_steps
+        )
+        self.num_reward_steps = args.num_reward_steps
+        self.max_completion_length = processing_class.output_length
+
+        # Columns of the output part, used by the likelihood: which slots are image slots, and the largest number of
+        # tokens one row scores (known ahead from the schedules, so the likelihood needs no host sync).
+        is_image_slot = torch.zeros(processing_class.output_length, dtype=torch.bool)
+        is_image_slot[processing_class.image_positions] = True
+        self._is_image_slot = is_image_slot
+        if args.likelihood == "trajectory":
+            plan = self.reveal_plan
+            self._max_scored_tokens = max(text + image for text, image in zip(plan.text_counts, plan.image_counts))
+        else:
+            self._max_scored_tokens = int(processing_class.maskable_mask.sum())
+        vocab_end = preset.image_vocab_range[1]
+        text_columns = torch.zeros(vocab_end, dtype=torch.bool)
+        text_columns[: preset.image_token_offset] = True
+        text_columns[preset.mask_token_id] = False
+        self._text_columns = text_columns
+        self._image_columns = ~text_columns
+        self._image_columns[preset.mask_token_id] = False
+
+        self._generation_round = 0
+        self._normalizers_ready = False
+        self._last_trajectory: tuple[Trajectory, list[str]] | None = None
+
+    # ------------------------------------------------------------------------------------------------- likelihood
+    @profiling_decorator
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        """Log-probs (and entropies) of the scored output tokens, each given the row's masked state.
+
+        `input_ids` is `prompt_ids | completion_ids` and the completion half of `attention_mask` marks the scored
+        tokens (see the module docstring). Only the scored slots get logits, over the columns of their modality.
+        """
+        preset = self.processor.preset
+        prompt_length = input_ids.size(1) - logits_to_keep
+        batch_size = batch_size or input_ids.size(0)
+        num_scored = min(self._max_scored_tokens, logits_to_keep)
+        temperatures = torch.tensor(
+            [self.args.text_temperature, self.args.image_temperature], device=input_ids.device, dtype=torch.float32
+        )
+        all_logps, all_entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            ids = input_ids[start : start + batch_size]
+            mask = attention_mask[start : start + batch_size]
+            completion = ids[:, prompt_length:]
+            scored = mask[:, prompt_length:].bool()
+            model_ids = torch.cat([ids[:, :prompt_length], completion.masked_fill(scored, preset.mask_token_id)], 1)
+            model_mask = torch.cat([mask[:, :prompt_length], torch.ones_like(completion)], dim=1)
+
+            # The scored slots first (topk on a 0/1 key); rows scoring fewer tokens pad with unscored slots.
+            slots = torch.topk(scored.to(torch.float32), num_scored, dim=1).indices
+            slot_scored = scored.gather(1, slots)
+            with self.accelerator.autocast():
+                logits = model(
+                    input_ids=model_ids,
+                    attention_mask=model_mask,
+                    logits_positions=slots + prompt_length,
+                    vocab_range=(0, preset.image_vocab_range[1]),
+                ).logits
+            is_image = self._is_image_slot.to(slots.device)[slots]
+            allowed = torch.where(
+                is_image.unsqueeze(-1),
+                self._image_columns.to(slots.device),
+                self._text_columns.to(slots.device),
+            )
+            logits = logits.float() / temperatures[is_image.long()].unsqueeze(-1)
+            logps = F.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+            token_logps = logps.gather(-1, completion.gather(1, slots).unsqueeze(-1)).squeeze(-1)
+            per_token = torch.zeros(completion.shape, dtype=token_logps.dtype, device=completion.device)
+            all_logps.append(per_token.scatter(1, slots, token_logps.masked_fill(~slot_scored, 0.0)))
+            if compute_entropy:
+                with torch.no_grad():
+                    finite = logps.masked_fill(~allowed, 0.0)
+                    entropy = -(finite.exp() * finite).sum(-1)
+                    per_entropy = torch.zeros_like(per_token)
+                    all_entropies.append(per_entropy.scatter(1, slots, entropy.masked_fill(~slot_scored, 0.0)))
+        logps = torch.cat(all_logps, dim=0)
+        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+        return logps, entropies, None
+
+    # ------------------------------------------------------------------------------------------------- generation
+    def _row_seeds(self, global_rows: torch.Tensor) -> torch.Tensor:
+        """Deterministic per-rollout seeds from (args.seed, generation round, global row): resumable, rank-free."""
+        base = (self.args.seed * _ROUND_MULTIPLIER + self._generation_round * _ROW_MULTIPLIER) % (2**62)
+        return (base + global_rows * _ROUND_MULTIPLIER) % (2**62)
+
+    def _rollout(self, prompts, images, tasks, record_steps, seeds) -> Trajectory:
+        # ZeRO-3: gather the parameters once for the whole rollout, not once per denoising step.
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+        ):
+            decoder = ParallelDecoder(unwrapped_model, self.processor, self.rollout_config)
+            return decoder.generate(prompts, images=images, tasks=tasks, record_steps=record_steps, seeds=seeds)
+
+    @profiling_decorator
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
+        device = self.accelerator.device
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        prompts, images, tasks, columns = _split_rows(inputs)
+        if not self._normalizers_ready:
+            self._prepare_reward_normalizers()
+
+        # Steps per prompt group, drawn from a generator seeded identically on every rank, so the G rollouts of a
+        # group share them even when the group spans processes.
+        local_size, s = len(prompts), self.num_reward_steps
+        process_index, num_processes = self.accelerator.process_index, self.accelerator.num_processes
+        global_rows = process_index * local_size + torch.arange(local_size)
+        generator = torch.Generator().manual_seed(int(self._row_seeds(torch.tensor(-1))))
+        group_steps = self.step_selector.select(
+            local_size * num_processes // num_generations, self.args.diffusion_steps, generator
+        )
+        steps = group_steps[global_rows // num_generations]  # (local_size, s)
+        record_steps = sorted(set(steps.flatten().tolist()))
+
+        with profiling_context(self, "rollout"):
+            trajectory = self._rollout(prompts, images, tasks, record_steps, self._row_seeds(global_rows))
+        self._generation_round += 1
+
+        # One row per (rollout, step): row = rollout * s + j.
+        row_steps = steps.flatten().to(device)
+        rollout_of_row = torch.arange(local_size, device=device).repeat_interleave(s)
+        step_map = trajectory.step_map.to(device)[rollout_of_row]
+        final = trajectory.output_ids.to(device)[rollout_of_row]
+        prompt_ids = trajectory.input_ids.to(device)[rollout_of_row]
+        prompt_mask = trajectory.attention_mask.to(device)[rollout_of_row]
+        mask_id = self.processor.preset.mask_token_id
+        if self.args.likelihood == "trajectory":
+            completion_ids = final.masked_fill(step_map > row_steps.unsqueeze(1), mask_id)
+            completion_mask = (step_map == row_steps.unsqueeze(1)).long()
+        else:
+            completion_ids = final
+            completion_mask = self._random_masks(
+                self._row_seeds(global_rows.repeat_interleave(s) * s + torch.arange(s).repeat(local_size)),
+                final.shape[1],
+            ).to(device)
+        num_items_in_batch = self.accelerator.gather(completion_mask.sum()).sum()
+
+        # Rewards of every (rollout, step) state, gathered so that groups spanning ranks are normalised together.
+        with profiling_context(self, "rewards"):
+            states = RewardStates.from_trajectory(
+                trajectory,
+                self.processor,
+                steps=row_steps.cpu(),
+                rows=rollout_of_row.cpu(),
+                prompts=[prompts[i] for i in rollout_of_row.tolist()],
+                input_images=[images[i] for i in rollout_of_row.tolist()],
+                columns={key: [values[i] for i in rollout_of_row.tolist()] for key, values in columns.items()},
+                grey_unrevealed=self.args.grey_unrevealed,
+            )
+            local_rewards, reward_metrics = compute_rewards(self.rewards, states)
+        rewards_per_func = gather(local_rewards.to(device))
+        advantages, is_std_zero = self._advantages(rewards_per_func, num_generations)
+        process_rows = local_size * s
+        all_advantages = advantages
+        advantages = advantages[process_index * process_rows : (process_index + 1) * process_rows]
+
+        # Old-policy and reference log-probs, as TRL computes them.
+        logits_to_keep = completion_ids.size(1)
+        prompt_completion_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        batch_size *= s
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            generate_every = self.args.steps_per_generation * self.num_iterations
+            old_per_token_logps = None
+            if self.args.gradient_accumulation_steps % generate_every != 0:
+                old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size
+                )
+            ref_per_token_logps = None
+            if self.beta != 0.0:
+                if self.ref_model is not None:
+                    ref_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+                        self.ref_model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size
+                    )
+                else:
+                    model = self.accelerator.unwrap_model(self.model)
+                    with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+                        ref_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+                            self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size
+                        )
+
+        self._log_generation(
+            mode,
+            rewards_per_func,
+            all_advantages,
+            is_std_zero,
+            reward_metrics,
+            steps,
+            states,
+            trajectory,
+            prompts,
+            completion_mask,
+            old_per_token_logps,
+            rollout_of_row,
+        )
+        output = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "advantages": advantages,
+            "num_items_in_batch": num_items_in_batch,
+        }
+        if old_per_token_logps is not None:
+            output["old_per_token_logps"] = old_per_token_logps
+        if ref_per_token_logps is not None:
+            output["ref_per_token_logps"] = ref_per_token_logps
+        return output
+
+    def _random_masks(self, seeds: torch.Tensor, length: int) -> torch.Tensor:
+        """UniGRPO-style masks: per row a ratio p ~ U(0, 1) and each output slot masked with probability p (at least
+        one), drawn from the row's own seed so that old, current and reference forwards see the same mask."""
+        maskable = self.processor.maskable_mask
+        masks = []
+        for seed in seeds.tolist():
+            generator = torch.Generator().manual_seed(int(seed))
+            ratio, noise = torch.rand(1, generator=generator), torch.rand(length, generator=generator)
+            noise = noise.masked_fill(~maskable, 2.0)
+            mask = noise < ratio
+            mask[noise.argmin()] = True
+            masks.append(mask)
+        return torch.stack(masks).long()
+
+    def _advantages(self, rewards_per_func: torch.Tensor, num_generations: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group-normalised advantages of (rollout, step) rows, per step or of each rollout's mean reward."""
+        s = self.num_reward_steps
+        unscorable = torch.isnan(rewards_per_func).all(dim=1)
+        rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+        rewards[unscorable] = torch.nan
+        rewards = rewards.view(-1, s)  # (rollouts, s)
+        if self.args.advantage_mode == "trajectory_mean":
+            rewards = torch.nanmean(rewards, dim=1, keepdim=True)
+        grouped = rewards.view(-1, num_generations, rewards.size(1))  # (groups, G, s or 1)
+        mean = torch.nanmean(grouped, dim=1, keepdim=True)
+        if self.scale_rewards == "batch":
+            std = nanstd(rewards).expand_as(grouped)
+        else:
+            std = nanstd(grouped, dim=1, keepdim=True).expand_as(grouped) if num_generations > 1 else grouped * 0
+        advantages = grouped - mean
+        if self.scale_rewards != "none":
+            advantages = advantages / (std + 1e-4)
+        is_std_zero = torch.isclose(std, torch.zeros_like(std))
+        advantages = torch.nan_to_num(advantages, nan=0.0).reshape(-1, advantages.size(-1)).expand(-1, s)
+        return advantages.reshape(-1), is_std_zero
+
+    # ------------------------------------------------------------------------------------------------- rewards
+    def _prepare_reward_normalizers(self) -> None:
+        """Fits every unfitted reward normaliser: from `reward_mean`/`reward_std` if given, else by rolling out the
+        policy on a random `reward_calibration_fraction` of the training prompts (paper: 1%)."""
+        self._normalizers_ready = True
+        normalizers = [reward.normalizer for reward in self.rewards if getattr(reward, "normalizer", None) is not None]
+        pending = [normalizer for normalizer in normalizers if not normalizer.is_fitted]
+        for normalizer in normalizers:
+            normalizer.clip = self.args.reward_clip
+        if not pending:
+            return
+        if self.args.reward_mean is not None:
+            for normalizer in pending:
+                normalizer.load_state_dict(
+                    {"mean": self.args.reward_mean, "std": self.args.reward_std, "clip": self.args.reward_clip}
+                )
+            return
+        if self.train_dataset is None or self.args.reward_calibration_fraction == 0:
+            raise ValueError(
+                "A reward normaliser has no mean/std: give reward_mean and reward_std, or a train_dataset and "
+                "reward_calibration_fraction > 0 to estimate them."
+            )
+        self._calibrate(pending)
+
+    def _calibrate(self, pending) -> None:
+        dataset = self.train_dataset
+        num_prompts = max(self.num_generations, round(len(dataset) * self.args.reward_calibration_fraction))
+        generator = torch.Generator().manual_seed(self.args.seed)
+        indices = torch.randperm(len(dataset), generator=generator)[:num_prompts].tolist()
+        # Each rank rolls out its share; the raw scores are gathered so that every rank fits the same statistics.
+        indices = indices[self.accelerator.process_index :: self.accelerator.num_processes]
+        rows = [dataset[i] for i in indices]
+        prompts, images, tasks, columns = _split_rows(rows) if rows else ([], [], [], {})
+        steps = self.step_selector.select(max(len(rows), 1), self.args.diffusion_steps, generator)[: len(rows)]
+        raw = {id(normalizer): [] for normalizer in pending}
+        if rows:
+            seeds = 2**61 + torch.arange(len(rows)) + self.accelerator.process_index * num_prompts
+            trajectory = self._rollout(prompts, images, tasks, sorted(set(steps.flatten().tolist())), seeds)
+            s = steps.size(1)
+            rollout_of_row = torch.arange(len(rows)).repeat_interleave(s)
+            states = RewardStates.from_trajectory(
+                trajectory,
+                self.processor,
+                steps=steps.flatten(),
+                rows=rollout_of_row,
+                prompts=[prompts[i] for i in rollout_of_row.tolist()],
+                input_images=[images[i] for i in rollout_of_row.tolist()],
+                columns={key: [values[i] for i in rollout_of_row.tolist()] for key, values in columns.items()},
+                grey_unrevealed=self.args.grey_unrevealed,
+            )
+            for reward in self.rewards:
+                normalizer = getattr(reward, "normalizer", None)
+                if normalizer is not None and id(normalizer) in raw:
+                    raw[id(normalizer)] = getattr(reward, "raw_scores", reward.score)(states)
+        for normalizer in pending:
+            values = [v for v in gather_object(raw[id(normalizer)]) if v is not None]
+            normalizer.fit(values)
+
+    # ------------------------------------------------------------------------------------------------- logging
+    def _log_generation(
+        self,
+        mode,
+        rewards_per_func,
+        advantages,
+        is_std_zero,
+        reward_metrics,
+        steps,
+        states,
+        trajectory,
+        prompts,
+        completion_mask,
+        old_per_token_logps,
+        rollout_of_row,
+    ) -> None:
+        metrics = self._metrics[mode]
+        s = self.num_reward_steps
+        for i, name in enumerate(self.reward_func_names):
+            metrics[f"rewards/{name}/mean"].append(torch.nanmean(rewards_per_func[:, i]).item())
+            metrics[f"rewards/{name}/std"].append(nanstd(rewards_per_func[:, i]).item())
+        for key, value in reward_metrics.items():
+            metrics[key].append(
+                float(self.accelerator.gather(torch.tensor(float(value), device=self.accelerator.device)).sum())
+            )
+        rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        metrics["reward"].append(torch.nanmean(rewards).item())
+        metrics["reward_std"].append(nanstd(rewards).item())
+        metrics["frac_reward_zero_std"].append(is_std_zero.float().mean().item())
+        # Reward by position of the step on the axis: slot j is the j-th earliest selected step of a group.
+        by_slot = rewards.view(-1, s)
+        for j in range(s):
+            metrics[f"reward_by_step/slot_{j}"].append(torch.nanmean(by_slot[:, j]).item())
+        all_steps = gather(steps.to(self.accelerator.device).float())
+        metrics["reward_by_step/mean_step_fraction"].append((all_steps.mean() / self.args.diffusion_steps).item())
+        num_tokens = self.accelerator.gather(completion_mask.sum()).sum().item()
+        self.state.num_input_tokens_seen += num_tokens
+        metrics["num_tokens"] = [self.state.num_input_tokens_seen]
+        if old_per_token_logps is not None:
+            sampled = trajectory.token_logprobs.to(old_per_token_logps.device)[rollout_of_row]
+            scored = completion_mask.bool()
+            delta = (old_per_token_logps - sampled).abs()[scored]
+            delta_mean = delta.mean() if delta.numel() else torch.zeros((), device=delta.device)
+            metrics["sampling/sampling_logp_difference/mean"].append(self.accelerator.gather(delta_mean).mean().item())
+
+        self._logs["prompt"].extend(gather_object(states.prompts))
+        self._logs["completion"].extend(gather_object(states.texts))
+        for i, name in enumerate(self.reward_func_names):
+            self._logs["rewards"][name].extend(rewards_per_func[:, i].tolist())
+        self._logs["advantages"].extend(advantages.tolist())
+        self._logs["extra"]["step"].extend(gather_object(states.steps.tolist()))
+        if self.log_multimodal:
+            self._logs["images"].extend(gather_object([[image] for image in states.images]))
+        if self.accelerator.is_main_process:
+            self._last_trajectory = (trajectory.index_select(torch.tensor([0])).to("cpu"), prompts[:1])
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        if (
+            self.args.log_trajectory_pictures
+            and self.accelerator.is_main_process
+            and self._last_trajectory is not None
+            and self.model.training
+        ):
+            self._log_trajectory_picture()
+
+    def _log_trajectory_picture(self) -> None:
+        from .rollout.visualize import draw_trajectory
+
+        trajectory, prompts = self._last_trajectory
+        self._last_trajectory = None
+        picture = draw_trajectory(trajectory, self.processor, index=0)
+        folder = os.path.join(self.args.output_dir, "trajectories")
+        os.makedirs(folder, exist_ok=True)
+        picture.save(os.path.join(folder, f"step_{self.state.global_step:05d}.png"))
+        report_to = self.args.report_to or []
+        if "wandb" in report_to:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.log({"trajectory": wandb.Image(picture)}, commit=False)
+        if "trackio" in report_to:
+            import trackio
+
+            trackio.log({"trajectory": trackio.Image(picture)})
+        if "tensorboard" in report_to:
+            import numpy as np
+            from transformers.integrations import TensorBoardCallback
+
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                    image = np.asarray(picture.convert("RGB"))
+                    callback.tb_writer.add_image("trajectory", image, self.state.global_step, dataformats="HWC")
+
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            state = {reward.name: reward.state_dict() for reward in self.rewards}
+            with open(os.path.join(folder, _REWARD_STATE_FILE), "w") as f:
+                json.dump({"rewards": state, "generation_round": self._generation_round}, f, indent=2)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, _REWARD_STATE_FILE)
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            saved = json.load(f)
+        for reward in self.rewards:
+            if reward.name in saved["rewards"]:
+                reward.load_state_dict(saved["rewards"][reward.name])
+        self._generation_round = saved["generation_round"]
+        self._normalizers_ready = True
+
+
+def _named_stub(name: str) -> Callable:
+    def stub(**kwargs):  # never called: pararl scores rewards itself
+        raise RuntimeError("pararl reward stubs are not meant to be called.")
+
+    stub.__name__ = name
+    return stub
+
+
+def _split_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list, list, dict[str, list]]:
+    """Prompts, input images (PIL, code grids or None), tasks and the remaining columns of dataset rows."""
+    prompts, images, tasks = [], [], []
+    for i, row in enumerate(rows):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError(
+                f"row {i}: `prompt` must be the instruction as a string (pararl does not use chat templates), got "
+                f"{type(prompt).__name__}."
+            )
+        prompts.append(prompt)
+        image = row.get("image")
+        if image is None and row.get("image_codes") is not None:
+            image = torch.as_tensor(row["image_codes"])
+        images.append(image)
+        tasks.append(row.get("task"))
+    reserved = {"prompt"}
+    columns = {key: [row.get(key) for row in rows] for key in rows[0] if key not in reserved} if rows else {}
+    return prompts, images, tasks, columns
