@@ -16,9 +16,15 @@ output part starts at the same column. The model masks padded keys and derives p
 padding changes nothing. Presets that reproduce a released layout (``pad_prompt_to_max``) instead fill the
 instruction up to its budget with attended ``text_fill_token_id`` tokens, as the released code does.
 
+Presets with ``prompt_templates`` (MMaDA-Parallel-A) instead write the instruction into a literal text template
+(``<system>...</system><user>{prompt}</user>``), tokenised whole with the tokenizer's own special tokens, and splice the
+input image span in before the template's last token; their output part may start with extra tokens
+(``output_prefix_token_ids``), skip the text ``<bos>`` and end with fixed text (``output_suffix_text``). Both reproduce
+the released inference code's sequences token for token.
+
 Unconditional rows (classifier-free guidance and conditioning dropout) are built here and nowhere else:
-``drop_prompt`` turns the instruction into the empty one (``<bos> <eos>``) and ``drop_image`` removes the whole
-``<soi> codes <eoi>`` span of the input image. The rollout's guidance rows and the SFT dropout both call
+``drop_prompt`` turns the instruction into ``unconditional_prompt`` (empty by default: ``<bos> <eos>``) and
+``drop_image`` removes the whole ``<soi> codes <eoi>`` span of the input image. The rollout's guidance rows and the SFT dropout both call
 :meth:`ParallelProcessor.encode_prompts` with these flags, so training and sampling agree on what "unconditional"
 means.
 """
@@ -59,6 +65,15 @@ class SequencePreset:
             uses one (MMaDA-Parallel-A's newline).
         pad_prompt_to_max (`bool`, defaults to `False`): Fill every instruction to `max_prompt_tokens + 1` text
             tokens with attended `text_fill_token_id` tokens, as the released MMaDA-Parallel-M code does.
+        prompt_templates (`dict[str, str]`, defaults to `{}`): Task name to a text template containing `{prompt}`.
+            When set, the input part is the tokenizer's encoding of the filled template (with its default special
+            tokens, as the released MMaDA-Parallel-A code calls it), the input image span goes before its last token,
+            and no task token or text `<bos>`/`<eos>` is added; `task_token_ids` may be empty.
+        unconditional_prompt (`str`, defaults to `""`): The instruction of `drop_prompt` rows.
+        output_prefix_token_ids (`tuple[int, ...]`, defaults to `()`): Fixed tokens before the output `<soi>`.
+        output_text_bos (`bool`, defaults to `True`): Put `bos_token_id` between the output image and text spans.
+        output_suffix_text (`str`, defaults to `""`): Fixed text after the output text span (tokenised without
+            special tokens).
     """
 
     name: str
@@ -77,6 +92,16 @@ class SequencePreset:
     max_reasoning_tokens: int = 64
     image_row_end_token_id: int | None = None
     pad_prompt_to_max: bool = False
+    prompt_templates: dict[str, str] = field(default_factory=dict)
+    unconditional_prompt: str = ""
+    output_prefix_token_ids: tuple[int, ...] = ()
+    output_text_bos: bool = True
+    output_suffix_text: str = ""
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Task names this preset knows (template keys for template presets, else task-token keys)."""
+        return tuple(sorted(self.prompt_templates or self.task_token_ids))
 
     @property
     def num_image_tokens(self) -> int:
@@ -106,6 +131,7 @@ class SequencePreset:
         ids.update({f"task_token_ids[{task!r}]": token for task, token in self.task_token_ids.items()})
         if self.image_row_end_token_id is not None:
             ids["image_row_end_token_id"] = self.image_row_end_token_id
+        ids.update({f"output_prefix_token_ids[{i}]": token for i, token in enumerate(self.output_prefix_token_ids)})
         return ids
 
 
@@ -129,8 +155,18 @@ MMADA_PARALLEL_M = SequencePreset(
     pad_prompt_to_max=True,
 )
 
-# MMaDA-Parallel-A (Lumina-DiMOO + aMUSEd VQ): image codes at 126356 and a newline token after each row. Its prompt
-# markup is literal text; the sentinels below are Lumina-DiMOO's (BOI/EOI, answer start as text BOS, answer end).
+# MMaDA-Parallel-A (Lumina-DiMOO + aMUSEd VQ), as its released inference code lays sequences out:
+#   input:  tokens("<system>{system prompt}</system><user>{instruction}</user>") with
+#           "<BOI=126349> 32 x (32 image tokens, newline 126084) <EOI=126350>" spliced in before the last token;
+#           the unconditional instruction is the literal "<uncondition>";
+#   output: <answer-start 126354> <BOI> 32 x (32 image slots, newline) <EOI> 256 text slots tokens("</answer>").
+# Image code c is token 126356 + c. The reasoning inside the fixed text span ends with LLaDA's <|endoftext|> (126081)
+# and is filled with it: the released A code decodes all 256 slots with special tokens skipped and trains on
+# unpadded text, so the end-of-reasoning token is pararl's choice (LLaDA's convention), not a released fact.
+MMADA_PARALLEL_A_EDIT_SYSTEM_PROMPT = (
+    "Generate an image applying the following editing instruction based on the original image."
+)
+MMADA_PARALLEL_A_GENERATE_SYSTEM_PROMPT = "Generate an image according to the text prompt."
 MMADA_PARALLEL_A = SequencePreset(
     name="mmada-parallel-a",
     mask_token_id=126336,
@@ -139,14 +175,22 @@ MMADA_PARALLEL_A = SequencePreset(
     image_grid=(32, 32),
     soi_token_id=126349,
     eoi_token_id=126350,
-    bos_token_id=126354,
-    eos_token_id=126355,
+    bos_token_id=126080,
+    eos_token_id=126081,
     pad_token_id=126339,
-    text_fill_token_id=126355,
-    task_token_ids={"edit": 126351, "generate": 126351},
+    text_fill_token_id=126081,
+    task_token_ids={},
     max_prompt_tokens=512,
     max_reasoning_tokens=256,
     image_row_end_token_id=126084,
+    prompt_templates={
+        "edit": f"<system>{MMADA_PARALLEL_A_EDIT_SYSTEM_PROMPT}</system><user>{{prompt}}</user>",
+        "generate": f"<system>{MMADA_PARALLEL_A_GENERATE_SYSTEM_PROMPT}</system><user>{{prompt}}</user>",
+    },
+    unconditional_prompt="<uncondition>",
+    output_prefix_token_ids=(126354,),
+    output_text_bos=False,
+    output_suffix_text="</answer>",
 )
 
 
@@ -176,19 +220,29 @@ class ParallelProcessor:
         self.truncate_prompt = truncate_prompt
         self.truncate_reasoning = truncate_reasoning
         self._check_compatible()
+        # Instruction ids of unconditional (drop_prompt) rows; empty by default, i.e. `<bos> <eos>`.
+        self._unconditional_ids = (
+            tokenizer(preset.unconditional_prompt, add_special_tokens=False)["input_ids"]
+            if preset.unconditional_prompt
+            else []
+        )
 
         rows, cols = preset.image_grid
         row_end = preset.image_row_end_token_id
-        # Output layout: <soi> image slots (+ row ends) <eoi> <bos> text span.
+        # Output layout: [prefix] <soi> image slots (+ row ends) <eoi> [<bos>] text span [suffix].
         image_span = []
         for _ in range(rows):
             image_span += [preset.mask_token_id] * cols + ([row_end] if row_end is not None else [])
-        template = [preset.soi_token_id, *image_span, preset.eoi_token_id, preset.bos_token_id]
+        template = [*preset.output_prefix_token_ids, preset.soi_token_id, *image_span, preset.eoi_token_id]
+        if preset.output_text_bos:
+            template.append(preset.bos_token_id)
         text_start = len(template)
         template += [preset.mask_token_id] * preset.max_reasoning_tokens
+        if preset.output_suffix_text:
+            template += tokenizer(preset.output_suffix_text, add_special_tokens=False)["input_ids"]
         self._output_template = torch.tensor(template, dtype=torch.long)
         slot_is_mask = self._output_template == preset.mask_token_id
-        self.text_positions = torch.arange(text_start, len(template))
+        self.text_positions = torch.arange(text_start, text_start + preset.max_reasoning_tokens)
         self.image_positions = torch.nonzero(slot_is_mask[:text_start]).squeeze(-1)
         self.maskable_mask = slot_is_mask
         self.output_length = len(template)
@@ -206,6 +260,13 @@ class ParallelProcessor:
             )
         if preset.max_reasoning_tokens < 2:
             raise ValueError("preset max_reasoning_tokens must be >= 2 (room for one token and <eos>).")
+        for task, template in preset.prompt_templates.items():
+            if "{prompt}" not in template:
+                raise ValueError(
+                    f"preset prompt_templates[{task!r}] must contain '{{prompt}}' where the instruction goes."
+                )
+        if preset.prompt_templates and preset.pad_prompt_to_max:
+            raise ValueError("preset pad_prompt_to_max only applies to presets without prompt_templates.")
         text_vocab = len(tokenizer)
         for field_name, token_id in preset.sentinel_token_ids.items():
             if not 0 <= token_id < text_vocab:
@@ -306,12 +367,25 @@ class ParallelProcessor:
         rows = []
         for i in range(batch):
             task = tasks[i] or ("edit" if codes[i] is not None else "generate")
-            if task not in preset.task_token_ids:
-                raise ValueError(f"tasks[{i}] is {task!r}; preset {preset.name!r} knows {sorted(preset.task_token_ids)}.")
+            if task not in preset.tasks:
+                raise ValueError(f"tasks[{i}] is {task!r}; preset {preset.name!r} knows {list(preset.tasks)}.")
+            if preset.prompt_templates:
+                # Released Lumina-DiMOO layout: the filled template, tokenised whole, image before its last token.
+                if drop_prompt[i]:
+                    instruction_text = preset.unconditional_prompt
+                elif len(text_ids[i]) < len(self.tokenizer(prompts[i], add_special_tokens=False)["input_ids"]):
+                    instruction_text = self.tokenizer.decode(text_ids[i])
+                else:
+                    instruction_text = prompts[i]
+                row = self.tokenizer(preset.prompt_templates[task].replace("{prompt}", instruction_text))["input_ids"]
+                if codes[i] is not None and not drop_image[i]:
+                    row = row[:-1] + self._image_span(codes[i]) + row[-1:]
+                rows.append(row)
+                continue
             row = [preset.task_token_ids[task]]
             if codes[i] is not None and not drop_image[i]:
                 row += self._image_span(codes[i])
-            instruction = [] if drop_prompt[i] else text_ids[i]
+            instruction = self._unconditional_ids if drop_prompt[i] else text_ids[i]
             row += [preset.bos_token_id, *instruction, preset.eos_token_id]
             if preset.pad_prompt_to_max:
                 row += [preset.text_fill_token_id] * (preset.max_prompt_tokens - len(instruction))

@@ -309,6 +309,25 @@ class MaskedDiffusionLM(MaskedDiffusionPreTrainedModel):
         self.config.architectures = [type(self).__name__]
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """
+        Loads a pararl-saved model, or a *released* LLaDA / MMaDA / MMaDA-Parallel checkpoint folder.
+
+        A local folder whose `config.json` has `model_type` `"llada"` or `"mmada"` is loaded by
+        [`~pararl.models.loading.load_released_checkpoint`]: its config is mapped onto [`MaskedDiffusionConfig`] and
+        every weight key and shape is checked first (missing, unexpected or mis-shaped keys are a `ValueError` listing
+        them), without `trust_remote_code`. Everything else goes to `PreTrainedModel.from_pretrained`.
+        """
+        if kwargs.get("config") is None and not model_args:
+            from .loading import is_released_checkpoint, load_released_checkpoint
+
+            if is_released_checkpoint(pretrained_model_name_or_path):
+                kwargs.pop("config", None)
+                kwargs.pop("trust_remote_code", None)
+                return load_released_checkpoint(pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     # Embedding accessors (LLaDA's tree does not match the default `embed_tokens` / `lm_head` lookups).
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.transformer.wte
