@@ -6,6 +6,13 @@ runs on a real rollout of a tiny random policy in the toy world, at three denois
     python examples/custom_reward.py
 """
 
+import sys
+from pathlib import Path
+
+
+# `examples/pararl.py` shares the package's name: keep this folder off the import path so `import pararl` is the library.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
 import math
 
 import torch

@@ -44,6 +44,13 @@ python examples/sft.py \
 ```
 """
 
+import sys
+from pathlib import Path
+
+
+# `examples/pararl.py` shares the package's name: keep this folder off the import path so `import pararl` is the library.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
 import importlib
 import os
 from dataclasses import dataclass, field

@@ -70,8 +70,9 @@ class DiffusionGRPOConfig(GRPOConfig):
         Steps s per rollout at which rewards are computed (the paper's sparse steps; s = 3).
     reward_step_selection (`str`, *optional*, defaults to `"uniform"`):
         How the s steps are drawn, fresh per prompt group and shared by its rollouts: `"uniform"`, `"stratified"`
-        (one per equal segment), `"final"` (the last step only: output-level RL, the paper's baseline; forces
-        `num_reward_steps=1`), `"fixed"` (`reward_steps`) or `"all"` (every step).
+        (one per equal segment), `"final"` (output-level RL, the paper's baseline: every rollout is rewarded once,
+        on its final output, and that reward is given to `num_reward_steps` uniformly drawn loss steps, so both
+        variants train on the same number of rows), `"fixed"` (`reward_steps`) or `"all"` (every step).
     reward_steps (`list[int]` or `None`, *optional*, defaults to `None`):
         The steps for `reward_step_selection="fixed"` (0-based).
     advantage_mode (`str`, *optional*, defaults to `"per_step"`):
@@ -195,9 +196,7 @@ class DiffusionGRPOConfig(GRPOConfig):
                     f"{name}={value}: ParaRL scores the rollout's own sampling distribution, which greedy decoding "
                     "(temperature 0) does not have; use a temperature > 0."
                 )
-        if self.reward_step_selection == "final":
-            self.num_reward_steps = 1
-        elif self.reward_step_selection == "all":
+        if self.reward_step_selection == "all":
             self.num_reward_steps = self.diffusion_steps
         elif self.reward_step_selection == "fixed":
             if not self.reward_steps:

@@ -41,14 +41,17 @@ from .config import DiffusionGRPOConfig
 from .models import MaskedDiffusionLM
 from .processing import ParallelProcessor
 from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
-from .rewards.steps import StepSelector
-from .rollout import ParallelDecoder, RolloutConfig, Trajectory
+from .rewards.steps import FinalStep, StepSelector, UniformSteps
+from .rollout import ParallelDecoder, RolloutConfig, Trajectory, counter_uniform
 
 
 _REWARD_STATE_FILE = "reward_state.json"
-# Odd 64-bit constants that spread (seed, round, row) over independent integer seeds.
-_ROUND_MULTIPLIER = 0x9E3779B1
-_ROW_MULTIPLIER = 0x85EBCA77
+# Distinct odd constants that spread (seed, generation round, row) over independent integer seeds.
+_SEED_MULTIPLIER = 0x9E3779B1
+_ROUND_MULTIPLIER = 0x85EBCA77
+_ROW_MULTIPLIER = 0xC2B2AE3D
+# Noise streams of the random-mask likelihood (distinct from the rollout's own streams by their seeds).
+_MASK_RATIO_STREAM, _MASK_SLOT_STREAM = 101, 102
 
 
 class DiffusionGRPOTrainer(GRPOTrainer):
@@ -187,6 +190,10 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.step_selector = step_selector or get_step_selector(
             args.reward_step_selection, args.num_reward_steps, args.reward_steps
         )
+        # Output-level RL (the paper's baseline) rewards only the final output but trains on as many uniformly drawn
+        # steps as ParaRL does, so that both spend the same compute on the loss.
+        self.output_level = isinstance(self.step_selector, FinalStep)
+        self._loss_step_selector = UniformSteps(args.num_reward_steps) if self.output_level else self.step_selector
         self.num_reward_steps = args.num_reward_steps
         self.max_completion_length = processing_class.output_length
 
@@ -280,8 +287,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------------- generation
     def _row_seeds(self, global_rows: torch.Tensor) -> torch.Tensor:
         """Deterministic per-rollout seeds from (args.seed, generation round, global row): resumable, rank-free."""
-        base = (self.args.seed * _ROUND_MULTIPLIER + self._generation_round * _ROW_MULTIPLIER) % (2**62)
-        return (base + global_rows * _ROUND_MULTIPLIER) % (2**62)
+        base = (self.args.seed * _SEED_MULTIPLIER + self._generation_round * _ROUND_MULTIPLIER) % (2**62)
+        return (base + (global_rows + 1) * _ROW_MULTIPLIER) % (2**62)
 
     def _rollout(self, prompts, images, tasks, record_steps, seeds) -> Trajectory:
         # ZeRO-3: gather the parameters once for the whole rollout, not once per denoising step.
@@ -312,14 +319,24 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         process_index, num_processes = self.accelerator.process_index, self.accelerator.num_processes
         global_rows = process_index * local_size + torch.arange(local_size)
         generator = torch.Generator().manual_seed(int(self._row_seeds(torch.tensor(-1))))
-        group_steps = self.step_selector.select(
-            local_size * num_processes // num_generations, self.args.diffusion_steps, generator
-        )
-        steps = group_steps[global_rows // num_generations]  # (local_size, s)
-        record_steps = sorted(set(steps.flatten().tolist()))
+        num_groups = local_size * num_processes // num_generations
+        steps = self._loss_step_selector.select(num_groups, self.args.diffusion_steps, generator)
+        steps = steps[global_rows // num_generations]  # (local_size, s)
+        # ParaRL scores the state of every (rollout, step) row; output-level RL scores each rollout's final output
+        # once and gives that reward to all of its rows.
+        if self.output_level:
+            reward_steps = torch.full((local_size,), self.args.diffusion_steps - 1)
+            reward_rollouts = torch.arange(local_size)
+            reward_of_row = torch.arange(local_size).repeat_interleave(s)
+        else:
+            reward_steps = steps.flatten()
+            reward_rollouts = torch.arange(local_size).repeat_interleave(s)
+            reward_of_row = torch.arange(local_size * s)
 
         with profiling_context(self, "rollout"):
-            trajectory = self._rollout(prompts, images, tasks, record_steps, self._row_seeds(global_rows))
+            trajectory = self._rollout(
+                prompts, images, tasks, sorted(set(reward_steps.tolist())), self._row_seeds(global_rows)
+            )
         self._generation_round += 1
 
         # One row per (rollout, step): row = rollout * s + j.
@@ -335,25 +352,24 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             completion_mask = (step_map == row_steps.unsqueeze(1)).long()
         else:
             completion_ids = final
-            completion_mask = self._random_masks(
-                self._row_seeds(global_rows.repeat_interleave(s) * s + torch.arange(s).repeat(local_size)),
-                final.shape[1],
-            ).to(device)
+            row_seeds = self._row_seeds(global_rows.repeat_interleave(s) * s + torch.arange(s).repeat(local_size))
+            completion_mask = self._random_masks(row_seeds.to(device))
         num_items_in_batch = self.accelerator.gather(completion_mask.sum()).sum()
 
-        # Rewards of every (rollout, step) state, gathered so that groups spanning ranks are normalised together.
+        # Rewards of every scored state, gathered so that groups spanning ranks are normalised together.
         with profiling_context(self, "rewards"):
             states = RewardStates.from_trajectory(
                 trajectory,
                 self.processor,
-                steps=row_steps.cpu(),
-                rows=rollout_of_row.cpu(),
-                prompts=[prompts[i] for i in rollout_of_row.tolist()],
-                input_images=[images[i] for i in rollout_of_row.tolist()],
-                columns={key: [values[i] for i in rollout_of_row.tolist()] for key, values in columns.items()},
+                steps=reward_steps,
+                rows=reward_rollouts,
+                prompts=[prompts[i] for i in reward_rollouts.tolist()],
+                input_images=[images[i] for i in reward_rollouts.tolist()],
+                columns={key: [values[i] for i in reward_rollouts.tolist()] for key, values in columns.items()},
                 grey_unrevealed=self.args.grey_unrevealed,
             )
             local_rewards, reward_metrics = compute_rewards(self.rewards, states)
+            local_rewards = local_rewards[reward_of_row]
         rewards_per_func = gather(local_rewards.to(device))
         advantages, is_std_zero = self._advantages(rewards_per_func, num_generations)
         process_rows = local_size * s
@@ -399,6 +415,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             completion_mask,
             old_per_token_logps,
             rollout_of_row,
+            reward_of_row,
         )
         output = {
             "prompt_ids": prompt_ids,
@@ -414,19 +431,17 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             output["ref_per_token_logps"] = ref_per_token_logps
         return output
 
-    def _random_masks(self, seeds: torch.Tensor, length: int) -> torch.Tensor:
+    def _random_masks(self, seeds: torch.Tensor) -> torch.Tensor:
         """UniGRPO-style masks: per row a ratio p ~ U(0, 1) and each output slot masked with probability p (at least
-        one), drawn from the row's own seed so that old, current and reference forwards see the same mask."""
-        maskable = self.processor.maskable_mask
-        masks = []
-        for seed in seeds.tolist():
-            generator = torch.Generator().manual_seed(int(seed))
-            ratio, noise = torch.rand(1, generator=generator), torch.rand(length, generator=generator)
-            noise = noise.masked_fill(~maskable, 2.0)
-            mask = noise < ratio
-            mask[noise.argmin()] = True
-            masks.append(mask)
-        return torch.stack(masks).long()
+        one), drawn from the row's own seed (counter-based noise) so that old, current and reference forwards see
+        the same mask."""
+        maskable = self.processor.maskable_mask.to(seeds.device)
+        ratio = counter_uniform(seeds, step=0, stream=_MASK_RATIO_STREAM, shape=(1,)).squeeze(-1)
+        noise = counter_uniform(seeds, step=0, stream=_MASK_SLOT_STREAM, shape=maskable.shape)
+        noise = noise.masked_fill(~maskable, 2.0)
+        mask = noise < ratio.unsqueeze(1)
+        mask.scatter_(1, noise.argmin(dim=1, keepdim=True), True)  # at least one scored token per row
+        return mask.long()
 
     def _advantages(self, rewards_per_func: torch.Tensor, num_generations: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Group-normalised advantages of (rollout, step) rows, per step or of each rollout's mean reward."""
@@ -523,6 +538,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         completion_mask,
         old_per_token_logps,
         rollout_of_row,
+        reward_of_row,
     ) -> None:
         metrics = self._metrics[mode]
         s = self.num_reward_steps
@@ -554,14 +570,16 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             delta_mean = delta.mean() if delta.numel() else torch.zeros((), device=delta.device)
             metrics["sampling/sampling_logp_difference/mean"].append(self.accelerator.gather(delta_mean).mean().item())
 
-        self._logs["prompt"].extend(gather_object(states.prompts))
-        self._logs["completion"].extend(gather_object(states.texts))
+        # The completions table has one row per (rollout, step) row of the loss, like the rewards and advantages.
+        state_of_row = reward_of_row.tolist()
+        self._logs["prompt"].extend(gather_object([states.prompts[i] for i in state_of_row]))
+        self._logs["completion"].extend(gather_object([states.texts[i] for i in state_of_row]))
         for i, name in enumerate(self.reward_func_names):
             self._logs["rewards"][name].extend(rewards_per_func[:, i].tolist())
         self._logs["advantages"].extend(advantages.tolist())
-        self._logs["extra"]["step"].extend(gather_object(states.steps.tolist()))
+        self._logs["extra"]["step"].extend(gather_object(states.steps[reward_of_row].tolist()))
         if self.log_multimodal:
-            self._logs["images"].extend(gather_object([[image] for image in states.images]))
+            self._logs["images"].extend(gather_object([[states.images[i]] for i in state_of_row]))
         if self.accelerator.is_main_process:
             self._last_trajectory = (trajectory.index_select(torch.tensor([0])).to("cpu"), prompts[:1])
 

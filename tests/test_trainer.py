@@ -1,0 +1,676 @@
+"""DiffusionGRPOTrainer (ParaRL): training, LoRA, reference model, exact likelihood and advantages, resume, bad input,
+reward calibration and LoRA export. Offline, CPU, a tiny random policy on toy-world prompts."""
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel
+
+from pararl.config import DiffusionGRPOConfig
+from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
+from pararl.rewards import Reward, RewardNormalizer, RewardStates
+from pararl.toy import build_toy_dataset, toy_processor
+from pararl.trainer import DiffusionGRPOTrainer
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out"]
+G = 4  # rollouts per prompt
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny matrices: one thread is faster than two, and much faster when other test processes share the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return toy_processor()
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return build_toy_dataset("train", num_samples=16, seed=0)
+
+
+def tiny_model(processor, seed: int = 0) -> MaskedDiffusionLM:
+    preset = processor.preset
+    config = MaskedDiffusionConfig(
+        vocab_size=preset.image_vocab_range[1],
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        mlp_hidden_size=64,
+        mask_token_id=preset.mask_token_id,
+        pad_token_id=preset.pad_token_id,
+        bos_token_id=preset.bos_token_id,
+        eos_token_id=preset.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return MaskedDiffusionLM(config)
+
+
+def grpo_config(output_dir, **kwargs) -> DiffusionGRPOConfig:
+    defaults = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        per_device_train_batch_size=G,
+        num_generations=G,
+        diffusion_steps=8,
+        num_reward_steps=3,
+        max_steps=3,
+        logging_steps=1,
+        learning_rate=0.05,
+        beta=0.0,
+        seed=0,
+    )
+    return DiffusionGRPOConfig(**{**defaults, **kwargs})
+
+
+# ------------------------------------------------------------------------------------------------------ rewards
+def word_count(completions, **kwargs):
+    """A plain TRL reward callable: words in the partial reasoning."""
+    return [len(text.split()) / 10 for text in completions]
+
+
+class ImageBrightness(Reward):
+    """A `Reward` subclass: mean pixel value of the partial image."""
+
+    def score(self, states: RewardStates) -> list[float]:
+        return states.image_tensors.mean(dim=(1, 2, 3)).tolist()
+
+
+def state_value(text: str, image: torch.Tensor, step: int) -> float:
+    """A deterministic score of one state that varies across rollouts and steps."""
+    return len(text.split()) / 10 + float(image.mean()) + 0.01 * step
+
+
+class RecordingReward(Reward):
+    """Scores with `state_value` and keeps every batch it scored, in the order the trainer passed it."""
+
+    def __init__(self):
+        self.batches: list[tuple[RewardStates, list[float]]] = []
+
+    def score(self, states: RewardStates) -> list[float]:
+        values = [state_value(t, img, int(k)) for t, img, k in zip(states.texts, states.image_tensors, states.steps)]
+        self.batches.append((states, values))
+        return values
+
+
+class NormalizedLength(Reward):
+    """A reward with a `RewardNormalizer`, like the CLIP rewards: `raw_scores` raw, `score` normalised."""
+
+    def __init__(self, normalizer: RewardNormalizer):
+        self.normalizer = normalizer
+        self.raw_calls: list[tuple[list[float], bool]] = []  # (raw scores, normaliser fitted when called)
+
+    def raw_scores(self, states: RewardStates) -> list[float]:
+        raw = [len(text.split()) + float(image.mean()) for text, image in zip(states.texts, states.image_tensors)]
+        self.raw_calls.append((raw, self.normalizer.is_fitted))
+        return raw
+
+    def score(self, states: RewardStates) -> list[float]:
+        return self.normalizer(self.raw_scores(states))
+
+    def state_dict(self):
+        return {"normalizer": self.normalizer.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        self.normalizer.load_state_dict(state_dict["normalizer"])
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: param.detach().clone() for name, param in model.named_parameters()}
+
+
+def generation_batch(dataset, num_prompts: int) -> list[dict]:
+    """What TRL's sampler gives `_prepare_inputs`: each prompt repeated G times, consecutively."""
+    return [dataset[i] for i in range(num_prompts) for _ in range(G)]
+
+
+def hand_logps(model, processor, prompt_ids, prompt_mask, state, targets, scored, text_temperature, image_temperature):
+    """Log-probs of `targets` at the `scored` output positions given the output `state`, from one full forward:
+    text slots over the text vocabulary without the mask column, image slots over the codebook, logits divided by
+    the modality's temperature. 0 elsewhere."""
+    preset = processor.preset
+    with torch.no_grad():
+        logits = (
+            model(
+                input_ids=torch.cat([prompt_ids, state], dim=1),
+                attention_mask=torch.cat([prompt_mask, torch.ones_like(state)], dim=1),
+            )
+            .logits[:, prompt_ids.shape[1] :]
+            .float()
+        )
+    offset, end = preset.image_vocab_range
+    text_logits = logits[..., :offset].clone()
+    text_logits[..., preset.mask_token_id] = float("-inf")
+    text_logps = F.log_softmax(text_logits / text_temperature, dim=-1)
+    image_logps = F.log_softmax(logits[..., offset:end] / image_temperature, dim=-1)
+    image_positions = set(processor.image_positions.tolist())
+    out = torch.zeros(state.shape)
+    for row, position in scored.nonzero().tolist():
+        token = int(targets[row, position])
+        if position in image_positions:
+            out[row, position] = image_logps[row, position, token - offset]
+        else:
+            out[row, position] = text_logps[row, position, token]
+    return out
+
+
+def hand_advantages(rewards_per_func, weights, num_generations, num_steps, mode):
+    """GRPO group z-scores written out with loops: per (group, step), or of each rollout's mean over its steps."""
+    rows = [sum(w * v for w, v in zip(weights, row) if not math.isnan(v)) for row in rewards_per_func.tolist()]
+    rollouts = [rows[i : i + num_steps] for i in range(0, len(rows), num_steps)]
+    if mode == "trajectory_mean":
+        rollouts = [[sum(r) / len(r)] for r in rollouts]
+    out = []
+    for g in range(0, len(rollouts), num_generations):
+        group = rollouts[g : g + num_generations]
+        columns = []
+        for j in range(len(group[0])):
+            values = [rollout[j] for rollout in group]
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            columns.append([(v - mean) / (std + 1e-4) for v in values])
+        for i in range(num_generations):
+            row = [columns[j][i] for j in range(len(group[0]))]
+            out.extend(row * (num_steps // len(row)))
+    return torch.tensor(out)
+
+
+def record_trajectories(trainer) -> list:
+    """Patches `trainer._rollout` to keep every trajectory it returns."""
+    trajectories = []
+    rollout = trainer._rollout
+
+    def recording_rollout(*args, **kwargs):
+        trajectory = rollout(*args, **kwargs)
+        trajectories.append(trajectory)
+        return trajectory
+
+    trainer._rollout = recording_rollout
+    return trajectories
+
+
+def logged_steps(trainer) -> dict[int, dict]:
+    return {entry["step"]: entry for entry in trainer.state.log_history if "loss" in entry}
+
+
+# ---------------------------------------------------------------------------------------------- full fine-tune
+@pytest.fixture(scope="module")
+def full_run(processor, dataset, tmp_path_factory):
+    """Three ParaRL steps, full fine-tuning with a KL term, a plain callable and a `Reward` subclass, weighted."""
+    output_dir = tmp_path_factory.mktemp("full")
+    model = tiny_model(processor)
+    before = snapshot(model)
+    args = grpo_config(output_dir, beta=0.1, reward_weights=[0.5, 2.0])
+    trainer = DiffusionGRPOTrainer(
+        model=model,
+        reward_funcs=[word_count, ImageBrightness()],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    return trainer, before
+
+
+def test_training_updates_every_parameter(full_run):
+    trainer, before = full_run
+    assert trainer.state.global_step == 3
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+    for name, param in trainer.model.named_parameters():
+        assert param.requires_grad, name
+        assert not torch.equal(param.detach(), before[name]), f"{name} did not change"
+
+
+def test_training_logs_trl_and_pararl_metrics(full_run):
+    trainer, _ = full_run
+    steps = logged_steps(trainer)
+    assert sorted(steps) == [1, 2, 3]
+    expected = [
+        "loss",
+        "reward",
+        "reward_std",
+        "rewards/word_count/mean",
+        "rewards/word_count/std",
+        "rewards/image_brightness/mean",
+        "rewards/image_brightness/std",
+        "frac_reward_zero_std",
+        "entropy",
+        "kl",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "reward_by_step/slot_0",
+        "reward_by_step/slot_1",
+        "reward_by_step/slot_2",
+        "reward_by_step/mean_step_fraction",
+    ]
+    for entry in steps.values():
+        missing = [key for key in expected if key not in entry]
+        assert not missing, f"step {entry['step']} lacks {missing}"
+        assert all(math.isfinite(entry[key]) for key in expected)
+        assert entry["kl"] >= 0
+        assert 0.0 <= entry["reward_by_step/mean_step_fraction"] < 1.0
+    pictures = sorted(os.listdir(os.path.join(trainer.args.output_dir, "trajectories")))
+    assert pictures and all(name.endswith(".png") for name in pictures)
+
+
+def test_mixed_rewards_are_logged_by_name_and_weighted(full_run):
+    trainer, _ = full_run
+    assert trainer.reward_func_names == ["word_count", "image_brightness"]
+    for entry in logged_steps(trainer).values():
+        # No reward returns None, so the mean weighted sum is the weighted sum of the means.
+        weighted = 0.5 * entry["rewards/word_count/mean"] + 2.0 * entry["rewards/image_brightness/mean"]
+        assert entry["reward"] == pytest.approx(weighted, rel=1e-5)
+        assert entry["rewards/image_brightness/mean"] > 0
+
+
+def test_full_fine_tune_with_kl_has_a_frozen_reference(full_run):
+    trainer, before = full_run
+    ref = trainer.ref_model
+    assert ref is not None and ref is not trainer.model
+    ref_params = dict(ref.named_parameters())
+    policy_pointers = {param.data_ptr() for param in trainer.model.parameters()}
+    for name, initial in before.items():
+        assert not ref_params[name].requires_grad
+        assert ref_params[name].data_ptr() not in policy_pointers
+        assert torch.equal(ref_params[name], initial), f"reference {name} moved"
+    assert any(entry["kl"] > 0 for entry in logged_steps(trainer).values())
+
+
+# ------------------------------------------------------------------------------------------------------- LoRA
+@pytest.fixture(scope="module")
+def lora_run(processor, dataset, tmp_path_factory):
+    """Two LoRA steps with a KL term; the base model is saved first, for the export test."""
+    root = tmp_path_factory.mktemp("lora")
+    model = tiny_model(processor)
+    model.save_pretrained(root / "base")
+    args = grpo_config(root / "out", beta=0.1, max_steps=2)
+    trainer = DiffusionGRPOTrainer(
+        model=model,
+        reward_funcs=[word_count, ImageBrightness()],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS),
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    return trainer, before, root
+
+
+def test_lora_trains_only_adapters_without_a_second_model(lora_run):
+    trainer, before, _ = lora_run
+    assert trainer.ref_model is None
+    assert isinstance(trainer.model, PeftModel)
+    lora_names = [name for name in before if "lora_" in name]
+    assert lora_names
+    for name, param in trainer.model.named_parameters():
+        changed = not torch.equal(param.detach(), before[name])
+        if "lora_" in name:
+            assert changed, f"adapter weight {name} did not change"
+        else:
+            assert not changed and not param.requires_grad, f"base weight {name} changed"
+    assert "kl" in logged_steps(trainer)[2]
+
+
+def test_lora_reference_logps_are_the_adapter_disabled_model(lora_run, processor, dataset):
+    trainer, _, _ = lora_run
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 1))
+    args = trainer.args
+    # A row's model input is its completion with the scored tokens masked again (the state before its step).
+    scored = out["completion_mask"].bool()
+    state = out["completion_ids"].masked_fill(scored, processor.preset.mask_token_id)
+    rows = (out["prompt_ids"], out["prompt_mask"], state, out["completion_ids"], scored)
+    with trainer.model.disable_adapter():
+        reference = hand_logps(trainer.model, processor, *rows, args.text_temperature, args.image_temperature)
+    policy = hand_logps(trainer.model, processor, *rows, args.text_temperature, args.image_temperature)
+    torch.testing.assert_close(out["ref_per_token_logps"], reference, atol=1e-5, rtol=0)
+    # The adapter has learned something, so the reference really is a different distribution.
+    assert (policy - reference).abs().max() > 1e-4
+
+
+def test_export_lora_merges_into_a_standalone_model(lora_run, processor, dataset):
+    trainer, _, root = lora_run
+    trainer.save_model()
+    adapter_dir = Path(trainer.args.output_dir)
+    assert (adapter_dir / "adapter_config.json").is_file()
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+
+    spec = importlib.util.spec_from_file_location("export_lora", REPO_ROOT / "examples" / "export_lora.py")
+    export_lora = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_lora)
+    merged_dir = root / "merged"
+    export_lora.main(
+        ["--base_model", str(root / "base"), "--adapter", str(adapter_dir), "--output_dir", str(merged_dir)]
+    )
+    assert (merged_dir / "model.safetensors").is_file()
+    assert not (merged_dir / "adapter_config.json").exists()
+    assert (merged_dir / "tokenizer_config.json").is_file()
+
+    rows = dataset.select(range(2))
+    encoded = processor.encode_prompts(rows["prompt"], rows["image"], rows["task"])
+    inputs = processor.concat(encoded, processor.masked_outputs(2))
+    base = MaskedDiffusionLM.from_pretrained(root / "base")
+    with torch.no_grad():
+        base_logits = base(**inputs).logits
+        adapted = PeftModel.from_pretrained(base, adapter_dir).eval()
+        adapted_logits = adapted(**inputs).logits
+        merged_logits = MaskedDiffusionLM.from_pretrained(merged_dir)(**inputs).logits
+    torch.testing.assert_close(merged_logits, adapted_logits, atol=1e-5, rtol=0)
+    assert (adapted_logits - base_logits).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------- exactness
+def scoring_trainer(processor, dataset, tmp_path, **kwargs) -> tuple[DiffusionGRPOTrainer, RecordingReward]:
+    """A trainer that is only used to generate and score (no `train()`), with a recording reward."""
+    reward = RecordingReward()
+    args = grpo_config(tmp_path, per_device_train_batch_size=2 * G, **kwargs)
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[reward, word_count],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.model.train()
+    return trainer, reward
+
+
+def test_row_logps_equal_the_rebuilt_state_and_the_rollout(processor, dataset, tmp_path):
+    steps = [0, 3, 7]
+    trainer, _ = scoring_trainer(
+        processor,
+        dataset,
+        tmp_path,
+        reward_step_selection="fixed",
+        reward_steps=steps,
+        text_temperature=0.7,
+        image_temperature=1.3,
+    )
+    trajectories = record_trajectories(trainer)
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    (trajectory,) = trajectories
+    s = len(steps)
+    assert out["completion_ids"].shape[0] == trajectory.batch_size * s
+
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(
+        trainer.model,
+        torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1),
+        torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1),
+        out["completion_ids"].shape[1],
+    )
+    image_slots = torch.zeros(processor.output_length, dtype=torch.bool)
+    image_slots[processor.image_positions] = True
+    scored_images = scored_text = 0
+    for row in range(out["completion_ids"].shape[0]):
+        i, k = row // s, steps[row % s]
+        one = slice(i, i + 1)
+        # The row is (rollout i, step k): the state after step k, scoring the tokens revealed at step k.
+        revealed = trajectory.revealed_at(k)[one]
+        assert torch.equal(out["completion_ids"][row : row + 1], trajectory.state_at(k + 1)[one])
+        assert torch.equal(out["completion_mask"][row : row + 1].bool(), revealed)
+        # By hand: the state at the start of step k, one forward, the final tokens revealed at step k.
+        expected = hand_logps(
+            trainer.model,
+            processor,
+            trajectory.input_ids[one],
+            trajectory.attention_mask[one],
+            trajectory.state_at(k)[one],
+            trajectory.output_ids[one],
+            revealed,
+            0.7,
+            1.3,
+        )
+        torch.testing.assert_close(logps[row : row + 1], expected, atol=1e-5, rtol=0)
+        # On-policy rollout (no guidance, no top-k): the same numbers as the sampler's own log-probs.
+        torch.testing.assert_close(
+            logps[row][revealed[0]], trajectory.token_logprobs[i][revealed[0]], atol=1e-5, rtol=0
+        )
+        scored_images += int(revealed[0][image_slots].sum())
+        scored_text += int(revealed[0][~image_slots].sum())
+    assert scored_images > 0 and scored_text > 0
+
+
+def test_advantages_on_a_crafted_reward_matrix(processor, dataset, tmp_path):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, reward_weights=[1.0, 0.5])
+    s = 3
+    generator = torch.Generator().manual_seed(0)
+    rewards = torch.rand(2 * G * s, 2, generator=generator)
+    rewards[0, 1] = math.nan  # one function not applicable to one state: nansum, as TRL
+    rewards.view(2, G, s, 2)[1, :, 2] = 0.25  # group 1, step slot 2: all equal -> zero std, zero advantage
+    for mode in ("per_step", "trajectory_mean"):
+        trainer.args.advantage_mode = mode
+        advantages, is_std_zero = trainer._advantages(rewards, G)
+        expected = hand_advantages(rewards, [1.0, 0.5], G, s, mode)
+        torch.testing.assert_close(advantages, expected, atol=1e-5, rtol=1e-5)
+        if mode == "per_step":
+            assert torch.equal(advantages.view(2, G, s)[1, :, 2], torch.zeros(G))
+            # Flagged for each of the G rows of that (group, step) and nowhere else.
+            assert bool(is_std_zero.reshape(2, G, s)[1, :, 2].all()) and int(is_std_zero.sum()) == G
+        else:
+            # One advantage per rollout, shared by its steps.
+            assert torch.equal(advantages.view(-1, s), advantages.view(-1, s)[:, :1].expand(-1, s))
+            assert not bool(is_std_zero.any())
+
+
+@pytest.mark.parametrize("mode", ["per_step", "trajectory_mean"])
+def test_advantages_end_to_end(processor, dataset, tmp_path, mode):
+    trainer, reward = scoring_trainer(processor, dataset, tmp_path, advantage_mode=mode, reward_weights=[1.0, 0.5])
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    ((states, values),) = reward.batches
+    s = 3
+    # Steps are shared by the G rollouts of a group and drawn afresh per group.
+    steps = states.steps.view(2, G, s)
+    assert torch.equal(steps, steps[:, :1].expand(-1, G, -1))
+    rewards = torch.stack([torch.tensor(values), torch.tensor(word_count(states.texts))], dim=1)
+    expected = hand_advantages(rewards, [1.0, 0.5], G, s, mode)
+    torch.testing.assert_close(out["advantages"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_final_step_selection_is_output_level_grpo(processor, dataset, tmp_path):
+    trainer, reward = scoring_trainer(processor, dataset, tmp_path, reward_step_selection="final")
+    s = trainer.args.num_reward_steps
+    assert s == 3 and trainer.output_level
+    trajectories = record_trajectories(trainer)
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    (trajectory,), ((states, values),) = trajectories, reward.batches
+    last = trainer.args.diffusion_steps - 1
+    # One reward state per rollout: its final output.
+    assert states.steps.tolist() == [last] * trajectory.batch_size
+    final_texts = processor.decode_text(trajectory.output_ids)
+    final_images = processor.decode_images(processor.image_codes(trajectory.output_ids))
+    expected = [state_value(t, img, last) for t, img in zip(final_texts, final_images)]
+    assert values == pytest.approx(expected, abs=1e-6)
+    # The loss still scores s uniformly drawn steps per rollout (shared by the group), like ParaRL.
+    assert out["completion_ids"].shape[0] == trajectory.batch_size * s
+    # Plain GRPO advantages over each group of G final outputs, given to every loss row of the rollout.
+    rewards = torch.stack([torch.tensor(expected), torch.tensor(word_count(final_texts))], dim=1)
+    per_rollout = hand_advantages(rewards, [1.0, 1.0], G, 1, "per_step")
+    torch.testing.assert_close(out["advantages"], per_rollout.repeat_interleave(s), atol=1e-5, rtol=1e-5)
+
+
+def test_num_iterations_stores_old_logps_and_moves_the_ratio(processor, dataset, tmp_path):
+    args = grpo_config(tmp_path, num_iterations=2, max_steps=2, learning_rate=0.1)
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[word_count, ImageBrightness()],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    passes = []
+    compute_loss = trainer._compute_loss
+    get_logps = trainer._get_per_token_logps_and_entropies
+
+    def spying_compute_loss(model, inputs):
+        passes.append({key: value.detach().clone() for key, value in inputs.items() if torch.is_tensor(value)})
+        return compute_loss(model, inputs)
+
+    def spying_get_logps(*args, compute_entropy=False, **kwargs):
+        logps, entropies, aux = get_logps(*args, compute_entropy=compute_entropy, **kwargs)
+        if compute_entropy:  # the loss forward
+            passes[-1]["per_token_logps"] = logps.detach().clone()
+        return logps, entropies, aux
+
+    trainer._compute_loss = spying_compute_loss
+    trainer._get_per_token_logps_and_entropies = spying_get_logps
+    trainer.train()
+
+    assert trainer._generation_round == 1  # one generation, used by both passes
+    (buffered,) = trainer._buffered_inputs
+    assert buffered["old_per_token_logps"].shape == buffered["completion_ids"].shape
+    first, second = passes
+    assert torch.equal(first["completion_ids"], second["completion_ids"])
+    for inputs in passes:
+        assert inputs["old_per_token_logps"].shape == inputs["completion_ids"].shape
+    mask = first["completion_mask"].bool()
+    first_delta = (first["per_token_logps"] - first["old_per_token_logps"])[mask]
+    second_delta = (second["per_token_logps"] - second["old_per_token_logps"])[mask]
+    assert first_delta.abs().max() < 1e-5  # ratio 1 before any update
+    assert second_delta.abs().max() > 1e-3  # the first update moved the policy off the stored old log-probs
+
+
+# ------------------------------------------------------------------------------------------------------- resume
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(processor, dataset, tmp_path):
+    def make_trainer(output_dir):
+        args = grpo_config(
+            output_dir, max_steps=4, save_strategy="steps", save_steps=2, reward_calibration_fraction=0.25
+        )
+        rewards = [word_count, NormalizedLength(RewardNormalizer())]
+        return DiffusionGRPOTrainer(
+            model=tiny_model(processor),
+            reward_funcs=rewards,
+            args=args,
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+
+    uninterrupted = make_trainer(tmp_path / "a")
+    uninterrupted.train()
+    checkpoint = tmp_path / "a" / "checkpoint-2"
+    saved = json.loads((checkpoint / "reward_state.json").read_text())
+    assert saved["rewards"]["normalized_length"]["normalizer"]["mean"] is not None
+
+    resumed = make_trainer(tmp_path / "b")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    # The normaliser comes back from the checkpoint instead of being re-fitted on the step-2 policy.
+    normalizer = resumed.rewards[1].normalizer
+    assert normalizer.state_dict() == saved["rewards"]["normalized_length"]["normalizer"]
+    assert all(fitted for _, fitted in resumed.rewards[1].raw_calls)
+
+    expected, actual = logged_steps(uninterrupted), logged_steps(resumed)
+    assert sorted(actual) == [1, 2, 3, 4]  # steps 1-2 come back with the checkpoint's trainer state
+    assert resumed._generation_round == uninterrupted._generation_round == 4
+    for step in (3, 4):
+        for key in ("loss", "reward", "reward_std", "rewards/normalized_length/mean", "entropy", "grad_norm"):
+            assert actual[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-7), (step, key)
+    final = dict(resumed.model.named_parameters())
+    for name, param in uninterrupted.model.named_parameters():
+        torch.testing.assert_close(final[name], param, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(advantage_mode="per_group"), "advantage_mode='per_group' is not one of"),
+        (dict(num_reward_steps=9), "num_reward_steps=9 must be between 1 and diffusion_steps=8"),
+        (dict(temperature=0.0), "temperature=0.0: ParaRL scores the rollout's own sampling distribution"),
+        (dict(image_temperature=0.0), "image_temperature=0.0"),
+        (dict(reward_step_selection="fixed", reward_steps=[8]), r"reward_steps \[8\] must lie in"),
+    ],
+)
+def test_inconsistent_config_is_rejected(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        grpo_config(tmp_path, **kwargs)
+
+
+def test_non_string_prompt_is_rejected(processor, tmp_path):
+    chat = [[{"role": "user", "content": "draw a red circle"}]] * 8
+    rows = datasets.Dataset.from_dict({"prompt": chat})
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=word_count,
+        args=grpo_config(tmp_path, max_steps=1),
+        train_dataset=rows,
+        processing_class=processor,
+    )
+    with pytest.raises(ValueError, match="`prompt` must be the instruction as a string"):
+        trainer.train()
+
+
+def test_reward_with_the_wrong_number_of_values_is_rejected(processor, dataset, tmp_path):
+    def one_value(completions, **kwargs):
+        return [1.0]
+
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[one_value],
+        args=grpo_config(tmp_path, max_steps=1),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    with pytest.raises(ValueError, match=r"reward 'one_value' returned 1 values for 12 states"):
+        trainer.train()
+
+
+# ------------------------------------------------------------------------------------------------- calibration
+def test_unfitted_normalizer_is_calibrated_before_the_first_step(processor, dataset, tmp_path):
+    reward = NormalizedLength(RewardNormalizer())
+    args = grpo_config(tmp_path, max_steps=1, reward_calibration_fraction=0.5, reward_clip=2.0)
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    (calibration, fitted_before), *training = reward.raw_calls
+    assert not fitted_before and all(fitted for _, fitted in training)
+    # 50% of 16 prompts, one rollout each, scored at num_reward_steps = 3 steps.
+    assert len(calibration) == 8 * 3
+    values = torch.tensor(calibration, dtype=torch.float64)
+    assert reward.normalizer.mean == pytest.approx(values.mean().item())
+    assert reward.normalizer.std == pytest.approx(values.std(correction=0).item())
+    assert reward.normalizer.clip == 2.0
+    # The training rewards are the calibrated normaliser applied to the raw scores.
+    step = logged_steps(trainer)[1]
+    ((raw, _),) = training
+    assert step["rewards/normalized_length/mean"] == pytest.approx(sum(reward.normalizer(raw)) / len(raw), rel=1e-5)
+
+
+def test_given_reward_mean_and_std_skip_calibration(processor, dataset, tmp_path):
+    reward = NormalizedLength(RewardNormalizer())
+    args = grpo_config(tmp_path, max_steps=1, reward_mean=3.0, reward_std=0.5)
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    assert reward.normalizer.state_dict() == {"mean": 3.0, "std": 0.5, "clip": 1.0}
+    assert len(reward.raw_calls) == 1 and reward.raw_calls[0][1]  # only the training step scored, already fitted
