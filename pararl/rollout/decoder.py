@@ -1,0 +1,496 @@
+"""The parallel decoder: writes reasoning text and image together by iterative unmasking on one shared step axis."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .sampling import (
+    IMAGE_CONFIDENCE,
+    IMAGE_VALUES,
+    TEXT_CONFIDENCE,
+    TEXT_VALUES,
+    counter_uniform,
+    default_seeds,
+    draw,
+    guide,
+    sampling_logits,
+    slot_counters,
+)
+from .schedules import DECODE_ORDERS, RevealPlan, RevealSchedule, build_reveal_plan, get_schedule
+from .trajectory import Trajectory
+
+
+__all__ = ["RolloutConfig", "ParallelDecoder"]
+
+REMASKING = ("low_confidence", "random")
+GUIDANCE_DROP = ("prompt", "image", "both")
+
+
+@dataclass
+class RolloutConfig:
+    """How a rollout samples. Flat and plain so that a trainer config can build it from its own fields.
+
+    Args:
+        num_steps (`int`, defaults to `64`): Length T of the shared step axis (one model forward per step).
+        text_schedule (`str`, [`RevealSchedule`] or callable, defaults to `"linear"`): Text reveal schedule:
+            `"linear"`, `"cosine"`, a schedule object, or `f(step, num_steps)` returning the fraction (float) or count
+            (int) of the span revealed by the end of `step`.
+        image_schedule (same types, defaults to `"cosine"`): Image reveal schedule (MaskGIT cosine by default).
+        block_length (`int` or `None`, defaults to `None`): Semi-autoregressive text blocks (LLaDA style): the text's
+            steps are split equally among `text_span / block_length` blocks and a step only reveals text slots of its
+            block. `None` = one global block, as the released MMaDA-Parallel samplers do (the paper uses 64).
+        image_start (`float`, defaults to `0.0`): Fraction of the axis before the image schedule starts (`parallel`
+            order only; the released samplers use 0.25).
+        text_temperature / image_temperature (`float`, default `1.0`): Sampling temperatures; 0 = greedy (argmax;
+            confidence and log-probabilities then use temperature 1). 1.0 keeps training rollouts on-policy.
+        top_k (`int` or `None`, defaults to `None`): Keep only the k most likely values of each slot before drawing.
+        remasking (`str`, defaults to `"low_confidence"`): How each step picks the slots to reveal among the masked
+            ones: the most confident drawn values (`"low_confidence"`, confidence = probability of the drawn value
+            under the sampling distribution) or uniformly at random (`"random"`).
+        text_guidance_scale / image_guidance_scale (`float`, default `0.0`): Classifier-free guidance per modality,
+            `cond + s * (cond - uncond)` on the logits before temperature; 0 = off. Guidance (like greedy decoding
+            and top-k) makes the sampling policy differ from the model's conditional distribution: keep it off for
+            on-policy RL rollouts.
+        guidance_drop (`str`, defaults to `"both"`): What the unconditional rows drop from the input part:
+            `"prompt"` (instruction replaced by the empty one, `<bos> <eos>`; input image kept), `"image"` (the
+            `<soi> codes <eoi>` span of the input image removed; instruction kept) or `"both"`. The task token is
+            always kept, and so is the current output part. For generation tasks (no input image) `"image"` drops
+            nothing, so image-only guidance is a no-op there.
+        order (`str`, defaults to `"parallel"`): `"parallel"` decodes both modalities on the whole axis;
+            `"text_then_image"` / `"image_then_text"` (the paper's sequential baselines) run the first modality's
+            schedule on the first `num_steps // 2` steps and the other's on the rest.
+    """
+
+    num_steps: int = 64
+    text_schedule: str | RevealSchedule | Callable[[int, int], float | int] = "linear"
+    image_schedule: str | RevealSchedule | Callable[[int, int], float | int] = "cosine"
+    block_length: int | None = None
+    image_start: float = 0.0
+    text_temperature: float = 1.0
+    image_temperature: float = 1.0
+    top_k: int | None = None
+    remasking: str = "low_confidence"
+    text_guidance_scale: float = 0.0
+    image_guidance_scale: float = 0.0
+    guidance_drop: str = "both"
+    order: str = "parallel"
+
+    def __post_init__(self):
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {self.num_steps!r}.")
+        get_schedule(self.text_schedule)
+        get_schedule(self.image_schedule)
+        if self.block_length is not None and (not isinstance(self.block_length, int) or self.block_length < 1):
+            raise ValueError(
+                f"block_length must be a positive int or None (one global block), got {self.block_length!r}."
+            )
+        if not 0.0 <= self.image_start < 1.0:
+            raise ValueError(f"image_start must be a fraction of the axis in [0, 1), got {self.image_start!r}.")
+        for name in ("text_temperature", "image_temperature", "text_guidance_scale", "image_guidance_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(
+                    f"{name} must be a number >= 0 (0 = {'greedy' if 'temp' in name else 'off'}), got {value!r}."
+                )
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
+        ):
+            raise ValueError(f"top_k must be a positive int or None (off), got {self.top_k!r}.")
+        if self.remasking not in REMASKING:
+            raise ValueError(f"unknown remasking {self.remasking!r}; use one of {list(REMASKING)}.")
+        if self.guidance_drop not in GUIDANCE_DROP:
+            raise ValueError(f"unknown guidance_drop {self.guidance_drop!r}; use one of {list(GUIDANCE_DROP)}.")
+        if self.order not in DECODE_ORDERS:
+            raise ValueError(f"unknown order {self.order!r}; use one of {list(DECODE_ORDERS)}.")
+        if self.order != "parallel" and self.num_steps < 2:
+            raise ValueError(f"order {self.order!r} needs num_steps >= 2 (one half of the axis per modality).")
+
+    @property
+    def guided(self) -> bool:
+        """Whether unconditional rows are needed (some guidance scale > 0)."""
+        return self.text_guidance_scale > 0 or self.image_guidance_scale > 0
+
+
+class ParallelDecoder:
+    """Parallel multimodal decoding (MMaDA-Parallel): text and image written together by iterative unmasking.
+
+    Every step runs ONE forward of the backbone over the whole batch: the conditional rows, plus the unconditional
+    rows stacked below them on steps where a guided modality reveals tokens. Logits are computed only at the slots
+    still masked, over the text vocabulary for text slots and over the image codebook for image slots (the text
+    mask column is excluded). A value is drawn for every masked slot (guidance, temperature, top-k, Gumbel-max), and
+    each modality reveals the number of slots its schedule gives for that step: the most confident (or random)
+    masked slots of the current text block / of the whole image. All counts are host ints known before the loop and
+    every per-step operation has a fixed shape (the number of masked slots is the same in every row), so the loop
+    has no host-device sync, no data-dependent shape and no per-sample Python loop.
+
+    Noise is a hash of (row seed, step, slot, stream) (see :mod:`pararl.rollout.sampling`): a sample's result does
+    not depend on the rest of the batch (padding included) nor on the device, up to floating-point differences of the
+    model's forward itself.
+
+    Under DeepSpeed ZeRO-3 the caller gathers the parameters once around the whole rollout (TRL's
+    `unwrap_model_for_generation`, as the trainer does); the decoder only calls plain module forwards
+    (`model.backbone`, `model.lm_logits`), so it works on a bare, PEFT-wrapped or gathered model alike. It does not
+    change the model's train/eval mode.
+
+    Args:
+        model ([`~pararl.models.MaskedDiffusionLM`]): The policy (or a wrapper exposing `backbone` / `lm_logits`).
+        processor ([`~pararl.processing.ParallelProcessor`]): Layout of the sequences.
+        config ([`RolloutConfig`], *optional*): Sampling settings; defaults to `RolloutConfig()`.
+    """
+
+    def __init__(self, model, processor, config: RolloutConfig | None = None):
+        self.model = model
+        self.processor = processor
+        self.config = config if config is not None else RolloutConfig()
+        preset = processor.preset
+        self.preset = preset
+        self.num_text_tokens = len(processor.text_positions)
+        self.num_image_tokens = len(processor.image_positions)
+        cfg = self.config
+        self.plan: RevealPlan = build_reveal_plan(
+            cfg.num_steps,
+            self.num_text_tokens,
+            self.num_image_tokens,
+            text_schedule=cfg.text_schedule,
+            image_schedule=cfg.image_schedule,
+            block_length=cfg.block_length,
+            image_start=cfg.image_start,
+            order=cfg.order,
+        )
+        vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+        if vocab_size is not None and vocab_size < preset.image_vocab_range[1]:
+            raise ValueError(
+                f"model vocab_size {vocab_size} does not cover preset {preset.name!r}'s image tokens "
+                f"{preset.image_vocab_range}; use the model that belongs to the preset."
+            )
+        self.text_vocab_range, self.image_vocab_range = preset.text_vocab_range, preset.image_vocab_range
+        self._text_exclude = _column(preset.mask_token_id, self.text_vocab_range)
+        self._image_exclude = _column(preset.mask_token_id, self.image_vocab_range)
+
+    # -------------------------------------------------------------------------------------------------- inputs
+    def generate(
+        self,
+        prompts: Sequence[str],
+        images: Sequence | None = None,
+        tasks: Sequence[str | None] | None = None,
+        record_steps: Sequence[int] | torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
+        progress: bool = False,
+        step_callback: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> Trajectory:
+        """Encodes prompts (and input images) with the processor and decodes them.
+
+        The unconditional rows, built only when a guidance scale is > 0, are `processor.encode_prompts` of the same
+        prompts with `drop_prompt` / `drop_image` set as `config.guidance_drop` says. Conditional and unconditional
+        input parts are right-padded to a common length so the output parts line up.
+        See :meth:`decode` for the other arguments.
+        """
+        device = _model_device(self.model)
+        cond = self.processor.encode_prompts(prompts, images, tasks)
+        uncond_ids = uncond_mask = None
+        if self.config.guided:
+            drop = self.config.guidance_drop
+            batch = len(prompts)
+            uncond = self.processor.encode_prompts(
+                prompts,
+                images,
+                tasks,
+                drop_prompt=[drop in ("prompt", "both")] * batch,
+                drop_image=[drop in ("image", "both")] * batch,
+            )
+            length = max(cond["input_ids"].shape[1], uncond["input_ids"].shape[1])
+            cond, uncond = (
+                _pad_to(cond, length, self.preset.pad_token_id),
+                _pad_to(uncond, length, self.preset.pad_token_id),
+            )
+            uncond_ids, uncond_mask = uncond["input_ids"].to(device), uncond["attention_mask"].to(device)
+        return self.decode(
+            cond["input_ids"].to(device),
+            cond["attention_mask"].to(device),
+            uncond_input_ids=uncond_ids,
+            uncond_attention_mask=uncond_mask,
+            record_steps=record_steps,
+            seeds=seeds,
+            progress=progress,
+            step_callback=step_callback,
+        )
+
+    def _check_inputs(self, input_ids, attention_mask, uncond_input_ids, uncond_attention_mask, seeds, record_steps):
+        if input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            raise ValueError(
+                f"input_ids must be a LongTensor (B, L_in), got {input_ids.dtype} {tuple(input_ids.shape)}."
+            )
+        batch = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}."
+            )
+        if self.config.guided:
+            if uncond_input_ids is None:
+                raise ValueError(
+                    "a guidance scale is > 0 but no uncond_input_ids were given; build them with "
+                    "processor.encode_prompts(..., drop_prompt=..., drop_image=...) or call generate()."
+                )
+            if uncond_input_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"uncond_input_ids has shape {tuple(uncond_input_ids.shape)} but input_ids "
+                    f"{tuple(input_ids.shape)}; "
+                    "right-pad both to the same length so the output parts line up."
+                )
+            if uncond_attention_mask is None:
+                uncond_attention_mask = torch.ones_like(uncond_input_ids)
+            if uncond_attention_mask.shape != input_ids.shape:
+                raise ValueError(f"uncond_attention_mask must have shape {tuple(input_ids.shape)}.")
+        if seeds is None:
+            seeds = default_seeds(batch)
+        seeds = torch.as_tensor(seeds)
+        if seeds.shape != (batch,) or seeds.dtype.is_floating_point:
+            raise ValueError(
+                f"seeds must be an integer tensor of shape ({batch},), got {seeds.dtype} {tuple(seeds.shape)}."
+            )
+        seeds = seeds.to(device=input_ids.device, dtype=torch.long)
+        if record_steps is None:
+            record = []
+        else:
+            record = sorted({int(s) for s in torch.as_tensor(record_steps).reshape(-1).tolist()})
+        if record and (record[0] < 0 or record[-1] >= self.plan.num_steps):
+            raise ValueError(f"record_steps must lie in [0, {self.plan.num_steps - 1}], got {record}.")
+        return attention_mask, uncond_attention_mask, seeds, record
+
+    # -------------------------------------------------------------------------------------------------- decoding
+    @torch.inference_mode()
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        uncond_input_ids: torch.Tensor | None = None,
+        uncond_attention_mask: torch.Tensor | None = None,
+        record_steps: Sequence[int] | torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
+        progress: bool = False,
+        step_callback: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> Trajectory:
+        """Decodes the output parts of a batch of input parts.
+
+        Args:
+            input_ids / attention_mask (`LongTensor (B, L_in)`): Conditional input parts, right-padded.
+            uncond_input_ids / uncond_attention_mask (`LongTensor (B, L_in)`, *optional*): Unconditional input parts
+                (same length as the conditional ones); required when a guidance scale is > 0, ignored otherwise.
+            record_steps (ints or `LongTensor`, *optional*): Steps whose x0 estimate to keep (e.g. the union of the
+                reward steps of all groups). Recording does not change the sampled tokens.
+            seeds (`LongTensor (B,)`, *optional*): Row seeds of the noise; drawn from torch's RNG when omitted (and
+                stored in the trajectory). The same seed and input give the same rollout in any batch.
+            progress (`bool`, defaults to `False`): Show a tqdm progress bar over the steps.
+            step_callback (`Callable[[int, Tensor], None]`, *optional*): Called at the start of every step with the
+                step index and the current output state `(B, L_out)` (a view: read or copy it, do not modify it).
+
+        Returns:
+            [`Trajectory`]
+        """
+        cfg, plan, proc = self.config, self.plan, self.processor
+        attention_mask, uncond_attention_mask, seeds, record = self._check_inputs(
+            input_ids, attention_mask, uncond_input_ids, uncond_attention_mask, seeds, record_steps
+        )
+        device = input_ids.device
+        batch, input_length = input_ids.shape
+        guided = cfg.guided
+        rows_ids = torch.cat([input_ids, uncond_input_ids.to(device)]) if guided else input_ids
+        rows_mask = torch.cat([attention_mask, uncond_attention_mask.to(device)]) if guided else attention_mask
+        groups = rows_ids.shape[0] // batch
+
+        outputs = proc.masked_outputs(batch, device)
+        output_length = outputs.shape[1]
+        sequence = torch.cat([rows_ids, outputs.repeat(groups, 1)], dim=1)
+        full_mask = torch.cat(
+            [rows_mask.long(), torch.ones(len(rows_ids), output_length, dtype=torch.long, device=device)], 1
+        )
+        # Host syncs before the loop only: without padding no mask is passed, which keeps attention on the fast
+        # kernels. Steps where no guided modality is active run the conditional rows alone (keys: row counts).
+        forward_masks = {
+            rows: None if bool(full_mask[:rows].all()) else full_mask[:rows] for rows in {batch, len(rows_ids)}
+        }
+        state = sequence[:batch, input_length:]  # a view: the output part of the conditional rows
+
+        windows = torch.zeros(plan.num_steps, self.num_text_tokens, dtype=torch.bool)
+        for step, (start, end) in enumerate(plan.text_windows):
+            windows[step, start:end] = True
+        spans = [
+            _Span(
+                "text",
+                proc.text_positions.to(device),
+                input_length,
+                self.text_vocab_range,
+                self._text_exclude,
+                cfg.text_temperature,
+                cfg.text_guidance_scale,
+                plan.text_counts,
+                TEXT_VALUES,
+                TEXT_CONFIDENCE,
+                windows.to(device) if any(w != plan.text_windows[0] for w in plan.text_windows) else None,
+                outputs,
+            ),
+            _Span(
+                "image",
+                proc.image_positions.to(device),
+                input_length,
+                self.image_vocab_range,
+                self._image_exclude,
+                cfg.image_temperature,
+                cfg.image_guidance_scale,
+                plan.image_counts,
+                IMAGE_VALUES,
+                IMAGE_CONFIDENCE,
+                None,
+                outputs,
+            ),
+        ]
+        record_index = {step: i for i, step in enumerate(record)}
+        x0 = torch.empty(batch, len(record), output_length, dtype=torch.long, device=device)
+
+        bar = tqdm(total=plan.num_steps, desc="decoding", disable=not progress, leave=False)
+        for step in range(plan.num_steps):
+            if step_callback is not None:
+                step_callback(step, state)
+            recorded = step in record_index
+            if not recorded and all(span.counts[step] == 0 for span in spans):
+                bar.update(1)
+                continue  # nothing changes at this step: skip its forward
+            active = [span for span in spans if span.counts[step] > 0 or recorded]
+            rows = len(rows_ids) if any(span.guidance_scale > 0 for span in active) else batch
+            hidden = self.model.backbone(sequence[:rows], attention_mask=forward_masks[rows])
+            estimate = state.clone() if recorded else None
+            for span in active:
+                x0_tokens = self._span_step(span, hidden, sequence, seeds, step, groups)
+                if recorded:
+                    estimate.index_copy_(1, span.slots, x0_tokens)
+            if recorded:
+                x0[:, record_index[step]] = estimate
+            bar.update(1)
+        bar.close()
+
+        output_ids = state.clone()
+        step_map = torch.full_like(output_ids, -1)
+        token_logprobs = torch.zeros(output_ids.shape, dtype=torch.float32, device=device)
+        for span in spans:
+            step_map.index_copy_(1, span.slots, span.steps)
+            token_logprobs.index_copy_(1, span.slots, span.logprobs)
+        return Trajectory(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_ids=output_ids,
+            step_map=step_map,
+            num_steps=plan.num_steps,
+            token_logprobs=token_logprobs,
+            recorded_steps=torch.tensor(record, dtype=torch.long, device=device),
+            x0=x0,
+            mask_token_id=self.preset.mask_token_id,
+            seeds=seeds,
+        )
+
+    def _span_step(
+        self, span: "_Span", hidden: torch.Tensor, sequence: torch.Tensor, seeds: torch.Tensor, step: int, groups: int
+    ) -> torch.Tensor:
+        """One step of one modality: draw values for its masked slots, reveal `span.counts[step]` of them.
+
+        Only the slots still masked get logits and noise. Their number is the same in every row (identical layouts
+        and counts) and known on the host, so a stable sort lists them with a fixed shape, in ascending slot order.
+        Returns the modality's x0 estimate `(B, K)` (revealed tokens + the values drawn for masked slots).
+        """
+        cfg, mask_id = self.config, self.preset.mask_token_id
+        batch, num_slots = span.tokens.shape
+        masked_count = span.masked_before[step]
+        if masked_count == 0:
+            return span.tokens
+        if masked_count == num_slots:
+            candidates = span.all_slots
+        else:
+            still_masked = span.tokens == mask_id
+            candidates = torch.sort((~still_masked).to(torch.uint8), dim=1, stable=True).indices[:, :masked_count]
+        rows = batch * groups if span.guidance_scale > 0 else batch
+        positions = span.columns[candidates]
+        if rows > batch:
+            positions = positions.repeat(rows // batch, 1)
+        logits = self.model.lm_logits(hidden[:rows], positions=positions, vocab_range=span.vocab_range)
+        logits = sampling_logits(guide(logits, batch, span.guidance_scale), span.temperature, cfg.top_k, span.exclude)
+        counters = slot_counters(candidates, logits.shape[-1]) if span.temperature > 0 else None
+        drawn, drawn_logprobs = draw(logits, span.temperature, seeds, step, span.value_stream, counters)
+        del logits, counters
+        drawn = drawn + span.vocab_range[0]
+
+        count = span.counts[step]
+        if count > 0:
+            if cfg.remasking == "random":
+                confidence = counter_uniform(seeds, step, span.confidence_stream, counters=slot_counters(candidates))
+            else:
+                confidence = drawn_logprobs  # log is monotone: same order as the probability of the drawn value
+            if span.windows is not None:
+                confidence = confidence.masked_fill(~span.windows[step][candidates], float("-inf"))
+            # Stable sort, not topk: ties go to the lowest slot on every device.
+            chosen = torch.sort(confidence, dim=1, descending=True, stable=True).indices[:, :count]
+            slots = candidates.gather(1, chosen)
+            span.tokens = span.tokens.scatter(1, slots, drawn.gather(1, chosen))
+            span.steps.scatter_(1, slots, step)
+            span.logprobs.scatter_(1, slots, drawn_logprobs.gather(1, chosen))
+            sequence.index_copy_(1, span.columns, span.tokens.repeat(groups, 1))
+        return span.tokens.scatter(1, candidates, drawn)
+
+
+class _Span:
+    """Per-rollout state of one modality's slots (tokens, reveal steps, log-probs) and its sampling settings."""
+
+    def __init__(
+        self,
+        name: str,
+        slots: torch.Tensor,
+        input_length: int,
+        vocab_range: tuple[int, int],
+        exclude: int | None,
+        temperature: float,
+        guidance_scale: float,
+        counts: tuple[int, ...],
+        value_stream: int,
+        confidence_stream: int,
+        windows: torch.Tensor | None,
+        outputs: torch.Tensor,
+    ):
+        self.name, self.slots, self.vocab_range, self.exclude = name, slots, vocab_range, exclude
+        self.temperature, self.guidance_scale, self.counts = temperature, guidance_scale, counts
+        self.value_stream, self.confidence_stream, self.windows = value_stream, confidence_stream, windows
+        self.columns = input_length + slots
+        self.tokens = outputs[:, slots]
+        batch, num_slots = self.tokens.shape
+        self.all_slots = torch.arange(num_slots, device=slots.device).expand(batch, -1)
+        self.steps = torch.full_like(self.tokens, len(counts))  # len(counts) = "not revealed"
+        self.logprobs = torch.zeros(self.tokens.shape, dtype=torch.float32, device=slots.device)
+        # Masked slots at the start of each step: host ints, the same in every row.
+        self.masked_before, remaining = [], num_slots
+        for count in counts:
+            self.masked_before.append(remaining)
+            remaining -= count
+
+
+def _column(token_id: int, vocab_range: tuple[int, int]) -> int | None:
+    start, end = vocab_range
+    return token_id - start if start <= token_id < end else None
+
+
+def _pad_to(inputs: dict[str, torch.Tensor], length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    extra = length - ids.shape[1]
+    if extra == 0:
+        return inputs
+    return {
+        "input_ids": torch.nn.functional.pad(ids, (0, extra), value=pad_token_id),
+        "attention_mask": torch.nn.functional.pad(mask, (0, extra), value=0),
+    }
+
+
+def _model_device(model) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
