@@ -115,7 +115,7 @@ class Trajectory:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     # ---------------------------------------------------------------------------------------------- decoded views
-    def text_at(self, step: int, processor) -> list[str]:
+    def text_at(self, step: int | torch.Tensor, processor) -> list[str]:
         """Reasoning written by the end of `step` (text of `state_at(step + 1)`, masks dropped): the reward text."""
         return processor.decode_text(self.state_at(self._after(step)))
 

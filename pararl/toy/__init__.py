@@ -1,5 +1,7 @@
 """The toy world: procedural thinking-aware tasks, its exact image tokenizer, word tokenizer and sequence preset."""
 
+from pathlib import Path
+
 from .palette import TOY_COLOURS, TOY_PALETTE, toy_image_tokenizer
 from .tokenizer import build_toy_tokenizer, load_toy_tokenizer
 from .world import (
@@ -42,6 +44,7 @@ __all__ = [
     "scene_codes",
     "toy_image_tokenizer",
     "toy_preset",
+    "toy_policy_path",
     "toy_processor",
     "world_vocabulary",
 ]
@@ -85,3 +88,15 @@ def toy_processor(tokenizer=None, **kwargs):
     return ParallelProcessor(
         tokenizer if tokenizer is not None else load_toy_tokenizer(), toy_image_tokenizer(), toy_preset(), **kwargs
     )
+
+
+def toy_policy_path() -> str:
+    """Folder of the shipped tiny policy: a `MaskedDiffusionLM` trained with pararl's parallel SFT on the toy world's
+    train split (rebuilt by `python -m pararl.toy.build_assets --only policy`; its held-out scores are recorded in
+    `metrics.json` beside the weights)."""
+    path = Path(__file__).parent / "assets" / "policy"
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(
+            f"the toy policy is missing from {path}; rebuild it with `python -m pararl.toy.build_assets --only policy`."
+        )
+    return str(path)
