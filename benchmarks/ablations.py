@@ -1,0 +1,369 @@
+"""The paper's ParaRL ablations in miniature, on the toy world (a benchmark, not a test).
+
+From one SFT checkpoint and one compute budget (the same `max_steps`, rollouts per step, group size, diffusion steps,
+learning rate and LoRA adapter for every trained variant), this script compares:
+
+- `no_rl`: the SFT checkpoint itself, decoded in parallel;
+- `output_level`: output-level RL (`reward_step_selection="final"`, the paper's baseline): each rollout is rewarded
+  once on its final output and that reward trains 3 uniformly drawn steps, as many loss rows as ParaRL with s = 3;
+- `pararl_s2`, `pararl_s3`, `pararl_s4`: ParaRL with s = 2, 3, 4 rewarded steps per rollout (uniformly drawn, shared
+  by a prompt group). Every rewarded step is one loss row, so s also sets the loss rows per step (rollouts x s),
+  exactly as in the paper's Table 5; the JSON output records the rows of every variant;
+- `no_rl_sequential` and `pararl_s3_sequential`: the same two points decoded text first, then image
+  (`decode_order="text_then_image"`); each model is trained and evaluated with its own decoding order, so
+  `pararl_s3` vs `pararl_s3_sequential` is the paper's parallel vs sequential comparison (Table 10).
+
+The reward is the shipped tiny CLIP's alignment between the partial reasoning and the partial image, normalised with
+a fresh `RewardNormalizer()` that each trainer calibrates on its own rollouts. Every model is scored on the same
+held-out toy split by the exact evaluator (ParaBench's six axes and their mean, 0-100); a run's seed sets both the
+training (LoRA init, data order, rollout noise) and the evaluation's sampling noise, so the spread of `no_rl` is the
+evaluation noise floor. The script prints a markdown table of mean ± std (sample std) over seeds and writes every
+per-seed number, the settings, the wall time and the machine to `--output`.
+
+The paper's numbers (MMaDA-Parallel on ParaBench) for comparison: output alignment 51.5 before RL, 53.6 after
+output-level RL and 59.8 after ParaRL (s = 3); s = 2 / 3 / 4 give 53.6 / 59.8 / 58.7; after RL, sequential
+text-then-image decoding reaches 54.1 against 59.8 for parallel decoding.
+
+Examples:
+
+    python benchmarks/ablations.py --quick                      # a 1-2 minute check that everything runs
+    python benchmarks/ablations.py                              # the full table (about 30 minutes on 2 CPU cores)
+    python benchmarks/ablations.py --variants no_rl output_level pararl_s3 --seeds 5 --output ablations.json
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from transformers import PrinterCallback
+from trl import ModelConfig, get_peft_config
+
+from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
+from pararl.models import MaskedDiffusionLM
+from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
+from pararl.rollout import RolloutConfig
+from pararl.toy import build_toy_dataset, toy_processor
+from pararl.toy.clip import load_toy_clip
+from pararl.toy.evaluate import AXES, evaluate, generate_predictions
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: whether it trains, and the `DiffusionGRPOConfig` fields it changes."""
+
+    label: str
+    train: bool = True
+    overrides: dict = field(default_factory=dict)
+
+
+VARIANTS: dict[str, Variant] = {
+    "no_rl": Variant("no RL (SFT)", train=False),
+    "output_level": Variant("output-level RL", overrides={"reward_step_selection": "final", "num_reward_steps": 3}),
+    "pararl_s2": Variant("ParaRL s=2", overrides={"num_reward_steps": 2}),
+    "pararl_s3": Variant("ParaRL s=3", overrides={"num_reward_steps": 3}),
+    "pararl_s4": Variant("ParaRL s=4", overrides={"num_reward_steps": 4}),
+    "no_rl_sequential": Variant(
+        "no RL, sequential (text then image)", train=False, overrides={"decode_order": "text_then_image"}
+    ),
+    "pararl_s3_sequential": Variant(
+        "ParaRL s=3, sequential (text then image)",
+        overrides={"num_reward_steps": 3, "decode_order": "text_then_image"},
+    ),
+}
+
+# The full run uses the main job's toy defaults (examples/pararl.py); --quick only checks that everything runs.
+FULL = {
+    "max_steps": 30,
+    "seeds": 3,
+    "train_samples": 512,
+    "eval_samples": 120,
+    "diffusion_steps": 16,
+    "batch_size": 8,
+    "num_generations": 8,
+}
+QUICK = {
+    "max_steps": 2,
+    "seeds": 2,
+    "train_samples": 64,
+    "eval_samples": 12,
+    "diffusion_steps": 8,
+    "batch_size": 4,
+    "num_generations": 4,
+}
+# The trainer settings recorded in the JSON output for every variant.
+RECORDED_FIELDS = (
+    "max_steps",
+    "per_device_train_batch_size",
+    "num_generations",
+    "diffusion_steps",
+    "decode_order",
+    "reward_step_selection",
+    "num_reward_steps",
+    "advantage_mode",
+    "likelihood",
+    "learning_rate",
+    "beta",
+    "epsilon",
+    "loss_type",
+    "num_iterations",
+    "text_temperature",
+    "image_temperature",
+    "image_start",
+    "block_length",
+    "reward_calibration_fraction",
+    "reward_clip",
+    "bf16",
+)
+HEADERS = {
+    "text_quality": "TextQ",
+    "text_alignment": "TextA",
+    "image_consistency": "ImgCons",
+    "image_alignment": "ImgA",
+    "image_quality": "ImgQ",
+    "output_alignment": "OutA",
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_name_or_path", default=None, help="SFT checkpoint (default: the shipped toy policy).")
+    parser.add_argument(
+        "--clip_dir", default=None, help="Folder of a tiny CLIP saved by save_toy_clip (default: the shipped one)."
+    )
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, default=None, help=f"Number of seeds (default {FULL['seeds']}).")
+    parser.add_argument("--first_seed", type=int, default=0, help="Seeds are first_seed, first_seed + 1, ...")
+    parser.add_argument("--max_steps", type=int, default=None, help=f"RL steps (default {FULL['max_steps']}).")
+    parser.add_argument("--train_samples", type=int, default=None, help="Training prompts (default 512).")
+    parser.add_argument("--eval_samples", type=int, default=None, help="Held-out prompts scored (default 120).")
+    parser.add_argument("--diffusion_steps", type=int, default=None, help="Denoising steps (default 16).")
+    parser.add_argument("--batch_size", type=int, default=None, help="Rollouts per step (default 8).")
+    parser.add_argument("--num_generations", type=int, default=None, help="Rollouts per prompt, G (default 8).")
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument("--lora_alpha", type=int, default=32)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the toy model gains little from more, and oversubscribed threads spin).",
+    )
+    parser.add_argument("--quick", action="store_true", help="Tiny settings (~1-2 minutes) to check the script.")
+    parser.add_argument("--work_dir", default=None, help="Trainer output folders (default: a temporary folder).")
+    parser.add_argument("--output", default="ablations.json", help="Where to write every number as JSON.")
+    args = parser.parse_args()
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.model_name_or_path is None:
+        from pararl.toy import toy_policy_path
+
+        args.model_name_or_path = toy_policy_path()
+    return args
+
+
+def training_config(args: argparse.Namespace, variant: Variant, seed: int, output_dir: str) -> DiffusionGRPOConfig:
+    """The main job's toy settings (examples/pararl.py) with the variant's changes."""
+    on_cpu = not torch.cuda.is_available()
+    settings = {
+        "output_dir": output_dir,
+        "seed": seed,
+        "use_cpu": on_cpu,
+        "bf16": not on_cpu,
+        "learning_rate": args.learning_rate,
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.batch_size,
+        "num_generations": args.num_generations,
+        "diffusion_steps": args.diffusion_steps,
+        "beta": 0.0,
+        "logging_steps": 1,
+        "log_trajectory_pictures": False,  # drawing pictures is not part of the budget being compared
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "gradient_checkpointing": False,
+    }
+    return DiffusionGRPOConfig(**{**settings, **variant.overrides})
+
+
+def lora_config(args: argparse.Namespace):
+    """LoRA exactly as examples/pararl.py builds it from TRL's `ModelConfig`."""
+    peft_config = get_peft_config(ModelConfig(use_peft=True, lora_r=args.lora_r, lora_alpha=args.lora_alpha))
+    peft_config.task_type = None  # a masked-diffusion model is no causal LM: the plain PeftModel is used
+    peft_config.target_modules = ["q_proj", "k_proj", "v_proj", "attn_out"]
+    return peft_config
+
+
+def score(model, processor, dataset, config: DiffusionGRPOConfig) -> dict:
+    """The exact evaluator on the held-out split, decoded with the training rollout settings (as the main job)."""
+    rollout_config = RolloutConfig(
+        num_steps=config.diffusion_steps,
+        block_length=config.block_length,
+        image_start=config.image_start,
+        text_temperature=config.text_temperature,
+        image_temperature=config.image_temperature,
+        order=config.decode_order,
+    )
+    predictions = generate_predictions(model, processor, dataset, rollout_config=rollout_config, seed=config.seed)
+    result = evaluate(predictions, dataset)
+    result.pop("samples")  # per-sample scores would make the JSON large; the axes and categories are kept
+    return result
+
+
+def run_one(args, name: str, seed: int, processor, train_dataset, eval_dataset, clip) -> dict:
+    """Trains (unless the variant is the SFT model) and evaluates one (variant, seed)."""
+    variant = VARIANTS[name]
+    output_dir = os.path.join(args.work_dir, name, f"seed{seed}")
+    config = training_config(args, variant, seed, output_dir)
+    record = {"seed": seed}
+    if variant.train:
+        clip_model, clip_tokenizer = clip
+        reward = CLIPAlignmentReward(model=clip_model, tokenizer=clip_tokenizer, normalizer=RewardNormalizer())
+        trainer = DiffusionGRPOTrainer(
+            model=args.model_name_or_path,
+            reward_funcs=[reward],
+            args=config,
+            train_dataset=train_dataset,
+            processing_class=processor,
+            peft_config=lora_config(args),
+        )
+        trainer.remove_callback(PrinterCallback)  # one line per run is printed below instead of every log
+        start = time.perf_counter()
+        trainer.train()
+        record["train_seconds"] = round(time.perf_counter() - start, 1)
+        record["loss_rows_per_step"] = config.per_device_train_batch_size * config.num_reward_steps
+        record["rewards"] = [log["reward"] for log in trainer.state.log_history if "reward" in log]
+        record["reward_normalizer"] = {"mean": reward.normalizer.mean, "std": reward.normalizer.std}
+        model = trainer.model
+    else:
+        trainer = None
+        device = "cpu" if config.use_cpu else "cuda"
+        model = MaskedDiffusionLM.from_pretrained(args.model_name_or_path, dtype=torch.float32).to(device)
+    start = time.perf_counter()
+    result = score(model, processor, eval_dataset, config)
+    record["eval_seconds"] = round(time.perf_counter() - start, 1)
+    record.update(overall=result["overall"], axes=result["axes"], categories=result["categories"])
+    del model, trainer
+    gc.collect()
+    return record
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(records: list[dict]) -> dict[str, dict[str, float] | None]:
+    """Mean and sample std over seeds of every axis and of the overall score."""
+    summary = {}
+    for axis in (*AXES, "overall"):
+        values = [r["overall"] if axis == "overall" else r["axes"][axis] for r in records]
+        values = [v for v in values if v is not None]
+        summary[axis] = dict(zip(("mean", "std"), mean_std(values))) if values else None
+    return summary
+
+
+def markdown_table(results: dict) -> str:
+    columns = [*(HEADERS[axis] for axis in AXES), "Overall"]
+    lines = ["| Variant | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for entry in results.values():
+        cells = []
+        for axis in (*AXES, "overall"):
+            stats = entry["summary"][axis]
+            cells.append("-" if stats is None else f"{stats['mean']:.1f} ± {stats['std']:.1f}")
+        lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(args: argparse.Namespace, seeds: list[int], results: dict, wall_seconds: float) -> None:
+    """Every number, the settings and the machine as JSON (rewritten after each variant, so a stopped run keeps
+    what it finished)."""
+    report = {
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in ("output", "work_dir")},
+            "seed_list": seeds,
+            "dataset_seed": 0,
+            "lora_target_modules": ["q_proj", "k_proj", "v_proj", "attn_out"],
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "wall_seconds": round(wall_seconds, 1),
+        "variants": results,
+        "table": markdown_table(results),
+    }
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=2)
+
+
+def main():
+    start = time.perf_counter()
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    processor = toy_processor()
+    train_dataset = build_toy_dataset("train", args.train_samples, seed=0)
+    eval_dataset = build_toy_dataset("test", args.eval_samples, seed=0)
+    clip = load_toy_clip(directory=args.clip_dir) if any(VARIANTS[n].train for n in args.variants) else None
+
+    temporary = None
+    if args.work_dir is None:
+        temporary = tempfile.TemporaryDirectory(prefix="pararl-ablations-")
+        args.work_dir = temporary.name
+    results = {}
+    try:
+        for name in args.variants:
+            records = []
+            for seed in seeds:
+                record = run_one(args, name, seed, processor, train_dataset, eval_dataset, clip)
+                records.append(record)
+                line = f"{name} seed {seed}: overall {record['overall']:.1f}"
+                if record.get("rewards"):
+                    line += f", reward {record['rewards'][0]:.3f} -> {record['rewards'][-1]:.3f}"
+                    line += f", train {record['train_seconds']}s"
+                print(f"{line}, eval {record['eval_seconds']}s", flush=True)
+            variant = VARIANTS[name]
+            config = training_config(args, variant, seeds[0], args.work_dir)
+            results[name] = {
+                "label": variant.label,
+                "train": variant.train,
+                "overrides": variant.overrides,
+                "config": {key: getattr(config, key) for key in RECORDED_FIELDS},
+                "per_seed": records,
+                "summary": summarise(records),
+            }
+            write_report(args, seeds, results, time.perf_counter() - start)
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    wall_seconds = time.perf_counter() - start
+    write_report(args, seeds, results, wall_seconds)
+
+    budget = (
+        f"RL steps {args.max_steps}, rollouts per step {args.batch_size} (G = {args.num_generations}), "
+        f"diffusion steps {args.diffusion_steps}, loss rows per step = rollouts x s"
+    )
+    print(
+        f"\nToy-world ablations: mean ± std over {len(seeds)} seeds, {args.eval_samples} held-out prompts; {budget}.\n"
+    )
+    print(markdown_table(results))
+    print(f"\nWall time {wall_seconds / 60:.1f} min.")
+    print(f"Every per-seed number is in {args.output}.")
+
+
+if __name__ == "__main__":
+    main()
