@@ -1,0 +1,114 @@
+"""Rebuilds the toy world's shipped assets, deterministically.
+
+    python -m pararl.toy.build_assets                  # everything, into pararl/toy/assets/
+    python -m pararl.toy.build_assets --only clip      # the tiny CLIP only (a few minutes on a CPU)
+    python -m pararl.toy.build_assets --quick          # seconds, into a temporary folder: checks the script runs
+
+Each asset goes to its own sub-folder of `--output_dir` (`clip/`, `policy/`) with a `metrics.json` recording what
+it scores on held-out data. A rebuild with the same seed and the same number of threads (`--threads`, default 1,
+since float reductions change with the thread count) gives the same weights.
+"""
+
+import argparse
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+__all__ = ["ASSETS_DIR", "build_clip", "build_policy", "main"]
+
+ASSETS_DIR = Path(__file__).parent / "assets"
+
+
+def build_clip(output_dir: str | Path, quick: bool = False, seed: int = 0, log_every: int = 0) -> dict:
+    """Trains the tiny CLIP, saves it to `output_dir` and records its held-out retrieval in `metrics.json`.
+
+    The metrics are measured on the saved (fp16) weights as :func:`~pararl.toy.clip.load_toy_clip` loads them, so
+    a test can reproduce them exactly from the shipped files.
+    """
+    from .clip import (
+        TOY_CLIP_NAME,
+        WEIGHTS_FILE,
+        ToyClipTrainingConfig,
+        heldout_metrics,
+        load_toy_clip,
+        save_toy_clip,
+        train_toy_clip,
+    )
+
+    output_dir = Path(output_dir)
+    config = ToyClipTrainingConfig.quick(seed=seed) if quick else ToyClipTrainingConfig(seed=seed)
+    model, info = train_toy_clip(config, log_every=log_every)
+    save_toy_clip(model, output_dir)
+    loaded, tokenizer = load_toy_clip(directory=output_dir)
+    eval_size = 64 if quick else 512
+    metrics = {
+        "model": TOY_CLIP_NAME,
+        "num_parameters": sum(p.numel() for p in loaded.parameters()),
+        "weights_bytes": (output_dir / WEIGHTS_FILE).stat().st_size,
+        "training": {
+            **info,
+            "quick": quick,
+            "threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
+        },
+        "heldout": heldout_metrics(loaded, tokenizer, split="test", num_samples=eval_size),
+        "train": heldout_metrics(loaded, tokenizer, split="train", num_samples=eval_size),
+    }
+    save_toy_clip(loaded, output_dir, metrics)
+    return metrics
+
+
+def build_policy(output_dir: str | Path, quick: bool = False, seed: int = 0, log_every: int = 0) -> dict:
+    """Trains the tiny policy with `pararl.sft` and records its held-out six-axis scores.
+
+    ---- TO BE FILLED IN BY THE INTEGRATOR (the policy step) ----
+    """
+    raise NotImplementedError("built by the policy step")
+
+
+BUILDERS = {"clip": build_clip, "policy": build_policy}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m pararl.toy.build_assets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=sorted(BUILDERS), help="Rebuild one asset only (default: all).")
+    parser.add_argument("--quick", action="store_true", help="Tiny settings, seconds (into a temporary folder).")
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help="Where to write (default: the package's assets folder, or a temporary folder with --quick).",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (results depend on it).")
+    parser.add_argument("--log_every", type=int, default=100, help="Print the training loss every N steps (0 = off).")
+    args = parser.parse_args(argv)
+
+    if args.output_dir is not None:
+        output_dir = Path(args.output_dir)
+    elif args.quick:  # never overwrite the shipped assets with quick ones
+        output_dir = Path(tempfile.mkdtemp(prefix="pararl-toy-assets-"))
+    else:
+        output_dir = ASSETS_DIR
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    results = {}
+    try:
+        for name in [args.only] if args.only else list(BUILDERS):
+            start = time.perf_counter()
+            metrics = BUILDERS[name](output_dir / name, quick=args.quick, seed=args.seed, log_every=args.log_every)
+            results[name] = metrics
+            print(f"built {name} into {output_dir / name} in {time.perf_counter() - start:.1f}s")
+            for split in ("heldout", "train"):
+                if isinstance(metrics.get(split), dict):
+                    print(f"  {split}: {metrics[split]}")
+    finally:
+        torch.set_num_threads(previous_threads)
+    return results
+
+
+if __name__ == "__main__":
+    main()
