@@ -13,7 +13,7 @@ import os
 import torch
 from PIL import Image
 
-from .image_tokenizers import images_to_tensor
+from .image_tokenizers import check_codes, images_to_tensor
 from .loading import check_weight_shapes, find_weight_files, read_weight_shapes
 
 
@@ -161,17 +161,7 @@ class AmusedVQImageTokenizer:
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """`LongTensor (B, h, w)` codes -> `FloatTensor (B, 3, H, W)` in [0, 1]."""
-        codes = torch.as_tensor(codes)
-        if codes.dim() != 3 or tuple(codes.shape[1:]) != self.grid_shape:
-            raise ValueError(
-                f"codes must have shape (B, {self.grid_shape[0]}, {self.grid_shape[1]}), got {tuple(codes.shape)}."
-            )
-        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise ValueError(f"codes must be an integer tensor, got dtype {codes.dtype}.")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-            raise ValueError(
-                f"codes must lie in [0, {self.codebook_size}), got values in [{int(codes.min())}, {int(codes.max())}]."
-            )
+        codes = check_codes(codes, self.grid_shape, self.codebook_size)
         out_device = codes.device
         images = []
         for chunk in codes.split(self.max_batch_size):

@@ -61,6 +61,27 @@ def images_to_tensor(images: Sequence[Image.Image] | Image.Image) -> torch.Tenso
     return pixels.float().div_(255.0)
 
 
+def check_codes(codes: torch.Tensor, grid_shape: tuple[int, int], codebook_size: int) -> torch.Tensor:
+    """Validates a batch of code grids for `decode`: shape `(B, h, w)`, integer dtype, values in `[0, K)`.
+
+    Raises a ValueError naming the first bad value and where it is.
+    """
+    codes = torch.as_tensor(codes)
+    if codes.dim() != 3 or tuple(codes.shape[1:]) != tuple(grid_shape):
+        raise ValueError(f"codes must have shape (B, {grid_shape[0]}, {grid_shape[1]}), got {tuple(codes.shape)}.")
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise ValueError(f"codes must be an integer tensor, got dtype {codes.dtype}.")
+    if codes.numel() > 0:
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= codebook_size:
+            bad = torch.nonzero((codes < 0) | (codes >= codebook_size))[0].tolist()
+            raise ValueError(
+                f"codes must lie in [0, {codebook_size}) (the codebook size); got {int(codes[tuple(bad)])} "
+                f"at (image {bad[0]}, row {bad[1]}, col {bad[2]})."
+            )
+    return codes
+
+
 def tensor_to_images(pixels: torch.Tensor) -> list[Image.Image]:
     """Turns a float tensor `(B, 3, H, W)` (or `(3, H, W)`) in [0, 1] into a list of RGB PIL images."""
     if pixels.dim() == 3:
@@ -204,21 +225,7 @@ class PaletteImageTokenizer:
         Returns:
             `FloatTensor (B, 3, H, W)` in [0, 1] on the codes' device.
         """
-        codes = torch.as_tensor(codes)
-        if codes.dim() != 3 or tuple(codes.shape[1:]) != self.grid_shape:
-            raise ValueError(
-                f"codes must have shape (B, {self.grid_shape[0]}, {self.grid_shape[1]}), got {tuple(codes.shape)}."
-            )
-        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise ValueError(f"codes must be an integer tensor, got dtype {codes.dtype}.")
-        if codes.numel() > 0:
-            low, high = int(codes.min()), int(codes.max())
-            if low < 0 or high >= self.codebook_size:
-                bad = torch.nonzero((codes < 0) | (codes >= self.codebook_size))[0].tolist()
-                raise ValueError(
-                    f"codes must lie in [0, {self.codebook_size}) (the palette size); got {int(codes[tuple(bad)])} "
-                    f"at (image {bad[0]}, row {bad[1]}, col {bad[2]})."
-                )
+        codes = check_codes(codes, self.grid_shape, self.codebook_size)
         cell_h, cell_w = self.cell_size
         colours = self._palette_float.to(codes.device)[codes.long()]  # (B, h, w, 3)
         pixels = colours.permute(0, 3, 1, 2)
