@@ -100,6 +100,19 @@ def test_codes_to_pixels_is_the_processors_decoding():
     torch.testing.assert_close(codes_to_pixels(codes), toy_processor().decode_images(codes), atol=0, rtol=0)
 
 
+def test_trimmed_text_encoding_equals_open_clip(toy_clip):
+    from pararl.toy.clip import _encode_tokens_trimmed
+
+    model, tokenizer = toy_clip
+    tokens = tokenizer(["fire is red so the blue square becomes red .", "the red", "", "a dot"])
+    torch.testing.assert_close(_encode_tokens_trimmed(model, tokens), model.encode_text(tokens, normalize=True))
+
+
+def test_missing_asset_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="build_assets"):
+        load_toy_clip(directory=tmp_path)
+
+
 def test_hard_negatives_break_a_claim(samples):
     rng = random.Random(0)
     for sample in samples:
@@ -142,5 +155,3 @@ def test_quick_rebuild_runs(tmp_path):
         heldout_metrics(model, tokenizer, num_samples=64)["image_to_text_correct"]
         == (recorded["heldout"]["image_to_text_correct"])
     )
-    with pytest.raises(NotImplementedError, match="policy step"):
-        main(["--quick", "--only", "policy", "--output_dir", str(tmp_path)])

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import Claim, claim_holds, reasoning_claims, split_words
-from .palette import TOY_COLOURS, TOY_GRID, TOY_PALETTE
+from .palette import TOY_CELL_SIZE, TOY_COLOURS, TOY_PALETTE
 from .world import (
     COL_WORDS,
     ROW_WORDS,
@@ -187,8 +187,7 @@ def codes_to_pixels(codes: torch.Tensor) -> torch.Tensor:
     codes = torch.as_tensor(codes).long()
     index = torch.where(codes < 0, len(TOY_PALETTE), codes).clamp(max=len(TOY_PALETTE))
     pixels = _PALETTE_GREY.to(codes.device)[index]  # (B, 8, 8, 3)
-    cell = 32 // TOY_GRID[0]
-    pixels = pixels.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)
+    pixels = pixels.repeat_interleave(TOY_CELL_SIZE, dim=1).repeat_interleave(TOY_CELL_SIZE, dim=2)
     return pixels.permute(0, 3, 1, 2).contiguous()
 
 
@@ -333,16 +332,16 @@ class ToyClipTrainingConfig:
         seed: Seeds the initialisation, the pool and the batches.
     """
 
-    steps: int = 2500
-    batch_size: int = 128
-    learning_rate: float = 2e-3
+    steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 3e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
     num_train_samples: int = 20000
     caption_prob: float = 0.25
     partial_text_prob: float = 0.5
     partial_image_prob: float = 0.5
-    max_drop: float = 0.9
+    max_drop: float = 0.7
     grey_prob: float = 0.5
     hard_negative_weight: float = 0.5
     freeze_token_embedding: bool = True
@@ -413,7 +412,9 @@ class ToyClipBatches:
                 index = rng.randrange(len(self.pool))
                 objects = self.pool[index][1]
                 words, claims = self._text(index)
-                if not any(_all_hold(claims, other) or _all_hold(other_claims, objects) for other, other_claims in chosen):
+                if not any(
+                    _all_hold(claims, other) or _all_hold(other_claims, objects) for other, other_claims in chosen
+                ):
                     break
             chosen.append((objects, claims))
             negative_text = negative_words(words, objects, rng)
