@@ -35,3 +35,11 @@ def tiny_config():
         bos_token_id=1,
         eos_token_id=2,
     )
+
+
+@pytest.fixture(scope="session")
+def processor():
+    """The toy world's ParallelProcessor (stateless, shared by every test file that needs it)."""
+    from pararl.toy import toy_processor
+
+    return toy_processor()

@@ -30,7 +30,7 @@ from pararl.rewards import (
     get_step_selector,
 )
 from pararl.rollout import ParallelDecoder, RolloutConfig
-from pararl.toy import build_toy_dataset, parse_scene, toy_processor
+from pararl.toy import build_toy_dataset, parse_scene
 
 
 NUM_STEPS = 8
@@ -269,11 +269,6 @@ def test_reasoning_format_reward():
 
 # ---------------------------------------------------------------------------------------- real trajectories
 @pytest.fixture(scope="module")
-def processor():
-    return toy_processor()
-
-
-@pytest.fixture(scope="module")
 def decoder(processor):
     preset = processor.preset
     torch.manual_seed(0)
@@ -439,19 +434,14 @@ def tiny_clip(tmp_path_factory):
     loss_fn = open_clip.ClipLoss()
     pixels, tokens = reward.preprocess(images[train]), tokenizer(captions[train])
     generator = torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # matrices this small gain nothing from threads and suffer on a busy CPU
-    try:
-        for _ in range(60):
-            batch = torch.randperm(64, generator=generator)[:32]
-            image_features = model.encode_image(pixels[batch], normalize=True)
-            text_features = model.encode_text(tokens[batch], normalize=True)
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(60):  # single-threaded, like every test (conftest)
+        batch = torch.randperm(64, generator=generator)[:32]
+        image_features = model.encode_image(pixels[batch], normalize=True)
+        text_features = model.encode_text(tokens[batch], normalize=True)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     reward.to("cpu")  # back to eval mode, frozen
 
     weights = folder / "tiny_clip.pt"

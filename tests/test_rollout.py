@@ -16,24 +16,9 @@ from pararl.rollout import (
     get_schedule,
 )
 from pararl.rollout.sampling import guide, row_keys
-from pararl.toy import toy_processor
 
 
 PROMPTS = ["draw a red square", "paint the blue circle at the top left"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run faster on one intra-op thread, and it keeps a loaded 2-core machine from oversubscribing."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return toy_processor()
 
 
 @pytest.fixture(scope="module")

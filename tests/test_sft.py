@@ -22,20 +22,6 @@ from pararl.sft import (
 from pararl.toy import build_toy_dataset, toy_processor
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny matrices: one thread is faster than two, and much faster when other test processes share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return toy_processor()
-
-
 @pytest.fixture(scope="module")
 def toy_rows():
     return build_toy_dataset("train", num_samples=64, seed=0)

@@ -16,27 +16,13 @@ from peft import LoraConfig, PeftModel
 from pararl.config import DiffusionGRPOConfig
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
-from pararl.toy import build_toy_dataset, toy_processor
+from pararl.toy import build_toy_dataset
 from pararl.trainer import DiffusionGRPOTrainer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out"]
 G = 4  # rollouts per prompt
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny matrices: one thread is faster than two, and much faster when other test processes share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return toy_processor()
 
 
 @pytest.fixture(scope="module")
