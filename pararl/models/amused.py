@@ -13,7 +13,7 @@ import os
 import torch
 from PIL import Image
 
-from .image_tokenizers import check_codes, images_to_tensor
+from .image_tokenizers import check_codes, fit_images
 from .loading import check_weight_shapes, find_weight_files, read_weight_shapes
 
 
@@ -119,30 +119,7 @@ class AmusedVQImageTokenizer:
         return next(self.vq_model.parameters())
 
     def _pixels(self, images) -> torch.Tensor:
-        height, width = self.image_size
-        if isinstance(images, torch.Tensor):
-            if images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"image tensor must have shape (B, 3, H, W), got {tuple(images.shape)}.")
-            if tuple(images.shape[-2:]) != (height, width):
-                raise ValueError(
-                    f"images must be {height}x{width} pixels (H x W), got {images.shape[-2]}x{images.shape[-1]}; "
-                    "pass PIL images to have them cropped and resized."
-                )
-            if images.dtype == torch.uint8:
-                return images.float() / 255.0
-            if not images.dtype.is_floating_point:
-                raise ValueError(f"image tensor must be float in [0, 1] or uint8, got dtype {images.dtype}.")
-            return images
-        if isinstance(images, Image.Image):
-            images = [images]
-        if len(images) == 0:
-            raise ValueError("images is empty; pass at least one image.")
-        fitted = []
-        for i, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise ValueError(f"images[{i}] must be a PIL image, got {type(image).__name__}.")
-            fitted.append(_crop_resize(image.convert("RGB"), width, height))
-        return images_to_tensor(fitted)
+        return fit_images(images, self.image_size, _crop_resize, "cropped and resized")
 
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:

@@ -7,7 +7,7 @@ an exact, lossless tokenizer: an image is a grid of uniform cells, each painted 
 a cell's code is its colour's index in that palette.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -59,6 +59,43 @@ def images_to_tensor(images: Sequence[Image.Image] | Image.Image) -> torch.Tenso
         raise ValueError(f"images have different sizes (H, W): {sorted(sizes)}; resize them to one size first.")
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     return pixels.float().div_(255.0)
+
+
+def fit_images(
+    images: Sequence[Image.Image] | Image.Image | torch.Tensor,
+    image_size: tuple[int, int],
+    fit: Callable[[Image.Image, int, int], Image.Image],
+    fit_description: str = "resized",
+) -> torch.Tensor:
+    """Input of a learned VQ encoder -> `FloatTensor (B, 3, H, W)` in [0, 1].
+
+    Tensors must already have the encoder's size (uint8 or float in [0, 1]); PIL images are converted to RGB and
+    brought to `image_size = (H, W)` by `fit(image, width, height)`.
+    """
+    height, width = image_size
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"image tensor must have shape (B, 3, H, W), got {tuple(images.shape)}.")
+        if tuple(images.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"images must be {height}x{width} pixels (H x W), got {images.shape[-2]}x{images.shape[-1]}; "
+                f"pass PIL images to have them {fit_description}."
+            )
+        if images.dtype == torch.uint8:
+            return images.float() / 255.0
+        if not images.dtype.is_floating_point:
+            raise ValueError(f"image tensor must be float in [0, 1] or uint8, got dtype {images.dtype}.")
+        return images
+    if isinstance(images, Image.Image):
+        images = [images]
+    if not isinstance(images, Sequence) or len(images) == 0:
+        raise ValueError("images must be a non-empty list of PIL images or a (B, 3, H, W) tensor.")
+    fitted = []
+    for i, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"images[{i}] must be a PIL image, got {type(image).__name__}.")
+        fitted.append(fit(image.convert("RGB"), width, height))
+    return images_to_tensor(fitted)
 
 
 def check_codes(codes: torch.Tensor, grid_shape: tuple[int, int], codebook_size: int) -> torch.Tensor:

@@ -29,7 +29,6 @@ fields (only the class name), so the defaults of [`MAGVIT2Config`] are the relea
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .image_tokenizers import check_codes, images_to_tensor
+from .image_tokenizers import check_codes, fit_images
 from .loading import check_weight_shapes, find_weight_files, read_state_dict, read_weight_shapes
 
 
@@ -386,33 +385,7 @@ class MAGVIT2ImageTokenizer(nn.Module):
 
     # ---------------------------------------------------------------------------------------------------- encode
     def _pixels(self, images) -> torch.Tensor:
-        height, width = self.image_size
-        if isinstance(images, torch.Tensor):
-            if images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"image tensor must have shape (B, 3, H, W), got {tuple(images.shape)}.")
-            if tuple(images.shape[-2:]) != (height, width):
-                raise ValueError(
-                    f"images must be {height}x{width} pixels (H x W), got {images.shape[-2]}x{images.shape[-1]}; "
-                    "pass PIL images to have them resized."
-                )
-            if images.dtype == torch.uint8:
-                return images.float() / 255.0
-            if not images.dtype.is_floating_point:
-                raise ValueError(f"image tensor must be float in [0, 1] or uint8, got dtype {images.dtype}.")
-            return images
-        if isinstance(images, Image.Image):
-            images = [images]
-        if not isinstance(images, Sequence) or len(images) == 0:
-            raise ValueError("images must be a non-empty list of PIL images or a (B, 3, H, W) tensor.")
-        resized = []
-        for i, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise ValueError(f"images[{i}] must be a PIL image, got {type(image).__name__}.")
-            image = image.convert("RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.BICUBIC)
-            resized.append(image)
-        return images_to_tensor(resized)
+        return fit_images(images, self.image_size, _squash_resize)
 
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
@@ -520,3 +493,8 @@ def _check_lfq_buffers(state: dict[str, torch.Tensor], quantizer: LookupFreeQuan
                 f"{source}: quantize.embedding is not the +-1 bit table of codes 0..{2**quantizer.bits - 1} with "
                 "channel 0 as the most significant bit; these weights use another code order."
             )
+
+
+def _squash_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Resizes without cropping (the released code's `image_transform_squash`), bicubic."""
+    return image if image.size == (width, height) else image.resize((width, height), Image.BICUBIC)
