@@ -358,16 +358,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
         # Rewards of every scored state, gathered so that groups spanning ranks are normalised together.
         with profiling_context(self, "rewards"):
-            states = RewardStates.from_trajectory(
-                trajectory,
-                self.processor,
-                steps=reward_steps,
-                rows=reward_rollouts,
-                prompts=[prompts[i] for i in reward_rollouts.tolist()],
-                input_images=[images[i] for i in reward_rollouts.tolist()],
-                columns={key: [values[i] for i in reward_rollouts.tolist()] for key, values in columns.items()},
-                grey_unrevealed=self.args.grey_unrevealed,
-            )
+            states = self._reward_states(trajectory, reward_rollouts, reward_steps, prompts, images, columns)
             local_rewards, reward_metrics = compute_rewards(self.rewards, states)
             local_rewards = local_rewards[reward_of_row]
         rewards_per_func = gather(local_rewards.to(device))
@@ -430,6 +421,20 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if ref_per_token_logps is not None:
             output["ref_per_token_logps"] = ref_per_token_logps
         return output
+
+    def _reward_states(self, trajectory, rollouts, steps, prompts, images, columns) -> RewardStates:
+        """The state of trajectory row `rollouts[n]` at `steps[n]`, with that rollout's prompt, image and columns."""
+        rows = rollouts.tolist()
+        return RewardStates.from_trajectory(
+            trajectory,
+            self.processor,
+            steps=steps,
+            rows=rollouts,
+            prompts=[prompts[i] for i in rows],
+            input_images=[images[i] for i in rows],
+            columns={key: [values[i] for i in rows] for key, values in columns.items()},
+            grey_unrevealed=self.args.grey_unrevealed,
+        )
 
     def _random_masks(self, seeds: torch.Tensor) -> torch.Tensor:
         """UniGRPO-style masks: per row a ratio p ~ U(0, 1) and each output slot masked with probability p (at least
@@ -505,16 +510,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             trajectory = self._rollout(prompts, images, tasks, sorted(set(steps.flatten().tolist())), seeds)
             s = steps.size(1)
             rollout_of_row = torch.arange(len(rows)).repeat_interleave(s)
-            states = RewardStates.from_trajectory(
-                trajectory,
-                self.processor,
-                steps=steps.flatten(),
-                rows=rollout_of_row,
-                prompts=[prompts[i] for i in rollout_of_row.tolist()],
-                input_images=[images[i] for i in rollout_of_row.tolist()],
-                columns={key: [values[i] for i in rollout_of_row.tolist()] for key, values in columns.items()},
-                grey_unrevealed=self.args.grey_unrevealed,
-            )
+            states = self._reward_states(trajectory, rollout_of_row, steps.flatten(), prompts, images, columns)
             for reward in self.rewards:
                 normalizer = getattr(reward, "normalizer", None)
                 if normalizer is not None and id(normalizer) in raw:
