@@ -49,7 +49,6 @@ from pathlib import Path
 # `examples/pararl.py` shares the package's name: keep this folder off the import path so `import pararl` is the library.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-import importlib
 import json
 import os
 import time
@@ -60,7 +59,7 @@ import torch
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
-from pararl.processing import ParallelProcessor
+from pararl.processing import load_processor
 from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
 from pararl.rollout import RolloutConfig
 
@@ -97,14 +96,6 @@ class ScriptArguments:
     toy_eval_samples: int = field(default=96, metadata={"help": "Toy world: held-out prompts evaluated before/after."})
     toy_seed: int = field(default=0, metadata={"help": "Toy world: generation seed."})
     evaluate: bool = field(default=True, metadata={"help": "Toy world: evaluate on held-out tasks before and after."})
-
-
-def load_processor(path: str) -> ParallelProcessor:
-    module, _, name = path.partition(":")
-    processor = getattr(importlib.import_module(module), name)()
-    if not isinstance(processor, ParallelProcessor):
-        raise ValueError(f"--processor {path} returned a {type(processor).__name__}, not a ParallelProcessor.")
-    return processor
 
 
 def toy_evaluation(model, processor, dataset, args: DiffusionGRPOConfig) -> dict:

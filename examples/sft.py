@@ -51,7 +51,6 @@ from pathlib import Path
 # `examples/pararl.py` shares the package's name: keep this folder off the import path so `import pararl` is the library.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-import importlib
 import os
 from dataclasses import dataclass, field
 
@@ -59,7 +58,7 @@ import datasets
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.processing import ParallelProcessor
+from pararl.processing import ParallelProcessor, load_processor
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
 from pararl.toy import build_toy_dataset
 
@@ -103,14 +102,6 @@ class ScriptArguments:
             "choices": list(MODEL_SIZES),
         },
     )
-
-
-def load_processor(path: str) -> ParallelProcessor:
-    module, _, name = path.partition(":")
-    processor = getattr(importlib.import_module(module), name)()
-    if not isinstance(processor, ParallelProcessor):
-        raise ValueError(f"--processor {path} returned a {type(processor).__name__}, not a ParallelProcessor.")
-    return processor
 
 
 def scratch_model(processor: ParallelProcessor, size: str) -> MaskedDiffusionLM:

@@ -27,7 +27,24 @@ _LAZY = {
     "DiffusionGRPOTrainer": "pararl.trainer",
 }
 
-__all__ = list(_LAZY)
+# Spelled out (not `list(_LAZY)`) so linters and IDEs see the public names.
+__all__ = [
+    "MaskedDiffusionConfig",
+    "MaskedDiffusionLM",
+    "SequencePreset",
+    "ParallelProcessor",
+    "ParallelDecoder",
+    "RolloutConfig",
+    "Trajectory",
+    "Reward",
+    "CLIPAlignmentReward",
+    "RewardNormalizer",
+    "ParallelSFTConfig",
+    "ParallelSFTTrainer",
+    "DiffusionGRPOConfig",
+    "DiffusionGRPOTrainer",
+]
+assert set(__all__) == set(_LAZY)
 
 if TYPE_CHECKING:
     from .config import DiffusionGRPOConfig

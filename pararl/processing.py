@@ -29,6 +29,7 @@ Unconditional rows (classifier-free guidance and conditioning dropout) are built
 means.
 """
 
+import importlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from PIL import Image
 from .models.image_tokenizers import ImageTokenizer
 
 
-__all__ = ["SequencePreset", "ParallelProcessor", "MMADA_PARALLEL_M", "MMADA_PARALLEL_A"]
+__all__ = ["SequencePreset", "ParallelProcessor", "MMADA_PARALLEL_M", "MMADA_PARALLEL_A", "load_processor"]
 
 ImageInput = Image.Image | torch.Tensor | None
 
@@ -252,7 +253,9 @@ class ParallelProcessor:
         preset, tokenizer = self.preset, self.tokenizer
         grid = tuple(self.image_tokenizer.grid_shape)
         if grid != tuple(preset.image_grid):
-            raise ValueError(f"image tokenizer grid {grid} does not match preset {preset.name!r} image_grid {preset.image_grid}.")
+            raise ValueError(
+                f"image tokenizer grid {grid} does not match preset {preset.name!r} image_grid {preset.image_grid}."
+            )
         if self.image_tokenizer.codebook_size != preset.codebook_size:
             raise ValueError(
                 f"image tokenizer codebook_size {self.image_tokenizer.codebook_size} does not match preset "
@@ -298,7 +301,9 @@ class ParallelProcessor:
             if grid.dim() == 1 and grid.numel() == self.preset.num_image_tokens:
                 grid = grid.view(grid_shape)
             if tuple(grid.shape) != grid_shape:
-                raise ValueError(f"{field_name}[{i}]: image codes have shape {tuple(grid.shape)}, expected {grid_shape}.")
+                raise ValueError(
+                    f"{field_name}[{i}]: image codes have shape {tuple(grid.shape)}, expected {grid_shape}."
+                )
             if grid.dtype.is_floating_point or grid.min() < 0 or grid.max() >= self.preset.codebook_size:
                 raise ValueError(
                     f"{field_name}[{i}]: image codes must be integers in [0, {self.preset.codebook_size}) "
@@ -354,7 +359,12 @@ class ParallelProcessor:
         tasks = list(tasks) if tasks is not None else [None] * batch
         drop_prompt = list(drop_prompt) if drop_prompt is not None else [False] * batch
         drop_image = list(drop_image) if drop_image is not None else [False] * batch
-        for name, values in (("images", images), ("tasks", tasks), ("drop_prompt", drop_prompt), ("drop_image", drop_image)):
+        for name, values in (
+            ("images", images),
+            ("tasks", tasks),
+            ("drop_prompt", drop_prompt),
+            ("drop_image", drop_image),
+        ):
             if len(values) != batch:
                 raise ValueError(f"{name} has {len(values)} entries but there are {batch} prompts.")
         for i, prompt in enumerate(prompts):
@@ -460,3 +470,19 @@ class ParallelProcessor:
         ids = torch.cat([input_ids, output_ids.to(input_ids.device)], dim=1)
         mask = torch.cat([attention_mask, torch.ones_like(output_ids, device=attention_mask.device)], dim=1)
         return {"input_ids": ids, "attention_mask": mask}
+
+
+def load_processor(spec: str) -> ParallelProcessor:
+    """The processor built by `"module:function"` (e.g. `"pararl.toy:toy_processor"`), as the scripts' `--processor`
+    names it: a processor is code plus a tokenizer folder, so scripts name the function that builds it."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"processor {spec!r} must have the form 'module:function', e.g. 'pararl.toy:toy_processor'.")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"processor {spec!r}: cannot import {name!r} from {module!r} ({error}).") from error
+    processor = factory()
+    if not isinstance(processor, ParallelProcessor):
+        raise ValueError(f"processor {spec!r} returned a {type(processor).__name__}, not a ParallelProcessor.")
+    return processor

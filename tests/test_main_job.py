@@ -45,7 +45,9 @@ def test_main_job_single_process(tmp_path):
 def test_main_job_two_processes_zero3(tmp_path):
     config = tmp_path / "zero3.yaml"
     text = (REPO / "ds_configs" / "zero3_cpu_test.yaml").read_text()
-    config.write_text(text.replace("ds_configs/ds_zero3_cpu_test.json", str(REPO / "ds_configs" / "ds_zero3_cpu_test.json")))
+    config.write_text(
+        text.replace("ds_configs/ds_zero3_cpu_test.json", str(REPO / "ds_configs" / "ds_zero3_cpu_test.json"))
+    )
     output_dir = tmp_path / "out"
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     run([*accelerate, "examples/pararl.py", *REDUCED, "--no_evaluate", "--output_dir", str(output_dir)], tmp_path)

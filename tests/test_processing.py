@@ -82,12 +82,15 @@ def test_encode_prompts_layout_and_padding(processor):
 def test_unconditional_rows(processor):
     codes = torch.tensor([[0, 1, 2], [3, 0, 1]])
     batch = processor.encode_prompts(
-        ["make the square red"] * 3, images=[codes] * 3, drop_prompt=[True, False, True], drop_image=[False, True, True]
+        ["make the square red"] * 3,
+        images=[codes] * 3,
+        drop_prompt=[True, False, True],
+        drop_image=[False, True, True],
     )
     ids = batch["input_ids"]
     assert ids[0].tolist() == [7, 5, 32, 33, 34, 35, 32, 33, 6, 1, 2]
-    assert ids[1, : 7].tolist() == [7, 1, 10, 11, 12, 13, 2]
-    assert ids[2, : 3].tolist() == [7, 1, 2]
+    assert ids[1, :7].tolist() == [7, 1, 10, 11, 12, 13, 2]
+    assert ids[2, :3].tolist() == [7, 1, 2]
     assert batch["attention_mask"][2].sum() == 3
 
 
@@ -194,3 +197,15 @@ def test_released_presets_ranges():
     assert MMADA_PARALLEL_M.num_image_tokens == 1024
     assert MMADA_PARALLEL_A.image_vocab_range == (126356, 126356 + 8192)
     assert MMADA_PARALLEL_A.image_row_end_token_id == 126084
+
+
+def test_load_processor_builds_from_module_function_and_names_bad_specs():
+    from pararl.processing import ParallelProcessor, load_processor
+
+    assert isinstance(load_processor("pararl.toy:toy_processor"), ParallelProcessor)
+    with pytest.raises(ValueError, match="module:function"):
+        load_processor("pararl.toy.toy_processor")
+    with pytest.raises(ValueError, match="cannot import 'nope'"):
+        load_processor("pararl.toy:nope")
+    with pytest.raises(ValueError, match="not a ParallelProcessor"):
+        load_processor("pararl.toy:world_vocabulary")
