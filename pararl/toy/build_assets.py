@@ -99,14 +99,16 @@ def build_policy(output_dir: str | Path, quick: bool = False, seed: int = 0, log
         train = build_toy_dataset("train", stage.pop("toy_train_samples"), seed=stage.pop("toy_seed"))
         stage["seed"] = stage.get("seed", 0) + seed
         args = ParallelSFTConfig(
-            output_dir=str(output_dir / "sft-work"),
-            use_cpu=not torch.cuda.is_available(),
-            lr_scheduler_type="cosine",
-            weight_decay=0.01,
-            logging_steps=log_every or 50,
-            save_strategy="no",
-            report_to="none",
-            **stage,
+            **{
+                "output_dir": str(output_dir / "sft-work"),
+                "use_cpu": not torch.cuda.is_available(),
+                "lr_scheduler_type": "cosine",
+                "weight_decay": 0.01,
+                "logging_steps": log_every or 50,
+                "save_strategy": "no",
+                "report_to": "none",
+                **stage,  # a stage may change the defaults above (the last stage runs at a constant rate)
+            }
         )
         trainer = ParallelSFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
         trainer.train()
