@@ -29,6 +29,7 @@ Examples:
     python benchmarks/ablations.py --quick                      # a 1-2 minute check that everything runs
     python benchmarks/ablations.py                              # the full table (about 30 minutes on 2 CPU cores)
     python benchmarks/ablations.py --variants no_rl output_level pararl_s3 --seeds 5 --output ablations.json
+    python benchmarks/ablations.py --merge part1.json part2.json --output ablations.json   # runs split over processes
 """
 
 import argparse
@@ -84,9 +85,9 @@ FULL = {
     "max_steps": 30,
     "seeds": 3,
     "train_samples": 512,
-    "eval_samples": 120,
+    "eval_samples": 192,
     "diffusion_steps": 16,
-    "batch_size": 8,
+    "batch_size": 16,
     "num_generations": 8,
 }
 QUICK = {
@@ -118,6 +119,7 @@ RECORDED_FIELDS = (
     "image_temperature",
     "image_start",
     "block_length",
+    "grey_unrevealed",
     "reward_calibration_fraction",
     "reward_clip",
     "bf16",
@@ -143,11 +145,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--first_seed", type=int, default=0, help="Seeds are first_seed, first_seed + 1, ...")
     parser.add_argument("--max_steps", type=int, default=None, help=f"RL steps (default {FULL['max_steps']}).")
     parser.add_argument("--train_samples", type=int, default=None, help="Training prompts (default 512).")
-    parser.add_argument("--eval_samples", type=int, default=None, help="Held-out prompts scored (default 120).")
+    parser.add_argument("--eval_samples", type=int, default=None, help="Held-out prompts scored (default 192).")
     parser.add_argument("--diffusion_steps", type=int, default=None, help="Denoising steps (default 16).")
-    parser.add_argument("--batch_size", type=int, default=None, help="Rollouts per step (default 8).")
+    parser.add_argument("--batch_size", type=int, default=None, help="Rollouts per step (default 16).")
     parser.add_argument("--num_generations", type=int, default=None, help="Rollouts per prompt, G (default 8).")
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--lora_alpha", type=int, default=32)
     parser.add_argument(
@@ -159,6 +161,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="Tiny settings (~1-2 minutes) to check the script.")
     parser.add_argument("--work_dir", default=None, help="Trainer output folders (default: a temporary folder).")
     parser.add_argument("--output", default="ablations.json", help="Where to write every number as JSON.")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="Instead of running: join the variants of earlier --output files (e.g. variants split over two "
+        "processes), check that their settings agree, and write and print one table.",
+    )
     args = parser.parse_args()
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
@@ -184,6 +193,7 @@ def training_config(args: argparse.Namespace, variant: Variant, seed: int, outpu
         "num_generations": args.num_generations,
         "diffusion_steps": args.diffusion_steps,
         "beta": 0.0,
+        "grey_unrevealed": True,
         "logging_steps": 1,
         "log_trajectory_pictures": False,  # drawing pictures is not part of the budget being compared
         "save_strategy": "no",
@@ -308,9 +318,56 @@ def write_report(args: argparse.Namespace, seeds: list[int], results: dict, wall
         json.dump(report, f, indent=2)
 
 
+def merge_reports(paths: list[str], output: str) -> dict:
+    """Joins the variants of several reports written by this script; their settings must agree except for the
+    variants run, so the table compares like with like."""
+    reports = []
+    for path in paths:
+        with open(path) as f:
+            reports.append(json.load(f))
+    ignored = ("variants", "merge")
+
+    def comparable(report):
+        return {k: v for k, v in report["settings"].items() if k not in ignored}
+
+    for path, report in zip(paths[1:], reports[1:]):
+        if comparable(report) != comparable(reports[0]):
+            differing = sorted(
+                k
+                for k in comparable(report).keys() | comparable(reports[0]).keys()
+                if comparable(report).get(k) != comparable(reports[0]).get(k)
+            )
+            raise ValueError(f"{path} was run with other settings than {paths[0]}: {differing}.")
+    variants = {}
+    for path, report in zip(paths, reports):
+        for name, entry in report["variants"].items():
+            if name in variants:
+                raise ValueError(f"variant {name!r} appears in more than one report ({path}).")
+            variants[name] = entry
+    variants = {name: variants[name] for name in VARIANTS if name in variants}  # the table's usual row order
+    merged = {
+        **reports[0],
+        "settings": {**reports[0]["settings"], "variants": list(variants)},
+        "wall_seconds": sum(r["wall_seconds"] for r in reports),
+        "merged_from": list(paths),
+        "variants": variants,
+        "table": markdown_table(variants),
+    }
+    with open(output, "w") as f:
+        json.dump(merged, f, indent=2)
+    return merged
+
+
 def main():
     start = time.perf_counter()
     args = parse_args()
+    if args.merge:
+        merged = merge_reports(args.merge, args.output)
+        print(merged["table"])
+        print(
+            f"\nSummed wall time of the merged runs {merged['wall_seconds'] / 60:.1f} min; written to {args.output}."
+        )
+        return
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

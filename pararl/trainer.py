@@ -393,21 +393,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                             self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size
                         )
 
-        self._log_generation(
-            mode,
-            rewards_per_func,
-            all_advantages,
-            is_std_zero,
-            reward_metrics,
-            steps,
-            states,
-            trajectory,
-            prompts,
-            completion_mask,
-            old_per_token_logps,
-            rollout_of_row,
-            reward_of_row,
-        )
+        self._log_rewards(mode, rewards_per_func, is_std_zero, reward_metrics, steps)
+        self._log_tokens(mode, completion_mask, old_per_token_logps, trajectory.token_logprobs, rollout_of_row)
+        self._log_completions(rewards_per_func, all_advantages, states, reward_of_row)
+        if self.accelerator.is_main_process:  # drawn at the next logging step
+            self._last_trajectory = (trajectory.index_select(torch.tensor([0])).to("cpu"), prompts[:1])
         output = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
@@ -520,22 +510,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             normalizer.fit(values)
 
     # ------------------------------------------------------------------------------------------------- logging
-    def _log_generation(
-        self,
-        mode,
-        rewards_per_func,
-        advantages,
-        is_std_zero,
-        reward_metrics,
-        steps,
-        states,
-        trajectory,
-        prompts,
-        completion_mask,
-        old_per_token_logps,
-        rollout_of_row,
-        reward_of_row,
-    ) -> None:
+    def _log_rewards(self, mode, rewards_per_func, is_std_zero, reward_metrics, steps) -> None:
+        """Reward means and spreads (per function, in total, per step slot) of the gathered batch."""
         metrics = self._metrics[mode]
         s = self.num_reward_steps
         for i, name in enumerate(self.reward_func_names):
@@ -556,17 +532,22 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             metrics[f"reward_by_step/slot_{j}"].append(torch.nanmean(by_slot[:, j]).item())
         all_steps = gather(steps.to(self.accelerator.device).float())
         metrics["reward_by_step/mean_step_fraction"].append((all_steps.mean() / self.args.diffusion_steps).item())
+
+    def _log_tokens(self, mode, completion_mask, old_per_token_logps, sampled_logprobs, rollout_of_row) -> None:
+        """Tokens trained on so far, and how far the recomputed old log-probs are from the sampler's own."""
+        metrics = self._metrics[mode]
         num_tokens = self.accelerator.gather(completion_mask.sum()).sum().item()
         self.state.num_input_tokens_seen += num_tokens
         metrics["num_tokens"] = [self.state.num_input_tokens_seen]
         if old_per_token_logps is not None:
-            sampled = trajectory.token_logprobs.to(old_per_token_logps.device)[rollout_of_row]
+            sampled = sampled_logprobs.to(old_per_token_logps.device)[rollout_of_row]
             scored = completion_mask.bool()
             delta = (old_per_token_logps - sampled).abs()[scored]
             delta_mean = delta.mean() if delta.numel() else torch.zeros((), device=delta.device)
             metrics["sampling/sampling_logp_difference/mean"].append(self.accelerator.gather(delta_mean).mean().item())
 
-        # The completions table has one row per (rollout, step) row of the loss, like the rewards and advantages.
+    def _log_completions(self, rewards_per_func, advantages, states, reward_of_row) -> None:
+        """The completions table: one row per (rollout, step) row of the loss, like the rewards and advantages."""
         state_of_row = reward_of_row.tolist()
         self._logs["prompt"].extend(gather_object([states.prompts[i] for i in state_of_row]))
         self._logs["completion"].extend(gather_object([states.texts[i] for i in state_of_row]))
@@ -576,8 +557,6 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self._logs["extra"]["step"].extend(gather_object(states.steps[reward_of_row].tolist()))
         if self.log_multimodal:
             self._logs["images"].extend(gather_object([[states.images[i]] for i in state_of_row]))
-        if self.accelerator.is_main_process:
-            self._last_trajectory = (trajectory.index_select(torch.tensor([0])).to("cpu"), prompts[:1])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         super().log(logs, start_time)
