@@ -44,15 +44,11 @@ def main():
     preset = processor.preset
     torch.manual_seed(0)
     config = MaskedDiffusionConfig(
-        vocab_size=preset.image_vocab_range[1],
         d_model=32,
         n_layers=2,
         n_heads=4,
         mlp_hidden_size=64,
-        mask_token_id=preset.mask_token_id,
-        pad_token_id=preset.pad_token_id,
-        bos_token_id=preset.bos_token_id,
-        eos_token_id=preset.eos_token_id,
+        **preset.model_config_kwargs(),
     )
     decoder = ParallelDecoder(MaskedDiffusionLM(config).eval(), processor, RolloutConfig(num_steps=8))
     data = build_toy_dataset("train", num_samples=4, seed=0)

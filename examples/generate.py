@@ -65,16 +65,12 @@ def load_model(args, processor) -> MaskedDiffusionLM:
     preset = processor.preset
     torch.manual_seed(args.seed)
     config = MaskedDiffusionConfig(
-        vocab_size=preset.image_vocab_range[1],
         d_model=64,
         n_layers=2,
         n_heads=4,
         mlp_hidden_size=128,
         max_sequence_length=512,
-        mask_token_id=preset.mask_token_id,
-        pad_token_id=preset.pad_token_id,
-        bos_token_id=preset.bos_token_id,
-        eos_token_id=preset.eos_token_id,
+        **preset.model_config_kwargs(),
     )
     return MaskedDiffusionLM(config).to(args.device).eval()
 

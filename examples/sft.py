@@ -108,17 +108,13 @@ def scratch_model(processor: ParallelProcessor, size: str) -> MaskedDiffusionLM:
     preset = processor.preset
     d_model, n_layers, n_heads, mlp_hidden_size = MODEL_SIZES[size]
     config = MaskedDiffusionConfig(
-        vocab_size=preset.image_vocab_range[1],
         d_model=d_model,
         n_layers=n_layers,
         n_heads=n_heads,
         mlp_hidden_size=mlp_hidden_size,
         max_sequence_length=1024,
         rope_theta=10000.0,
-        mask_token_id=preset.mask_token_id,
-        pad_token_id=preset.pad_token_id,
-        bos_token_id=preset.bos_token_id,
-        eos_token_id=preset.eos_token_id,
+        **preset.model_config_kwargs(),
     )
     return MaskedDiffusionLM(config)
 

@@ -118,6 +118,17 @@ class SequencePreset:
         """Vocabulary columns of the image codebook."""
         return (self.image_token_offset, self.image_token_offset + self.codebook_size)
 
+    def model_config_kwargs(self) -> dict[str, int]:
+        """The vocabulary size and special token ids a model of this layout is built with, e.g. a fresh policy:
+        `MaskedDiffusionConfig(d_model=128, n_layers=4, n_heads=4, **preset.model_config_kwargs())`."""
+        return {
+            "vocab_size": self.image_vocab_range[1],
+            "mask_token_id": self.mask_token_id,
+            "pad_token_id": self.pad_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+        }
+
     @property
     def sentinel_token_ids(self) -> dict[str, int]:
         ids = {

@@ -209,3 +209,16 @@ def test_load_processor_builds_from_module_function_and_names_bad_specs():
         load_processor("pararl.toy:nope")
     with pytest.raises(ValueError, match="not a ParallelProcessor"):
         load_processor("pararl.toy:world_vocabulary")
+
+
+def test_model_config_kwargs_match_the_shipped_toy_policy():
+    import json
+    from pathlib import Path
+
+    from pararl.toy import toy_policy_path, toy_processor
+
+    processor = toy_processor()
+    shipped = json.loads((Path(toy_policy_path()) / "config.json").read_text())
+    kwargs = processor.preset.model_config_kwargs()
+    assert kwargs == {key: shipped[key] for key in kwargs}
+    assert kwargs["vocab_size"] == processor.preset.image_vocab_range[1]

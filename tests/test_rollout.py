@@ -26,16 +26,12 @@ def model(processor):
     preset = processor.preset
     torch.manual_seed(0)
     config = MaskedDiffusionConfig(
-        vocab_size=preset.image_vocab_range[1],
         d_model=32,
         n_layers=2,
         n_heads=4,
         mlp_hidden_size=64,
         max_sequence_length=256,
-        mask_token_id=preset.mask_token_id,
-        pad_token_id=preset.pad_token_id,
-        bos_token_id=preset.bos_token_id,
-        eos_token_id=preset.eos_token_id,
+        **preset.model_config_kwargs(),
         initializer_range=0.5,  # peaked random logits, so confidences differ clearly between slots
     )
     return MaskedDiffusionLM(config).eval()

@@ -251,16 +251,12 @@ def tiny_policy(tmp_path_factory):
     preset = toy_preset()
     torch.manual_seed(0)
     config = MaskedDiffusionConfig(
-        vocab_size=preset.image_vocab_range[1],
         d_model=32,
         n_layers=1,
         n_heads=2,
         mlp_hidden_size=64,
         max_sequence_length=256,
-        mask_token_id=preset.mask_token_id,
-        pad_token_id=preset.pad_token_id,
-        bos_token_id=preset.bos_token_id,
-        eos_token_id=preset.eos_token_id,
+        **preset.model_config_kwargs(),
     )
     model = MaskedDiffusionLM(config)
     path = tmp_path_factory.mktemp("policy")

@@ -33,15 +33,11 @@ def dataset():
 def tiny_model(processor, seed: int = 0) -> MaskedDiffusionLM:
     preset = processor.preset
     config = MaskedDiffusionConfig(
-        vocab_size=preset.image_vocab_range[1],
         d_model=32,
         n_layers=2,
         n_heads=4,
         mlp_hidden_size=64,
-        mask_token_id=preset.mask_token_id,
-        pad_token_id=preset.pad_token_id,
-        bos_token_id=preset.bos_token_id,
-        eos_token_id=preset.eos_token_id,
+        **preset.model_config_kwargs(),
     )
     torch.manual_seed(seed)
     return MaskedDiffusionLM(config)

@@ -1,7 +1,7 @@
 """Rebuilds the toy world's shipped assets, deterministically.
 
     python -m pararl.toy.build_assets                  # everything, into pararl/toy/assets/
-    python -m pararl.toy.build_assets --only clip      # the tiny CLIP only (a few minutes on a CPU)
+    python -m pararl.toy.build_assets --only clip      # the tiny CLIP only (about 20 minutes on one CPU core)
     python -m pararl.toy.build_assets --quick          # seconds, into a temporary folder: checks the script runs
 
 Each asset goes to its own sub-folder of `--output_dir` (`clip/`, `policy/`) with a `metrics.json` recording what
@@ -78,17 +78,13 @@ def build_policy(output_dir: str | Path, quick: bool = False, seed: int = 0, log
     torch.manual_seed(seed)
     model = MaskedDiffusionLM(
         MaskedDiffusionConfig(
-            vocab_size=preset.image_vocab_range[1],
             d_model=d_model,
             n_layers=n_layers,
             n_heads=4,
             mlp_hidden_size=mlp,
             max_sequence_length=1024,
             rope_theta=10000.0,
-            mask_token_id=preset.mask_token_id,
-            pad_token_id=preset.pad_token_id,
-            bos_token_id=preset.bos_token_id,
-            eos_token_id=preset.eos_token_id,
+            **preset.model_config_kwargs(),
         )
     )
     stages = ({"toy_train_samples": 64, "toy_seed": 0, "max_steps": 4, "per_device_train_batch_size": 8,
