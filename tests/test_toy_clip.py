@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from pararl.toy import generate_samples, scene_codes
+from pararl.toy import generate_samples, parse_scene, scene_codes
 from pararl.toy.clip import (
     METRICS_FILE,
     TOY_CLIP_DIR,
@@ -12,6 +12,7 @@ from pararl.toy.clip import (
     WEIGHTS_FILE,
     ToyClipBatches,
     ToyClipTrainingConfig,
+    add_junk,
     clip_scores,
     codes_to_pixels,
     corrupt_codes,
@@ -155,3 +156,25 @@ def test_quick_rebuild_runs(tmp_path):
         heldout_metrics(model, tokenizer, num_samples=64)["image_to_text_correct"]
         == (recorded["heldout"]["image_to_text_correct"])
     )
+
+
+def test_junk_pictures_never_parse_and_keep_the_scene(samples):
+    rng = random.Random(0)
+    for sample in samples:
+        clean = scene_codes(sample.output_objects)
+        count = rng.randint(1, 4)
+        junk = add_junk(sample.output_objects, count, rng)
+        changed = junk != clean
+        assert int(changed.sum()) == count and bool((clean[changed] == 0).all())  # only background cells painted
+        with pytest.raises(ValueError):
+            parse_scene(junk, strict=True)
+
+
+def test_shipped_clip_prefers_the_clean_picture_to_the_same_picture_with_junk(toy_clip, samples):
+    model, tokenizer = toy_clip
+    rng = random.Random(1)
+    texts = [s.reasoning for s in samples]
+    clean = torch.stack([scene_codes(s.output_objects) for s in samples])
+    junk = torch.stack([add_junk(s.output_objects, rng.randint(1, 4), rng) for s in samples])
+    wins = clip_scores(model, tokenizer, texts, clean) > clip_scores(model, tokenizer, texts, junk)
+    assert wins.float().mean() > 0.8

@@ -6,13 +6,17 @@ trained on what the reward will see, not only on finished outputs:
 - positives: the target image of a task with its ground-truth reasoning (or, a quarter of the time, a caption of
   one to three of its objects);
 - partial states: words of the text dropped at random (as if still masked; the reward drops mask tokens), and cells
-  of the image replaced by mid-grey (unrevealed cells greyed out) or by random codes (an x0 estimate's guesses);
+  of the image replaced by mid-grey (unrevealed cells greyed out) or, with `grey_prob < 1`, by random codes;
 - negatives: the other pairs of the batch (open_clip's `ClipLoss`; a pair whose text would also be true of another
   picture of the batch, through its distractor objects, is redrawn, so in-batch negatives are real negatives) plus,
   per pair, a *hard* negative image (the same scene edited so that one of the text's claims about it fails: the
   object recoloured, reshaped, moved or removed, or an object the text says is gone put back) and a hard negative
   text (one colour, shape or position word changed so that a claim fails), both checked with the evaluator's claim
-  parser (:func:`pararl.toy.evaluate.reasoning_claims`); each adds a two-way softmax term;
+  parser (:func:`pararl.toy.evaluate.reasoning_claims`); each adds a two-way softmax term. A share of the hard
+  negative images are instead the picture itself with *junk*: stray colour cells in the background lanes or in the
+  free cells of an occupied slot, so no valid scene. Without them a policy trained against the CLIP learns to paint
+  junk (a first CLIP, trained with random-code cells inside its positives, was gamed exactly so: ParaRL raised the
+  reward while the image quality fell);
 - a curriculum: whole pairs first, the partial states phased in over the first 30% of the steps.
 
 Images enter the model exactly as [`~pararl.rewards.CLIPAlignmentReward`] feeds them: `(B, 3, 32, 32)` pixels in
@@ -43,6 +47,7 @@ from .world import (
     SHAPE_PLURALS,
     SHAPES,
     SLOT_NAMES,
+    SLOT_STRIDE,
     ToyObject,
     describe_scene,
     generate_samples,
@@ -324,6 +329,8 @@ class ToyClipTrainingConfig:
         partial_text_prob / partial_image_prob: Share of pairs made partial (words dropped / cells corrupted).
         max_drop: The drop / corruption rate of a partial pair is uniform in [0.1, max_drop].
         grey_prob: Share of corrupted images whose corrupted cells are grey (else random codes).
+        junk_negative_prob: Share of hard negative images that are the picture plus 1-4 junk cells (see
+            :func:`add_junk`) instead of a claim-breaking edit.
         hard_negative_weight: Weight of the two hard-negative terms next to `ClipLoss`.
         freeze_token_embedding: Keep the (random) 49408-row token embedding fixed: the world uses ~130 BPE tokens,
             and updating the whole table with AdamW would cost more than the rest of the step.
@@ -332,7 +339,7 @@ class ToyClipTrainingConfig:
         seed: Seeds the initialisation, the pool and the batches.
     """
 
-    steps: int = 2000
+    steps: int = 8000
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 0.05
@@ -342,8 +349,9 @@ class ToyClipTrainingConfig:
     partial_text_prob: float = 0.5
     partial_image_prob: float = 0.5
     max_drop: float = 0.7
-    grey_prob: float = 0.5
-    hard_negative_weight: float = 0.5
+    grey_prob: float = 1.0
+    junk_negative_prob: float = 0.3
+    hard_negative_weight: float = 1.0
     freeze_token_embedding: bool = True
     curriculum: float = 0.3
     seed: int = 0
@@ -366,6 +374,27 @@ def corrupt_codes(grids: torch.Tensor, rate: float, grey: bool, generator: torch
         colour = torch.randint(1, len(TOY_PALETTE), shape, generator=generator)
         fill = torch.where(torch.rand(shape, generator=generator) < 0.5, 0, colour)
     return torch.where(hit, fill, grids)
+
+
+def add_junk(objects: Sequence[ToyObject], count: int, rng: random.Random) -> torch.Tensor:
+    """The scene's code grid with `count` junk cells: random colours in cells no valid scene paints (the background
+    lanes between slots, or the free cells of an occupied slot's 2x2 block), so the picture no longer parses."""
+    grid = scene_codes(objects)
+    rows, cols = grid.shape
+    occupied = {o.slot for o in objects}
+    free_in_slot = [
+        (i, j)
+        for i in range(rows)
+        for j in range(cols)
+        if i % SLOT_STRIDE != 2
+        and j % SLOT_STRIDE != 2
+        and grid[i, j] == 0
+        and (i // SLOT_STRIDE) * 3 + j // SLOT_STRIDE in occupied
+    ]
+    lanes = [(i, j) for i in range(rows) for j in range(cols) if i % SLOT_STRIDE == 2 or j % SLOT_STRIDE == 2]
+    for i, j in rng.sample(lanes + free_in_slot, count):
+        grid[i, j] = rng.randrange(1, len(TOY_PALETTE))
+    return grid
 
 
 def _join_kept(words: Sequence[str], keep: Sequence[bool]) -> str:
@@ -423,6 +452,10 @@ class ToyClipBatches:
             negative_scene = negative_objects(objects, claims, rng)
             if negative_scene is None:  # another task's picture
                 negative_scene = self.pool[rng.randrange(len(self.pool))][1]
+            if rng.random() < cfg.junk_negative_prob:
+                negative_codes = add_junk(objects, rng.randint(1, 4), rng)
+            else:
+                negative_codes = scene_codes(negative_scene)
 
             keep, keep_negative = [True] * len(words), [True] * len(negative_text)
             if rng.random() < cfg.partial_text_prob * partial_scale:
@@ -434,7 +467,7 @@ class ToyClipBatches:
             texts.append(_join_kept(words, keep))
             negative_texts.append(_join_kept(negative_text, keep_negative))
 
-            pair = torch.stack([scene_codes(objects), scene_codes(negative_scene)])
+            pair = torch.stack([scene_codes(objects), negative_codes])
             if rng.random() < cfg.partial_image_prob * partial_scale:
                 pair = corrupt_codes(
                     pair, rng.uniform(0.1, cfg.max_drop), rng.random() < cfg.grey_prob, self.generator
