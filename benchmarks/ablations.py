@@ -27,7 +27,7 @@ text-then-image decoding reaches 54.1 against 59.8 for parallel decoding.
 Examples:
 
     python benchmarks/ablations.py --quick                      # a 1-2 minute check that everything runs
-    python benchmarks/ablations.py                              # the full table (about 30 minutes on 2 CPU cores)
+    python benchmarks/ablations.py                              # the full table (about 50 CPU-minutes; see --merge)
     python benchmarks/ablations.py --variants no_rl output_level pararl_s3 --seeds 5 --output ablations.json
     python benchmarks/ablations.py --merge part1.json part2.json --output ablations.json   # runs split over processes
 """
