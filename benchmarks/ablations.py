@@ -53,7 +53,7 @@ from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
 from pararl.rollout import RolloutConfig
 from pararl.toy import build_toy_dataset, toy_processor
 from pararl.toy.clip import load_toy_clip
-from pararl.toy.evaluate import AXES, evaluate, generate_predictions
+from pararl.toy.evaluate import AXES, AXIS_HEADERS, evaluate, generate_predictions
 
 
 @dataclass(frozen=True)
@@ -124,14 +124,6 @@ RECORDED_FIELDS = (
     "reward_clip",
     "bf16",
 )
-HEADERS = {
-    "text_quality": "TextQ",
-    "text_alignment": "TextA",
-    "image_consistency": "ImgCons",
-    "image_alignment": "ImgA",
-    "image_quality": "ImgQ",
-    "output_alignment": "OutA",
-}
 
 
 def parse_args() -> argparse.Namespace:
@@ -281,7 +273,7 @@ def summarise(records: list[dict]) -> dict[str, dict[str, float] | None]:
 
 
 def markdown_table(results: dict) -> str:
-    columns = [*(HEADERS[axis] for axis in AXES), "Overall"]
+    columns = [*(AXIS_HEADERS[axis] for axis in AXES), "Overall"]
     lines = ["| Variant | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for entry in results.values():
         cells = []

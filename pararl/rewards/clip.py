@@ -35,7 +35,7 @@ _LOCAL_DIR_WEIGHTS = (
 
 
 @contextmanager
-def _quiet_open_clip():
+def quiet_open_clip():
     # open_clip logs "initialized randomly" through the root logger whenever it builds a model before we load the
     # weights ourselves; that message would be wrong here, so it is muted for the build only.
     previous = logging.root.manager.disable
@@ -109,7 +109,7 @@ def load_open_clip(
                 f"(tags: {open_clip.list_pretrained_tags_by_model(model_name)})."
             )
 
-    with _quiet_open_clip():
+    with quiet_open_clip():
         model = open_clip.create_model(model_name, load_weights=False)
     if checkpoint is not None:
         _load_weights_strict(model, checkpoint, model_name)

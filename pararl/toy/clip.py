@@ -27,18 +27,17 @@ rebuilds them deterministically.
 """
 
 import json
-import logging
 import math
 import random
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..rewards.clip import quiet_open_clip
 from .evaluate import Claim, claim_holds, reasoning_claims, split_words
 from .palette import TOY_CELL_SIZE, TOY_COLOURS, TOY_PALETTE
 from .world import (
@@ -86,18 +85,6 @@ _GREY = 0.5  # what the processor paints over unknown cells
 
 
 # ------------------------------------------------------------------------------------------------ model plumbing
-@contextmanager
-def _quiet():
-    # open_clip logs "No pretrained weights loaded ... initialized randomly" on every build; here the weights are
-    # either loaded right after or trained, so the message would only mislead.
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
 def register_toy_clip(config_path: str | Path | None = None) -> str:
     """Registers the tiny CLIP's open_clip config (idempotent) and returns its model name.
 
@@ -125,7 +112,7 @@ def create_toy_clip(config_path: str | Path | None = None) -> torch.nn.Module:
     import open_clip
 
     name = register_toy_clip(config_path)
-    with _quiet():
+    with quiet_open_clip():
         return open_clip.create_model(name, load_weights=False)
 
 

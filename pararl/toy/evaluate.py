@@ -62,6 +62,7 @@ from .world import (
 
 __all__ = [
     "AXES",
+    "AXIS_HEADERS",
     "Claim",
     "EvaluateArguments",
     "claim_holds",
@@ -84,7 +85,7 @@ AXES: tuple[str, ...] = (
     "image_quality",
     "output_alignment",
 )
-_AXIS_HEADERS = {
+AXIS_HEADERS = {
     "text_quality": "TextQ",
     "text_alignment": "TextA",
     "image_consistency": "ImgCons",
@@ -503,7 +504,7 @@ def evaluate(predictions, dataset) -> dict:
 
 def format_scores(result: Mapping) -> str:
     """A small aligned table of :func:`evaluate`'s result: one row per category plus `all`."""
-    headers = ["category", "n", *(_AXIS_HEADERS[a] for a in AXES), "Overall"]
+    headers = ["category", "n", *(AXIS_HEADERS[a] for a in AXES), "Overall"]
 
     def cells(name, table, count):
         values = [table.get(axis) for axis in AXES] + [table.get("overall")]
