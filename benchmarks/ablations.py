@@ -50,7 +50,6 @@ from trl import ModelConfig, get_peft_config
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from pararl.models import MaskedDiffusionLM
 from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
-from pararl.rollout import RolloutConfig
 from pararl.toy import build_toy_dataset, toy_processor
 from pararl.toy.clip import load_toy_clip
 from pararl.toy.evaluate import AXES, AXIS_HEADERS, evaluate, generate_predictions
@@ -206,14 +205,7 @@ def lora_config(args: argparse.Namespace):
 
 def score(model, processor, dataset, config: DiffusionGRPOConfig) -> dict:
     """The exact evaluator on the held-out split, decoded with the training rollout settings (as the main job)."""
-    rollout_config = RolloutConfig(
-        num_steps=config.diffusion_steps,
-        block_length=config.block_length,
-        image_start=config.image_start,
-        text_temperature=config.text_temperature,
-        image_temperature=config.image_temperature,
-        order=config.decode_order,
-    )
+    rollout_config = config.to_rollout_config()
     predictions = generate_predictions(model, processor, dataset, rollout_config=rollout_config, seed=config.seed)
     result = evaluate(predictions, dataset)
     result.pop("samples")  # per-sample scores would make the JSON large; the axes and categories are kept

@@ -65,7 +65,6 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from pararl.processing import load_processor
 from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
-from pararl.rollout import RolloutConfig
 
 
 @dataclass
@@ -108,14 +107,7 @@ def toy_evaluation(model, processor, dataset, args: DiffusionGRPOConfig) -> dict
     """Six ParaBench axes on held-out toy tasks, decoded with the training rollout settings."""
     from pararl.toy.evaluate import evaluate, generate_predictions
 
-    rollout_config = RolloutConfig(
-        num_steps=args.diffusion_steps,
-        block_length=args.block_length,
-        image_start=args.image_start,
-        text_temperature=args.text_temperature,
-        image_temperature=args.image_temperature,
-        order=args.decode_order,
-    )
+    rollout_config = args.to_rollout_config()
     was_training = model.training
     model.eval()
     predictions = generate_predictions(model, processor, dataset, rollout_config=rollout_config, seed=args.seed)

@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .rollout import RolloutConfig
+
 
 _ADVANTAGE_MODES = ("per_step", "trajectory_mean")
 _LIKELIHOODS = ("trajectory", "random_mask")
@@ -222,3 +224,21 @@ class DiffusionGRPOConfig(GRPOConfig):
             self.text_temperature = self.temperature
         if self.image_temperature is None:
             self.image_temperature = self.temperature
+
+    def to_rollout_config(self) -> RolloutConfig:
+        """The decoder settings of the training rollouts (also what evaluations should decode with)."""
+        return RolloutConfig(
+            num_steps=self.diffusion_steps,
+            text_schedule=self.text_schedule,
+            image_schedule=self.image_schedule,
+            block_length=self.block_length,
+            image_start=self.image_start,
+            text_temperature=self.text_temperature,
+            image_temperature=self.image_temperature,
+            top_k=self.top_k or None,
+            remasking=self.remasking,
+            text_guidance_scale=self.text_guidance_scale,
+            image_guidance_scale=self.image_guidance_scale,
+            guidance_drop=self.guidance_drop,
+            order=self.decode_order,
+        )

@@ -42,7 +42,7 @@ from .models import MaskedDiffusionLM
 from .processing import ParallelProcessor
 from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
 from .rewards.steps import FinalStep, StepSelector, UniformSteps
-from .rollout import ParallelDecoder, RolloutConfig, Trajectory, counter_uniform
+from .rollout import ParallelDecoder, Trajectory, counter_uniform
 
 
 _REWARD_STATE_FILE = "reward_state.json"
@@ -170,21 +170,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
         preset = processing_class.preset
-        self.rollout_config = RolloutConfig(
-            num_steps=args.diffusion_steps,
-            text_schedule=args.text_schedule,
-            image_schedule=args.image_schedule,
-            block_length=args.block_length,
-            image_start=args.image_start,
-            text_temperature=args.text_temperature,
-            image_temperature=args.image_temperature,
-            top_k=args.top_k or None,
-            remasking=args.remasking,
-            text_guidance_scale=args.text_guidance_scale,
-            image_guidance_scale=args.image_guidance_scale,
-            guidance_drop=args.guidance_drop,
-            order=args.decode_order,
-        )
+        self.rollout_config = args.to_rollout_config()
         # Fails early, with the decoder's message, on schedules that do not fit the preset (e.g. block_length).
         self.reveal_plan = ParallelDecoder(self.model, processing_class, self.rollout_config).plan
         self.step_selector = step_selector or get_step_selector(

@@ -656,3 +656,27 @@ def test_given_reward_mean_and_std_skip_calibration(processor, dataset, tmp_path
     trainer.train()
     assert reward.normalizer.state_dict() == {"mean": 3.0, "std": 0.5, "clip": 1.0}
     assert len(reward.raw_calls) == 1 and reward.raw_calls[0][1]  # only the training step scored, already fitted
+
+
+def test_to_rollout_config_carries_every_decoder_setting(tmp_path):
+    args = grpo_config(
+        tmp_path,
+        diffusion_steps=6,
+        text_schedule="cosine",
+        image_schedule="linear",
+        image_start=0.25,
+        text_temperature=0.7,
+        image_temperature=0.9,
+        top_k=5,
+        remasking="random",
+        text_guidance_scale=1.5,
+        image_guidance_scale=2.0,
+        guidance_drop="prompt",
+        decode_order="text_then_image",
+    )
+    config = args.to_rollout_config()
+    assert (config.num_steps, config.text_schedule, config.image_schedule) == (6, "cosine", "linear")
+    assert (config.image_start, config.text_temperature, config.image_temperature) == (0.25, 0.7, 0.9)
+    assert (config.top_k, config.remasking, config.order) == (5, "random", "text_then_image")
+    assert (config.text_guidance_scale, config.image_guidance_scale, config.guidance_drop) == (1.5, 2.0, "prompt")
+    assert grpo_config(tmp_path).to_rollout_config().top_k is None  # TRL's top_k=0 means "off"
