@@ -309,18 +309,10 @@ def merge_reports(paths: list[str], output: str) -> dict:
     for path in paths:
         with open(path) as f:
             reports.append(json.load(f))
-    ignored = ("variants", "merge")
-
-    def comparable(report):
-        return {k: v for k, v in report["settings"].items() if k not in ignored}
-
-    for path, report in zip(paths[1:], reports[1:]):
-        if comparable(report) != comparable(reports[0]):
-            differing = sorted(
-                k
-                for k in comparable(report).keys() | comparable(reports[0]).keys()
-                if comparable(report).get(k) != comparable(reports[0]).get(k)
-            )
+    settings = [{k: v for k, v in r["settings"].items() if k not in ("variants", "merge")} for r in reports]
+    for path, other in zip(paths[1:], settings[1:]):
+        differing = sorted(k for k in other.keys() | settings[0].keys() if other.get(k) != settings[0].get(k))
+        if differing:
             raise ValueError(f"{path} was run with other settings than {paths[0]}: {differing}.")
     variants = {}
     for path, report in zip(paths, reports):
