@@ -41,7 +41,7 @@ from .config import DiffusionGRPOConfig
 from .models import MaskedDiffusionLM
 from .processing import ParallelProcessor
 from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
-from .rewards.steps import FinalStep, StepSelector, UniformSteps
+from .rewards.steps import FinalStep, StepSelector, StratifiedSteps
 from .rollout import ParallelDecoder, Trajectory, counter_uniform
 
 
@@ -176,10 +176,10 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.step_selector = step_selector or get_step_selector(
             args.reward_step_selection, args.num_reward_steps, args.reward_steps
         )
-        # Output-level RL (the paper's baseline) rewards only the final output but trains on as many uniformly drawn
-        # steps as ParaRL does, so that both spend the same compute on the loss.
+        # Output-level RL (the paper's baseline) rewards only the final output but trains on as many steps as ParaRL
+        # does, so that both spend the same compute on the loss; stratified, so early, middle and late tokens all learn.
         self.output_level = isinstance(self.step_selector, FinalStep)
-        self._loss_step_selector = UniformSteps(args.num_reward_steps) if self.output_level else self.step_selector
+        self._loss_step_selector = StratifiedSteps(args.num_reward_steps) if self.output_level else self.step_selector
         self.num_reward_steps = args.num_reward_steps
         self.max_completion_length = processing_class.output_length
 

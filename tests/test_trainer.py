@@ -484,8 +484,14 @@ def test_final_step_selection_is_output_level_grpo(processor, dataset, tmp_path)
     final_images = processor.decode_images(processor.image_codes(trajectory.output_ids))
     expected = [state_value(t, img, last) for t, img in zip(final_texts, final_images)]
     assert values == pytest.approx(expected, abs=1e-6)
-    # The loss still scores s uniformly drawn steps per rollout (shared by the group), like ParaRL.
+    # The loss still scores s steps per rollout, one per s-th of the trajectory, shared by the group.
     assert out["completion_ids"].shape[0] == trajectory.batch_size * s
+    step_map = trajectory.step_map[torch.arange(trajectory.batch_size).repeat_interleave(s)]
+    masks = out["completion_mask"].bool()
+    loss_steps = torch.tensor([step_map[row][masks[row]].unique().item() for row in range(masks.shape[0])]).view(-1, s)
+    edges = torch.arange(s + 1) * trajectory.num_steps // s
+    assert ((loss_steps >= edges[:-1]) & (loss_steps < edges[1:])).all()
+    assert (loss_steps.view(-1, G, s) == loss_steps.view(-1, G, s)[:, :1]).all()
     # Plain GRPO advantages over each group of G final outputs, given to every loss row of the rollout.
     rewards = torch.stack([torch.tensor(expected), torch.tensor(word_count(final_texts))], dim=1)
     per_rollout = hand_advantages(rewards, [1.0, 1.0], G, 1, "per_step")
