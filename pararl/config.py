@@ -74,7 +74,8 @@ class DiffusionGRPOConfig(GRPOConfig):
         How the s steps are drawn, fresh per prompt group and shared by its rollouts: `"uniform"`, `"stratified"`
         (one per equal segment), `"final"` (output-level RL, the paper's baseline: every rollout is rewarded once,
         on its final output, and that reward is given to `num_reward_steps` stratified loss steps, one per equal
-        segment, so both variants train on the same number of rows across the whole trajectory), `"fixed"` (`reward_steps`) or `"all"` (every step).
+        segment, so both variants train on the same number of rows across the whole trajectory), `"fixed"`
+        (`reward_steps`) or `"all"` (every step).
     reward_steps (`list[int]` or `None`, *optional*, defaults to `None`):
         The steps for `reward_step_selection="fixed"` (0-based).
     advantage_mode (`str`, *optional*, defaults to `"per_step"`):
