@@ -13,6 +13,7 @@ from pararl.toy.clip import (
     ToyClipBatches,
     ToyClipTrainingConfig,
     add_junk,
+    break_object,
     clip_scores,
     codes_to_pixels,
     corrupt_codes,
@@ -168,6 +169,23 @@ def test_junk_pictures_never_parse_and_keep_the_scene(samples):
         assert int(changed.sum()) == count and bool((clean[changed] == 0).all())  # only background cells painted
         with pytest.raises(ValueError):
             parse_scene(junk, strict=True)
+
+
+def test_broken_objects_never_parse_and_change_one_cell_of_one_object(samples):
+    rng = random.Random(0)
+    broken_any = False
+    for sample in samples:
+        clean = scene_codes(sample.output_objects)
+        broken = break_object(sample.output_objects, rng)
+        if all(o.shape == "dot" for o in sample.output_objects):
+            assert broken is None
+            continue
+        broken_any = True
+        changed = broken != clean
+        assert int(changed.sum()) == 1 and int(clean[changed]) != 0  # one painted cell repainted or erased
+        with pytest.raises(ValueError):
+            parse_scene(broken, strict=True)
+    assert broken_any
 
 
 def test_shipped_clip_prefers_the_clean_picture_to_the_same_picture_with_junk(toy_clip, samples):

@@ -43,6 +43,7 @@ from .palette import TOY_CELL_SIZE, TOY_COLOURS, TOY_PALETTE
 from .world import (
     COL_WORDS,
     ROW_WORDS,
+    SHAPE_CELLS,
     SHAPE_PLURALS,
     SHAPES,
     SLOT_NAMES,
@@ -59,6 +60,8 @@ __all__ = [
     "TOY_CLIP_NAME",
     "ToyClipTrainingConfig",
     "ToyClipBatches",
+    "add_junk",
+    "break_object",
     "clip_scores",
     "codes_to_pixels",
     "corrupt_codes",
@@ -318,6 +321,8 @@ class ToyClipTrainingConfig:
         grey_prob: Share of corrupted images whose corrupted cells are grey (else random codes).
         junk_negative_prob: Share of hard negative images that are the picture plus 1-4 junk cells (see
             :func:`add_junk`) instead of a claim-breaking edit.
+        broken_negative_prob: Share of hard negative images that are the picture with one object broken (see
+            :func:`break_object`; a claim-breaking edit when every object is a dot).
         hard_negative_weight: Weight of the two hard-negative terms next to `ClipLoss`.
         freeze_token_embedding: Keep the (random) 49408-row token embedding fixed: the world uses ~130 BPE tokens,
             and updating the whole table with AdamW would cost more than the rest of the step.
@@ -338,6 +343,7 @@ class ToyClipTrainingConfig:
     max_drop: float = 0.7
     grey_prob: float = 1.0
     junk_negative_prob: float = 0.3
+    broken_negative_prob: float = 0.2
     hard_negative_weight: float = 1.0
     freeze_token_embedding: bool = True
     curriculum: float = 0.3
@@ -381,6 +387,28 @@ def add_junk(objects: Sequence[ToyObject], count: int, rng: random.Random) -> to
     lanes = [(i, j) for i in range(rows) for j in range(cols) if i % SLOT_STRIDE == 2 or j % SLOT_STRIDE == 2]
     for i, j in rng.sample(lanes + free_in_slot, count):
         grid[i, j] = rng.randrange(1, len(TOY_PALETTE))
+    return grid
+
+
+def break_object(objects: Sequence[ToyObject], rng: random.Random) -> torch.Tensor | None:
+    """The scene's code grid with one object broken so that it is no shape of the world: one cell of a bar, pole or
+    square painted another colour, or one cell of a square erased. None when every object is a dot.
+
+    A policy's pictures fail like this far more often than with stray cells (half-drawn or two-coloured objects), so
+    the tiny CLIP must rank them below the whole picture too.
+    """
+    victims = [o for o in objects if o.shape != "dot"]
+    if not victims:
+        return None
+    grid = scene_codes(objects)
+    victim = rng.choice(victims)
+    top, left = SLOT_STRIDE * (victim.slot // 3), SLOT_STRIDE * (victim.slot % 3)
+    d_row, d_col = rng.choice(SHAPE_CELLS[victim.shape])
+    i, j = top + d_row, left + d_col
+    if victim.shape == "square" and rng.random() < 0.5:
+        grid[i, j] = 0
+    else:
+        grid[i, j] = rng.choice([code for code in range(1, len(TOY_PALETTE)) if code != grid[i, j]])
     return grid
 
 
@@ -439,7 +467,11 @@ class ToyClipBatches:
             negative_scene = negative_objects(objects, claims, rng)
             if negative_scene is None:  # another task's picture
                 negative_scene = self.pool[rng.randrange(len(self.pool))][1]
-            if rng.random() < cfg.junk_negative_prob:
+            draw = rng.random()
+            broken = break_object(objects, rng) if draw >= 1 - cfg.broken_negative_prob else None
+            if broken is not None:
+                negative_codes = broken
+            elif draw < cfg.junk_negative_prob:
                 negative_codes = add_junk(objects, rng.randint(1, 4), rng)
             else:
                 negative_codes = scene_codes(negative_scene)
