@@ -196,3 +196,14 @@ def test_shipped_clip_prefers_the_clean_picture_to_the_same_picture_with_junk(to
     junk = torch.stack([add_junk(s.output_objects, rng.randint(1, 4), rng) for s in samples])
     wins = clip_scores(model, tokenizer, texts, clean) > clip_scores(model, tokenizer, texts, junk)
     assert wins.float().mean() > 0.8
+
+
+def test_shipped_clip_prefers_the_whole_picture_to_one_with_a_broken_object(toy_clip, samples):
+    model, tokenizer = toy_clip
+    rng = random.Random(2)
+    breakable = [s for s in samples if any(o.shape != "dot" for o in s.output_objects)]
+    texts = [s.reasoning for s in breakable]
+    clean = torch.stack([scene_codes(s.output_objects) for s in breakable])
+    broken = torch.stack([break_object(s.output_objects, rng) for s in breakable])
+    wins = clip_scores(model, tokenizer, texts, clean) > clip_scores(model, tokenizer, texts, broken)
+    assert len(breakable) >= 32 and wins.float().mean() > 0.7
