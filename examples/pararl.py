@@ -100,6 +100,14 @@ class ScriptArguments:
         default=192, metadata={"help": "Toy world: held-out prompts evaluated before/after."}
     )
     toy_seed: int = field(default=0, metadata={"help": "Toy world: generation seed."})
+    toy_reward: str = field(
+        default="clip",
+        metadata={
+            "help": "Toy world: 'clip' (ParaRL: the shipped tiny CLIP's alignment) or 'exact' (the evaluator's output "
+            "alignment computed by rule on each state, a perfect judge to compare against).",
+            "choices": ["clip", "exact"],
+        },
+    )
     evaluate: bool = field(default=True, metadata={"help": "Toy world: evaluate on held-out tasks before and after."})
 
 
@@ -155,7 +163,13 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
     ################
     # Reward: normalised, clipped CLIP alignment of the partial reasoning and the partial image
     ################
-    if script_args.clip_model is None:
+    if not toy and script_args.toy_reward != "clip":
+        raise ValueError("--toy_reward exact scores toy-world states; it needs the toy world (no --dataset_name).")
+    if toy and script_args.toy_reward == "exact":
+        from pararl.toy.reward import ToyOutputAlignment
+
+        reward = ToyOutputAlignment()
+    elif script_args.clip_model is None:
         from pararl.toy.clip import load_toy_clip
 
         clip_model, clip_tokenizer = load_toy_clip()

@@ -71,6 +71,7 @@ __all__ = [
     "format_scores",
     "generate_predictions",
     "main",
+    "output_alignment",
     "reasoning_claims",
     "split_words",
     "text_quality_checks",
@@ -305,6 +306,12 @@ def claim_holds(claim: Claim, objects: Sequence[ToyObject]) -> bool:
     raise ValueError(f"unknown claim kind {claim.kind!r}.")
 
 
+def output_alignment(text: str, objects: Sequence[ToyObject]) -> float:
+    """Share of the claims of `text` that hold in a picture's `objects` (0 when the text makes none yet)."""
+    claims = reasoning_claims(text)
+    return sum(claim_holds(c, objects) for c in claims) / len(claims) if claims else 0.0
+
+
 # ------------------------------------------------------------------------------------------------------- axes
 def _has_stutter(words: Sequence[str]) -> bool:
     """A span repeated back to back ("red red", "the dot the dot")."""
@@ -417,14 +424,13 @@ def evaluate_sample(prediction_text: str, prediction_codes, sample_row: Mapping)
         shares = [group.mean().item() for group in groups if group.numel()]
         image_consistency = sum(shares) / len(shares) if shares else 1.0
 
-    output_alignment = sum(claim_holds(c, objects) for c in claims) / len(claims) if claims else 0.0
     return {
         "text_quality": text_quality,
         "text_alignment": text_alignment,
         "image_consistency": image_consistency,
         "image_alignment": image_alignment,
         "image_quality": image_quality,
-        "output_alignment": output_alignment,
+        "output_alignment": output_alignment(prediction_text, objects),
     }
 
 
