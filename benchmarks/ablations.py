@@ -62,20 +62,24 @@ class Variant:
     label: str
     train: bool = True
     overrides: dict = field(default_factory=dict)
+    baseline: str | None = None  # the untrained variant (same decoding order) its per-seed changes are measured from
 
 
 VARIANTS: dict[str, Variant] = {
     "no_rl": Variant("no RL (SFT)", train=False),
-    "output_level": Variant("output-level RL", overrides={"reward_step_selection": "final", "num_reward_steps": 3}),
-    "pararl_s2": Variant("ParaRL s=2", overrides={"num_reward_steps": 2}),
-    "pararl_s3": Variant("ParaRL s=3", overrides={"num_reward_steps": 3}),
-    "pararl_s4": Variant("ParaRL s=4", overrides={"num_reward_steps": 4}),
+    "output_level": Variant(
+        "output-level RL", overrides={"reward_step_selection": "final", "num_reward_steps": 3}, baseline="no_rl"
+    ),
+    "pararl_s2": Variant("ParaRL s=2", overrides={"num_reward_steps": 2}, baseline="no_rl"),
+    "pararl_s3": Variant("ParaRL s=3", overrides={"num_reward_steps": 3}, baseline="no_rl"),
+    "pararl_s4": Variant("ParaRL s=4", overrides={"num_reward_steps": 4}, baseline="no_rl"),
     "no_rl_sequential": Variant(
         "no RL, sequential (text then image)", train=False, overrides={"decode_order": "text_then_image"}
     ),
     "pararl_s3_sequential": Variant(
         "ParaRL s=3, sequential (text then image)",
         overrides={"num_reward_steps": 3, "decode_order": "text_then_image"},
+        baseline="no_rl_sequential",
     ),
 }
 
@@ -264,14 +268,29 @@ def summarise(records: list[dict]) -> dict[str, dict[str, float] | None]:
     return summary
 
 
+def paired_change(results: dict, name: str, axis: str = "output_alignment") -> str:
+    """A trained variant's per-seed change of `axis` over its untrained baseline with the same seed (the same
+    evaluation noise, so the change is not drowned by it): mean ± std and how many seeds went up."""
+    baseline = VARIANTS[name].baseline
+    if baseline not in results:
+        return "-"
+    before = {r["seed"]: r["axes"][axis] for r in results[baseline]["per_seed"]}
+    changes = [r["axes"][axis] - before[r["seed"]] for r in results[name]["per_seed"] if r["seed"] in before]
+    if not changes:
+        return "-"
+    mean, std = mean_std(changes)
+    return f"{mean:+.1f} ± {std:.1f} ({sum(c > 0 for c in changes)}/{len(changes)} up)"
+
+
 def markdown_table(results: dict) -> str:
-    columns = [*(AXIS_HEADERS[axis] for axis in AXES), "Overall"]
+    columns = [*(AXIS_HEADERS[axis] for axis in AXES), "Overall", "OutA change (paired)"]
     lines = ["| Variant | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    for entry in results.values():
+    for name, entry in results.items():
         cells = []
         for axis in (*AXES, "overall"):
             stats = entry["summary"][axis]
             cells.append("-" if stats is None else f"{stats['mean']:.1f} ± {stats['std']:.1f}")
+        cells.append(paired_change(results, name))
         lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
