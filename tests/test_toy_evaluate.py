@@ -288,37 +288,22 @@ def test_generate_predictions_and_cli(tiny_policy, capsys):
 
 
 # ----------------------------------------------------------------------------------------------- exact reward
-def _reward_states(texts, codes):
-    from pararl.rewards import RewardStates
-    from pararl.toy import toy_processor
-
-    images = toy_processor().decode_images(codes)
-    n = len(texts)
-    return RewardStates(
-        prompts=["p"] * n,
-        texts=list(texts),
-        images=[None] * n,
-        image_tensors=images,
-        input_images=[None] * n,
-        steps=torch.zeros(n, dtype=torch.long),
-        num_steps=4,
-        text_revealed=torch.ones(n),
-        image_revealed=torch.ones(n),
-        token_ids=torch.zeros(n, 3, dtype=torch.long),
-    )
-
-
-def test_read_cells_inverts_the_toy_decoding_and_marks_grey_cells_unknown():
-    from pararl.toy import toy_processor
-    from pararl.toy.reward import read_cells
+def test_palette_encode_inverts_the_toy_decoding_and_marks_grey_cells_unknown():
+    from pararl.toy import toy_image_tokenizer, toy_processor
 
     codes = torch.randint(-1, 9, (5, 8, 8), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(read_cells(toy_processor().decode_images(codes)), codes)
-    with pytest.raises(ValueError, match="image_tensors"):
-        read_cells(torch.zeros(2, 32, 32))
+    images = toy_processor().decode_images(codes)
+    assert torch.equal(toy_image_tokenizer().encode(images, unknown_code=-1), codes)
+    with pytest.raises(ValueError, match="not in the palette"):
+        toy_image_tokenizer().encode(images)  # without unknown_code a grey cell is an error, as before
+    with pytest.raises(ValueError, match="shape"):
+        toy_image_tokenizer().encode(torch.zeros(2, 32, 32), unknown_code=-1)
 
 
 def test_toy_output_alignment_reward_is_the_evaluators_axis_on_each_state():
+    from test_rewards import make_states
+
+    from pararl.toy import toy_processor
     from pararl.toy.reward import ToyOutputAlignment
 
     text = "fire burns it to black ash so the purple pole becomes black ."  # present(black pole), absent(purple pole)
@@ -326,9 +311,7 @@ def test_toy_output_alignment_reward_is_the_evaluators_axis_on_each_state():
     still_purple = scene_codes([ToyObject("pole", "black", 4), ToyObject("pole", "purple", 0)])
     half_revealed = burnt.clone()
     half_revealed[3, 3] = -1  # one cell of the black pole still masked: that slot cannot be read
-    states = _reward_states(
-        [text, text, text, "fire burns it to black", ""],
-        torch.stack([burnt, still_purple, half_revealed, burnt, burnt]),
-    )
+    codes = torch.stack([burnt, still_purple, half_revealed, burnt, burnt])
+    states = make_states([text, text, text, "fire burns it to black", ""], toy_processor().decode_images(codes))
     assert ToyOutputAlignment()(states) == [1.0, 0.5, 0.5, 0.0, 0.0]
     assert ToyOutputAlignment().name == "toy_output_alignment"

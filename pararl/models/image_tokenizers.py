@@ -217,18 +217,21 @@ class PaletteImageTokenizer:
                 )
         return torch.from_numpy(np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]))
 
-    def encode(self, images: ImagesInput) -> torch.Tensor:
+    def encode(self, images: ImagesInput, unknown_code: int | None = None) -> torch.Tensor:
         """Reads the colour of every cell.
 
         Args:
             images: PIL images (any mode; converted to RGB), or a float tensor `(B, 3, H, W)` in [0, 1]
                 (a uint8 tensor in [0, 255] also works).
+            unknown_code: The code of a uniform cell whose colour is outside the palette (e.g. -1 for the grey of a
+                still-masked cell in a decoded partial image). `None` (default): such a cell is an error.
 
         Returns:
             `LongTensor (B, h, w)` of codes (on the input tensor's device, CPU for PIL images).
 
         Raises:
-            ValueError: wrong pixel size, a cell that is not one uniform colour, or a colour outside the palette.
+            ValueError: wrong pixel size, a cell that is not one uniform colour, or (without `unknown_code`) a
+                colour outside the palette.
         """
         pixels = self._to_uint8(images)
         batch = pixels.shape[0]
@@ -246,11 +249,14 @@ class PaletteImageTokenizer:
             )
         matches = colour.unsqueeze(-1) == self._palette_keys.to(colour.device)
         known = matches.any(dim=-1)
+        codes = matches.to(torch.uint8).argmax(dim=-1).long()
+        if unknown_code is not None:
+            return codes.masked_fill(~known, unknown_code)
         if not bool(known.all()):
             b, r, c = (int(v) for v in torch.nonzero(~known)[0])
             rgb = _unpack_rgb(int(colour[b, r, c]))
             raise ValueError(f"image {b}, cell (row {r}, col {c}) has colour {rgb}, which is not in the palette.")
-        return matches.to(torch.uint8).argmax(dim=-1).long()
+        return codes
 
     # ---------------------------------------------------------------------------------------------------- decode
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -1,25 +1,12 @@
 """The toy world's exact judge as a pararl reward: the evaluator's output alignment of an intermediate state."""
 
-import torch
-
 from ..rewards import Reward, RewardStates
 from .evaluate import output_alignment
-from .palette import TOY_CELL_SIZE, TOY_PALETTE
+from .palette import toy_image_tokenizer
 from .world import parse_scene
 
 
-__all__ = ["ToyOutputAlignment", "read_cells"]
-
-
-def read_cells(image_tensors: torch.Tensor) -> torch.Tensor:
-    """Palette codes `(N, 8, 8)` of toy images `(N, 3, 32, 32)` in [0, 1]; -1 for a cell of no palette colour (the
-    grey of a still-masked cell)."""
-    if image_tensors.dim() != 4 or image_tensors.shape[1] != 3:
-        raise ValueError(f"image_tensors must have shape (N, 3, H, W), got {tuple(image_tensors.shape)}.")
-    cells = (image_tensors[:, :, ::TOY_CELL_SIZE, ::TOY_CELL_SIZE] * 255).round()  # one pixel per cell
-    palette = torch.tensor(TOY_PALETTE, dtype=cells.dtype, device=cells.device)  # (K, 3)
-    matches = (cells[:, None] == palette[None, :, :, None, None]).all(dim=2)  # (N, K, rows, cols)
-    return torch.where(matches.any(dim=1), matches.float().argmax(dim=1), -1)
+__all__ = ["ToyOutputAlignment"]
 
 
 class ToyOutputAlignment(Reward):
@@ -32,6 +19,10 @@ class ToyOutputAlignment(Reward):
     (unrevealed) cells are unknown, so a slot holding one is not read.
     """
 
+    def __init__(self):
+        self.image_tokenizer = toy_image_tokenizer()
+
     def score(self, states: RewardStates) -> list[float | None]:
-        codes = read_cells(states.image_tensors.cpu())
+        # The picture the reward sees, read back cell by cell; grey (still-masked) cells are unknown (-1).
+        codes = self.image_tokenizer.encode(states.image_tensors.cpu(), unknown_code=-1)
         return [output_alignment(text, parse_scene(grid, strict=False)) for text, grid in zip(states.texts, codes)]
