@@ -5,10 +5,12 @@ learning rate and LoRA adapter for every trained variant), this script compares:
 
 - `no_rl`: the SFT checkpoint itself, decoded in parallel;
 - `output_level`: output-level RL (`reward_step_selection="final"`, the paper's baseline): each rollout is rewarded
-  once on its final output and that reward trains 3 stratified steps (one per third of the trajectory), as many loss rows as ParaRL with s = 3;
+  once on its final output and that reward trains 3 stratified steps (one per third of the trajectory), as many
+  loss rows as ParaRL with s = 3;
 - `pararl_s2`, `pararl_s3`, `pararl_s4`: ParaRL with s = 2, 3, 4 rewarded steps per rollout (stratified as in the
-  main job: one step drawn per s-th of the trajectory, shared by a prompt group). Every rewarded step is one loss row, so s also sets the loss rows per step (rollouts x s),
-  exactly as in the paper's Table 5; the JSON output records the rows of every variant;
+  main job: one step drawn per s-th of the trajectory, shared by a prompt group). Every rewarded step is one loss
+  row, so s also sets the loss rows per step (rollouts x s), exactly as in the paper's Table 5; the JSON output
+  records the rows of every variant;
 - `no_rl_sequential` and `pararl_s3_sequential`: the same two points decoded text first, then image
   (`decode_order="text_then_image"`); each model is trained and evaluated with its own decoding order, so
   `pararl_s3` vs `pararl_s3_sequential` is the paper's parallel vs sequential comparison (Table 10).
