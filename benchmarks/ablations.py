@@ -13,9 +13,14 @@ learning rate and LoRA adapter for every trained variant), this script compares:
   records the rows of every variant;
 - `no_rl_sequential` and `pararl_s3_sequential`: the same two points decoded text first, then image
   (`decode_order="text_then_image"`); each model is trained and evaluated with its own decoding order, so
-  `pararl_s3` vs `pararl_s3_sequential` is the paper's parallel vs sequential comparison (Table 10).
+  `pararl_s3` vs `pararl_s3_sequential` is the paper's parallel vs sequential comparison (Table 10);
+- two controls, trained exactly as `pararl_s3` but with another reward: `random_reward` (uniform noise, seeded per
+  run: whatever it changes is drift of the optimiser, not learning, so a variant's change means something only
+  beyond it) and `exact_judge` (the evaluator's own output alignment of each state,
+  [`~pararl.toy.reward.ToyOutputAlignment`]: a perfect judge, so what it fails to move the optimiser cannot move
+  in this budget whatever the judge).
 
-The reward is the shipped tiny CLIP's alignment between the partial reasoning and the partial image, normalised with
+Apart from the controls, the reward is the shipped tiny CLIP's alignment between the partial reasoning and the partial image, normalised with
 a fresh `RewardNormalizer()` that each trainer calibrates on its own rollouts. Every model is scored on the same
 held-out toy split by the exact evaluator (ParaBench's six axes and their mean, 0-100); a run's seed sets both the
 training (LoRA init, data order, rollout noise) and the evaluation's sampling noise, so the spread of `no_rl` is the
@@ -51,10 +56,11 @@ from trl import ModelConfig, get_peft_config
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from pararl.models import MaskedDiffusionLM
-from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
+from pararl.rewards import CLIPAlignmentReward, Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset, toy_processor
 from pararl.toy.clip import load_toy_clip
 from pararl.toy.evaluate import AXES, AXIS_HEADERS, evaluate, generate_predictions
+from pararl.toy.reward import ToyOutputAlignment
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Variant:
     label: str
     train: bool = True
     overrides: dict = field(default_factory=dict)
+    reward: str = "clip"  # "clip" (ParaRL's), or a control: "random" (noise) or "exact" (the evaluator's judge)
     baseline: str | None = None  # the untrained variant (same decoding order) its per-seed changes are measured from
 
 
@@ -83,7 +90,24 @@ VARIANTS: dict[str, Variant] = {
         overrides={"num_reward_steps": 3, "decode_order": "text_then_image"},
         baseline="no_rl_sequential",
     ),
+    "random_reward": Variant(
+        "control: ParaRL s=3, random reward", overrides={"num_reward_steps": 3}, reward="random", baseline="no_rl"
+    ),
+    "exact_judge": Variant(
+        "control: ParaRL s=3, exact judge", overrides={"num_reward_steps": 3}, reward="exact", baseline="no_rl"
+    ),
 }
+
+
+class RandomReward(Reward):
+    """Uniform noise in [0, 1], seeded: the null control (no information about the state at all)."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def score(self, states: RewardStates) -> list[float | None]:
+        return torch.rand(len(states.texts), generator=self.generator).tolist()
+
 
 # The full run uses the main job's toy defaults (examples/pararl.py); --quick only checks that everything runs.
 FULL = {
@@ -225,8 +249,13 @@ def run_one(args, name: str, seed: int, processor, train_dataset, eval_dataset, 
     config = training_config(args, variant, seed, output_dir)
     record = {"seed": seed}
     if variant.train:
-        clip_model, clip_tokenizer = clip
-        reward = CLIPAlignmentReward(model=clip_model, tokenizer=clip_tokenizer, normalizer=RewardNormalizer())
+        if variant.reward == "random":
+            reward = RandomReward(seed)
+        elif variant.reward == "exact":
+            reward = ToyOutputAlignment()
+        else:
+            clip_model, clip_tokenizer = clip
+            reward = CLIPAlignmentReward(model=clip_model, tokenizer=clip_tokenizer, normalizer=RewardNormalizer())
         trainer = DiffusionGRPOTrainer(
             model=args.model_name_or_path,
             reward_funcs=[reward],
@@ -241,7 +270,8 @@ def run_one(args, name: str, seed: int, processor, train_dataset, eval_dataset, 
         record["train_seconds"] = round(time.perf_counter() - start, 1)
         record["loss_rows_per_step"] = config.per_device_train_batch_size * config.num_reward_steps
         record["rewards"] = [log["reward"] for log in trainer.state.log_history if "reward" in log]
-        record["reward_normalizer"] = {"mean": reward.normalizer.mean, "std": reward.normalizer.std}
+        if variant.reward == "clip":
+            record["reward_normalizer"] = {"mean": reward.normalizer.mean, "std": reward.normalizer.std}
         model = trainer.model
     else:
         trainer = None
@@ -372,7 +402,8 @@ def main():
     processor = toy_processor()
     train_dataset = build_toy_dataset("train", args.train_samples, seed=0)
     eval_dataset = build_toy_dataset("test", args.eval_samples, seed=0)
-    clip = load_toy_clip(directory=args.clip_dir) if any(VARIANTS[n].train for n in args.variants) else None
+    uses_clip = any(VARIANTS[n].train and VARIANTS[n].reward == "clip" for n in args.variants)
+    clip = load_toy_clip(directory=args.clip_dir) if uses_clip else None
 
     temporary = None
     if args.work_dir is None:
@@ -396,6 +427,7 @@ def main():
                 "label": variant.label,
                 "train": variant.train,
                 "overrides": variant.overrides,
+                "reward": variant.reward,
                 "config": {key: getattr(config, key) for key in RECORDED_FIELDS},
                 "per_seed": records,
                 "summary": summarise(records),
