@@ -219,6 +219,13 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
             print(f"Held-out toy tasks before ParaRL ({before['num_samples']} samples):\n{format_scores(before)}\n")
             print(f"Held-out toy tasks after ParaRL:\n{format_scores(after)}\n")
             print(format_comparison(summary["before"], summary["after"]))
+            if model_args.model_name_or_path is None:
+                # The shipped toy policy at a demo budget: make sure nobody reads a one-run change as an effect.
+                print(
+                    "\nNote: with the shipped toy policy at a budget like the default one, one run's change is "
+                    "noise-sized:\nover seeds, output alignment changes by about +-1 point, as much as training with "
+                    "a random reward\ndoes (README, 'What the toy world shows so far'). Compare seeds, and a control."
+                )
         with open(os.path.join(training_args.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(json.dumps({k: v for k, v in summary.items() if k not in ("before", "after")}, indent=2))
