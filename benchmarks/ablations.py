@@ -20,12 +20,12 @@ learning rate and LoRA adapter for every trained variant), this script compares:
   [`~pararl.toy.reward.ToyOutputAlignment`]: a perfect judge, so what it fails to move the optimiser cannot move
   in this budget whatever the judge).
 
-Apart from the controls, the reward is the shipped tiny CLIP's alignment between the partial reasoning and the partial image, normalised with
-a fresh `RewardNormalizer()` that each trainer calibrates on its own rollouts. Every model is scored on the same
-held-out toy split by the exact evaluator (ParaBench's six axes and their mean, 0-100); a run's seed sets both the
-training (LoRA init, data order, rollout noise) and the evaluation's sampling noise, so the spread of `no_rl` is the
-evaluation noise floor. The script prints a markdown table of mean ± std (sample std) over seeds and writes every
-per-seed number, the settings, the wall time and the machine to `--output`.
+Apart from the controls, the reward is the shipped tiny CLIP's alignment between the partial reasoning and the
+partial image, normalised with a fresh `RewardNormalizer()` that each trainer calibrates on its own rollouts. Every
+model is scored on the same held-out toy split by the exact evaluator (ParaBench's six axes and their mean, 0-100);
+a run's seed sets both the training (LoRA init, data order, rollout noise) and the evaluation's sampling noise, so
+the spread of `no_rl` is the evaluation noise floor. The script prints a markdown table of mean ± std (sample std)
+over seeds and writes every per-seed number, the settings, the wall time and the machine to `--output`.
 
 The paper's numbers (MMaDA-Parallel on ParaBench) for comparison: output alignment 51.5 before RL, 53.6 after
 output-level RL and 59.8 after ParaRL (s = 3); s = 2 / 3 / 4 give 53.6 / 59.8 / 58.7; after RL, sequential
