@@ -308,7 +308,10 @@ def claim_holds(claim: Claim, objects: Sequence[ToyObject]) -> bool:
 
 def output_alignment(text: str, objects: Sequence[ToyObject]) -> float:
     """Share of the claims of `text` that hold in a picture's `objects` (0 when the text makes none yet)."""
-    claims = reasoning_claims(text)
+    return _share_holding(reasoning_claims(text), objects)
+
+
+def _share_holding(claims: Sequence[Claim], objects: Sequence[ToyObject]) -> float:
     return sum(claim_holds(c, objects) for c in claims) / len(claims) if claims else 0.0
 
 
@@ -430,7 +433,7 @@ def evaluate_sample(prediction_text: str, prediction_codes, sample_row: Mapping)
         "image_consistency": image_consistency,
         "image_alignment": image_alignment,
         "image_quality": image_quality,
-        "output_alignment": output_alignment(prediction_text, objects),
+        "output_alignment": _share_holding(claims, objects),  # output_alignment() without parsing the text again
     }
 
 
