@@ -55,7 +55,7 @@ from transformers import PrinterCallback
 from trl import ModelConfig, get_peft_config
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
-from pararl.models import MaskedDiffusionLM
+from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionLM
 from pararl.rewards import CLIPAlignmentReward, Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset, toy_processor
 from pararl.toy.clip import load_toy_clip
@@ -229,7 +229,7 @@ def lora_config(args: argparse.Namespace):
     """LoRA exactly as examples/pararl.py builds it from TRL's `ModelConfig`."""
     peft_config = get_peft_config(ModelConfig(use_peft=True, lora_r=args.lora_r, lora_alpha=args.lora_alpha))
     peft_config.task_type = None  # a masked-diffusion model is no causal LM: the plain PeftModel is used
-    peft_config.target_modules = ["q_proj", "k_proj", "v_proj", "attn_out"]
+    peft_config.target_modules = list(ATTENTION_LORA_TARGETS)
     return peft_config
 
 
@@ -335,7 +335,7 @@ def write_report(args: argparse.Namespace, seeds: list[int], results: dict, wall
             **{k: v for k, v in vars(args).items() if k not in ("output", "work_dir")},
             "seed_list": seeds,
             "dataset_seed": 0,
-            "lora_target_modules": ["q_proj", "k_proj", "v_proj", "attn_out"],
+            "lora_target_modules": list(ATTENTION_LORA_TARGETS),
         },
         "machine": {
             "platform": platform.platform(),

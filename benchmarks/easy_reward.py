@@ -23,6 +23,7 @@ import transformers
 from peft import LoraConfig
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
+from pararl.models import ATTENTION_LORA_TARGETS
 from pararl.rewards import Reward, RewardStates
 from pararl.toy import build_toy_dataset, toy_policy_path, toy_processor
 
@@ -80,7 +81,7 @@ def main():
                 args=config,
                 train_dataset=build_toy_dataset("train", 512),
                 processing_class=toy_processor(),
-                peft_config=LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "attn_out"]),
+                peft_config=LoraConfig(r=16, lora_alpha=32, target_modules=ATTENTION_LORA_TARGETS),
             )
             trainer.remove_callback(transformers.PrinterCallback)
             trainer.train()

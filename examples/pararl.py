@@ -63,6 +63,7 @@ import torch
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
+from pararl.models import ATTENTION_LORA_TARGETS
 from pararl.processing import load_processor
 from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
 
@@ -144,7 +145,7 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
     if peft_config is not None:
         peft_config.task_type = None  # a masked-diffusion model is no causal LM: the plain PeftModel is used
         if model_args.lora_target_modules is None:
-            peft_config.target_modules = ["q_proj", "k_proj", "v_proj", "attn_out"]
+            peft_config.target_modules = list(ATTENTION_LORA_TARGETS)
 
     if toy:
         from pararl.toy import build_toy_dataset
@@ -165,7 +166,7 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
     ################
     if not toy and script_args.toy_reward != "clip":
         raise ValueError("--toy_reward exact scores toy-world states; it needs the toy world (no --dataset_name).")
-    if toy and script_args.toy_reward == "exact":
+    if script_args.toy_reward == "exact":
         from pararl.toy.reward import ToyOutputAlignment
 
         reward = ToyOutputAlignment()

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import datasets
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
+from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.processing import ParallelProcessor, load_processor
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
 from pararl.toy import build_toy_dataset
@@ -69,9 +69,6 @@ MODEL_SIZES = {
     "small": (128, 4, 4, 384),
     "base": (256, 6, 8, 768),
 }
-
-# LoRA on the attention projections: on MaskedDiffusionLM `ff_out` names both the MLP down projection and the LM head.
-DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out"]
 
 
 @dataclass
@@ -157,7 +154,7 @@ def main(script_args: ScriptArguments, training_args: ParallelSFTConfig, model_a
         # A masked-diffusion model is no causal LM: the plain PeftModel passes every forward argument through.
         peft_config.task_type = None
         if model_args.lora_target_modules is None:
-            peft_config.target_modules = set(DEFAULT_LORA_TARGETS)
+            peft_config.target_modules = set(ATTENTION_LORA_TARGETS)
 
     ################
     # Dataset

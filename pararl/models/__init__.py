@@ -11,10 +11,16 @@ from .amused import AmusedVQImageTokenizer
 from .configuration import MaskedDiffusionConfig
 from .loading import config_from_released, load_released_checkpoint, load_released_processor, load_text_tokenizer
 from .magvit2 import MAGVIT2Config, MAGVIT2ImageTokenizer
-from .modeling import MaskedDiffusionLM, MaskedDiffusionLMOutput, MaskedDiffusionPreTrainedModel
+from .modeling import (
+    ATTENTION_LORA_TARGETS,
+    MaskedDiffusionLM,
+    MaskedDiffusionLMOutput,
+    MaskedDiffusionPreTrainedModel,
+)
 
 
 __all__ = [
+    "ATTENTION_LORA_TARGETS",
     "AmusedVQImageTokenizer",
     "MAGVIT2Config",
     "MAGVIT2ImageTokenizer",

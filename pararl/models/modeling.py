@@ -24,8 +24,8 @@ model.transformer.ff_out.weight                    LM head, (embedding_size, d_m
 LoRA targets. The MLP down projection of every block and the LM head are both called `ff_out`, so
 `target_modules=["ff_out"]` (PEFT matches name suffixes) would also wrap the head, whose sliced
 (`vocab_range`) forward a LoRA wrapper does not support. Target the attention only with
-`target_modules=["q_proj", "k_proj", "v_proj", "attn_out"]`, or attention plus MLP with the regex
-`target_modules=r".*blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out|ff_proj|up_proj|ff_out)"`.
+`target_modules=ATTENTION_LORA_TARGETS` (`["q_proj", "k_proj", "v_proj", "attn_out"]`), or attention plus MLP with
+the regex `target_modules=r".*blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out|ff_proj|up_proj|ff_out)"`.
 
 Padding is a real key mask: `attention_mask` (B, L) with 1 = real token, 0 = padding becomes a boolean
 scaled-dot-product-attention mask, and default positions are `cumsum(attention_mask) - 1`, so padding anywhere
@@ -44,6 +44,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration import MaskedDiffusionConfig
+
+
+# The attention projections of every block: the LoRA targets that never wrap the sliced LM head (see above).
+ATTENTION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out"]
 
 
 VocabRange = tuple[int, int]
