@@ -35,9 +35,9 @@ import torch
 
 from pararl.rewards import CLIPAlignmentReward, RewardStates
 from pararl.rollout import ParallelDecoder, RolloutConfig
-from pararl.toy import build_toy_dataset, toy_processor
+from pararl.toy import CATEGORIES, build_toy_dataset, parse_scene, toy_processor
 from pararl.toy.clip import load_toy_clip
-from pararl.toy.evaluate import evaluate_sample
+from pararl.toy.evaluate import claim_holds, evaluate_sample, reasoning_claims
 from pararl.toy.palette import TOY_COLOURS
 from pararl.toy.policy import load_toy_policy
 from pararl.toy.reward import ToyOutputAlignment
@@ -58,6 +58,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--remasking", choices=["low_confidence", "random"], default="low_confidence", help="Decoder remasking."
     )
+    parser.add_argument(
+        "--categories",
+        nargs="+",
+        default=None,
+        help="Only prompts of these toy categories (default: all; e.g. open_edit open_generation).",
+    )
+    parser.add_argument("--block_length", type=int, default=None, help="Semi-autoregressive text blocks.")
+    parser.add_argument("--image_start", type=float, default=0.0, help="Fraction of the axis before the image starts.")
     parser.add_argument("--seed", type=int, default=0, help="Dataset and rollout seed.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None, help="Also write the numbers as JSON here.")
@@ -93,16 +101,38 @@ def reveal_steps(trajectory, processor, codes: torch.Tensor, num_steps: int) -> 
     }
 
 
+def claims_revealed(final_claims, states, trajectory, processor, step: int) -> dict[str, float]:
+    """Share of the final reasoning's claims already readable at the end of `step`: in the partial text (the claim
+    parses from it) and in the partial picture (it holds among the objects whose cells are all revealed)."""
+    revealed_codes = processor.image_codes(trajectory.state_at(step + 1))  # -1 where still masked
+    in_text = in_image = total = 0
+    for claims, text, grid in zip(final_claims, states.texts, revealed_codes):
+        present = set(reasoning_claims(text))
+        objects = parse_scene(grid, strict=False)
+        total += len(claims)
+        in_text += sum(claim in present for claim in claims)
+        in_image += sum(claim.kind == "present" and claim_holds(claim, objects) for claim in claims)
+    return {"claims_in_text": in_text / max(total, 1), "claims_in_image": in_image / max(total, 1)}
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     P, G, T = args.prompts, args.generations, args.diffusion_steps
     processor = toy_processor()
     policy = load_toy_policy(args.model_name_or_path)
-    dataset = build_toy_dataset("train", P, seed=args.seed)
+    dataset = build_toy_dataset("train", P * (len(CATEGORIES) if args.categories else 1), seed=args.seed)
+    if args.categories:
+        unknown = sorted(set(args.categories) - set(CATEGORIES))
+        if unknown:
+            raise SystemExit(f"--categories: unknown {unknown}; the toy categories are {list(CATEGORIES)}.")
+        dataset = dataset.filter(lambda c: c in args.categories, input_columns="category").select(range(P))
     rows = [dataset[i] for i in range(P) for _ in range(G)]
     prompts = [row["prompt"] for row in rows]
-    decoder = ParallelDecoder(policy, processor, RolloutConfig(num_steps=T, remasking=args.remasking))
+    rollout_config = RolloutConfig(
+        num_steps=T, remasking=args.remasking, block_length=args.block_length, image_start=args.image_start
+    )
+    decoder = ParallelDecoder(policy, processor, rollout_config)
     with torch.no_grad():
         trajectory = decoder.generate(
             prompts,
@@ -123,6 +153,7 @@ def main():
     targets = {axis: np.array([scores[axis] for scores in final]).reshape(P, G) for axis in FINAL_AXES}
 
     per_step = []
+    final_claims = [reasoning_claims(text) for text in texts]
     for k in range(T):
         states = RewardStates.from_trajectory(trajectory, processor, k, prompts, grey_unrevealed=args.grey_unrevealed)
         values = np.array(reward(states), dtype=float).reshape(P, G)
@@ -130,6 +161,8 @@ def main():
             {
                 "step": k,
                 "zero_spread_groups": int((values.std(1) == 0).sum()),
+                "mean_reward": float(values.mean()),
+                **claims_revealed(final_claims, states, trajectory, processor, k),
                 **{axis: within_group_correlation(values, target) for axis, target in targets.items()},
             }
         )
@@ -143,10 +176,16 @@ def main():
         return "     -" if value is None else f"{value:+6.2f}"
 
     print(f"{args.reward} reward, {P} prompts x {G} rollouts, {T} steps; within-group correlation with the final:")
-    print(f"{'step':>4}  {'OutA':>6}  {'ImgQ':>6}  {'ImgA':>6}  zero-spread groups (of {P})")
+    print(f"{'step':>4}  {'OutA':>6}  {'ImgQ':>6}  {'ImgA':>6}  zero-spread (of {P})  reward  claims in text / image")
     for entry in per_step:
         cells = "  ".join(cell(entry[axis]) for axis in FINAL_AXES)
-        print(f"{entry['step']:>4}  {cells}  {entry['zero_spread_groups']}")
+        claims = f"{100 * entry['claims_in_text']:5.0f}% / {100 * entry['claims_in_image']:3.0f}%"
+        print(f"{entry['step']:>4}  {cells}  {entry['zero_spread_groups']:>18}  {entry['mean_reward']:6.3f}  {claims}")
+    final_outa = targets["output_alignment"]
+    print(
+        f"final output alignment {100 * final_outa.mean():.1f}; groups with spread in it: "
+        f"{int((final_outa.std(1) > 0).sum())} of {P}"
+    )
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"settings": vars(args), "reveal_steps": reveal, "per_step": per_step}, f, indent=2)

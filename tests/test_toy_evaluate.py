@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from pararl.toy import build_toy_dataset, generate_samples, scene_codes
+from pararl.toy import CATEGORIES, build_toy_dataset, generate_samples, scene_codes
 from pararl.toy.evaluate import (
     AXES,
     Claim,
@@ -73,7 +73,7 @@ def test_ground_truth_scores_100_on_every_axis_for_every_template():
 
 
 def test_evaluate_dataset_ground_truth_tables():
-    dataset = build_toy_dataset("test", 36, seed=1)
+    dataset = build_toy_dataset("test", 40, seed=1)
     predictions = {
         "texts": dataset["reasoning"],
         "codes": torch.stack(
@@ -81,12 +81,12 @@ def test_evaluate_dataset_ground_truth_tables():
         ),
     }
     result = evaluate(predictions, dataset)
-    assert result["overall"] == 100.0 and result["num_samples"] == 36
+    assert result["overall"] == 100.0 and result["num_samples"] == 40
     assert result["axes"] == dict.fromkeys(AXES, 100.0)
-    assert list(result["categories"]) == ["spatial", "temporal", "causal", "knowledge", "general", "generation"]
+    assert list(result["categories"]) == list(CATEGORIES)
     for category, table in result["categories"].items():
-        assert table["num_samples"] == 6 and table["overall"] == 100.0
-        assert table["image_consistency"] == (None if category == "generation" else 100.0)
+        assert table["num_samples"] == 5 and table["overall"] == 100.0
+        assert table["image_consistency"] == (None if category.endswith("generation") else 100.0)
     # Pairs and dicts are accepted too.
     pairs = list(zip(predictions["texts"], predictions["codes"]))
     assert evaluate(pairs, dataset)["axes"] == result["axes"]
@@ -103,7 +103,7 @@ def test_evaluate_dataset_ground_truth_tables():
         "OutA",
         "Overall",
     ]
-    assert table.splitlines()[-1].split() == ["all", "36"] + ["100.0"] * 7
+    assert table.splitlines()[-1].split() == ["all", "40"] + ["100.0"] * 7
     assert "generation" in table and " - " in table  # no image consistency for generation
 
 
@@ -315,3 +315,18 @@ def test_toy_output_alignment_reward_is_the_evaluators_axis_on_each_state():
     states = make_states([text, text, text, "fire burns it to black", ""], toy_processor().decode_images(codes))
     assert ToyOutputAlignment()(states) == [1.0, 0.5, 0.5, 0.0, 0.0]
     assert ToyOutputAlignment().name == "toy_output_alignment"
+
+
+def test_open_ended_choices_are_each_valid_but_must_agree():
+    sample = next(s for s in generate_samples("train", 64, seed=0) if s.template == "add_open")
+    row = sample.to_row()
+    free = [alt for alt in json.loads(row["answer"])["alternatives"]]
+    assert len(free) == 9 - len(sample.input_objects) >= 2
+    first, second = free[0], free[1]
+    second_codes = scene_codes([ToyObject.from_dict(o) for o in second["objects"]])
+    # The text chooses one free slot and the picture another: each is a valid answer, so only output alignment drops.
+    disagree = evaluate_sample(first["reasoning"], second_codes, row)
+    assert disagree["text_alignment"] == disagree["image_alignment"] == disagree["image_consistency"] == 1.0
+    assert disagree["output_alignment"] == 0.0
+    agree = evaluate_sample(second["reasoning"], second_codes, row)
+    assert agree["output_alignment"] == 1.0 and agree["text_quality"] == 1.0

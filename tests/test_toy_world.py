@@ -78,7 +78,7 @@ def test_every_category_and_budgets(train, test):
             assert s.prompt == s.prompt.lower() and s.reasoning == s.reasoning.lower()
             assert len(s.prompt.split()) <= MAX_PROMPT_WORDS
             assert len(s.reasoning.split()) <= MAX_REASONING_WORDS
-            assert (s.task == "generate") == (s.category == "generation") == (s.input_objects is None)
+            assert (s.task == "generate") == s.category.endswith("generation") == (s.input_objects is None)
 
 
 def test_scenes_render_parse_and_answers_are_consistent(train, test):

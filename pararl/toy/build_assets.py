@@ -62,9 +62,14 @@ def build_clip(output_dir: str | Path, quick: bool = False, seed: int = 0, log_e
     return metrics
 
 
-def build_policy(output_dir: str | Path, quick: bool = False, seed: int = 0, log_every: int = 0) -> dict:
+def build_policy(
+    output_dir: str | Path, quick: bool = False, seed: int = 0, log_every: int = 0, start_stage: int = 1
+) -> dict:
     """Trains the tiny policy with `pararl.sft` (the stages of `pararl.toy.policy.SFT_STAGES`) and records its
-    held-out six-axis scores in `metrics.json`. `quick` trains a 2-layer model for a few steps instead."""
+    held-out six-axis scores in `metrics.json`. `quick` trains a 2-layer model for a few steps instead.
+
+    `start_stage` > 1 continues from the policy already in `output_dir` (the result of the stages before it), so a
+    rebuild can run in parts that each keep their result."""
     from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
     from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
 
@@ -76,19 +81,30 @@ def build_policy(output_dir: str | Path, quick: bool = False, seed: int = 0, log
     preset = processor.preset
     d_model, n_layers, mlp = (32, 2, 64) if quick else (128, 4, 384)
     torch.manual_seed(seed)
-    model = MaskedDiffusionLM(
-        MaskedDiffusionConfig(
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=4,
-            mlp_hidden_size=mlp,
-            max_sequence_length=1024,
-            rope_theta=10000.0,
-            **preset.model_config_kwargs(),
+    if start_stage > 1:
+        if quick:
+            raise ValueError("--start_stage continues a full rebuild; it cannot be combined with --quick.")
+        if not 1 < start_stage <= len(SFT_STAGES):
+            raise ValueError(f"--start_stage must be in [1, {len(SFT_STAGES)}], got {start_stage}.")
+        if not (output_dir / "model.safetensors").exists():
+            raise FileNotFoundError(
+                f"--start_stage {start_stage} continues the policy in {output_dir}, but it has none."
+            )
+        model = MaskedDiffusionLM.from_pretrained(str(output_dir))
+    else:
+        model = MaskedDiffusionLM(
+            MaskedDiffusionConfig(
+                d_model=d_model,
+                n_layers=n_layers,
+                n_heads=4,
+                mlp_hidden_size=mlp,
+                max_sequence_length=1024,
+                rope_theta=10000.0,
+                **preset.model_config_kwargs(),
+            )
         )
-    )
     stages = ({"toy_train_samples": 64, "toy_seed": 0, "max_steps": 4, "per_device_train_batch_size": 8,
-               "learning_rate": 2e-3, "seed": 0},) if quick else SFT_STAGES  # fmt: skip
+               "learning_rate": 2e-3, "seed": 0},) if quick else SFT_STAGES[start_stage - 1 :]  # fmt: skip
     for stage in stages:
         stage = dict(stage)
         stage.pop("model_size", None)
@@ -126,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         help="Where to write (default: the package's assets folder, or a temporary folder with --quick).",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--start_stage",
+        type=int,
+        default=1,
+        help="Policy only: continue from the policy in the output folder at this SFT stage (a rebuild in parts).",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (results depend on it).")
     parser.add_argument("--log_every", type=int, default=100, help="Print the training loss every N steps (0 = off).")
     args = parser.parse_args(argv)
@@ -142,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         for name in [args.only] if args.only else list(BUILDERS):
             start = time.perf_counter()
-            metrics = BUILDERS[name](output_dir / name, quick=args.quick, seed=args.seed, log_every=args.log_every)
+            extra = {"start_stage": args.start_stage} if name == "policy" else {}
+            metrics = BUILDERS[name](
+                output_dir / name, quick=args.quick, seed=args.seed, log_every=args.log_every, **extra
+            )
             results[name] = metrics
             print(f"built {name} into {output_dir / name} in {time.perf_counter() - start:.1f}s")
             for split in ("heldout", "train"):

@@ -29,6 +29,10 @@ mean of the six axes (of the five others where a set holds no edit). Definitions
   reasoning's claims (:func:`reasoning_claims`) that hold in the picture's objects; 0 when the reasoning states no
   checkable claim. Ground-truth (reasoning, target) pairs score 1.
 
+Open-ended tasks (`answer["alternatives"]`: every valid reasoning, target and kept cells) score text alignment,
+image alignment and image consistency against the alternative that suits each output best, so a text and a picture
+that are each valid but choose differently lose output alignment only.
+
 Run ``python -m pararl.toy.evaluate --model_name_or_path DIR`` to score a saved policy on the held-out split.
 """
 
@@ -400,7 +404,14 @@ def evaluate_sample(prediction_text: str, prediction_codes, sample_row: Mapping)
     text_quality = sum(checks.values()) / len(checks) if words else 0.0
 
     claims = reasoning_claims(prediction_text)
-    text_alignment = _keyword_recall(words, answer.get("keywords", [])) * _jaccard(claims, reasoning_claims(reference))
+    objects = parse_scene(codes, strict=False)
+    # An open-ended task accepts any of its alternatives: text, picture and edit are each judged against the valid
+    # answer that suits them best, so choosing differently in the two outputs costs output alignment only.
+    references = answer.get("alternatives") or [{**answer, "reasoning": reference}]
+    text_alignment = max(
+        _keyword_recall(words, ref.get("keywords", [])) * _jaccard(claims, reasoning_claims(ref["reasoning"]))
+        for ref in references
+    )
 
     known = bool(((codes >= 0) & (codes < len(TOY_PALETTE))).all())
     try:
@@ -408,24 +419,14 @@ def evaluate_sample(prediction_text: str, prediction_codes, sample_row: Mapping)
     except ValueError:
         image_quality = 0.0
 
-    objects = parse_scene(codes, strict=False)
-    target = [ToyObject.from_dict(o) for o in answer["objects"]]
-    predicted_triples = {(o.shape, o.colour, o.slot) for o in objects}
-    target_triples = {(o.shape, o.colour, o.slot) for o in target}
-    if not predicted_triples and not target_triples:
-        image_alignment = 1.0
-    else:
-        image_alignment = 2 * len(predicted_triples & target_triples) / (len(predicted_triples) + len(target_triples))
+    targets = [[ToyObject.from_dict(o) for o in ref["objects"]] for ref in references]
+    image_alignment = max(_object_f1(objects, target) for target in targets)
 
     image_consistency = None
     if answer.get("task") == "edit":
-        kept = torch.tensor(answer.get("unchanged_cells", []), dtype=torch.long)
-        target_flat = scene_codes(target).flatten()
-        same = (codes.flatten()[kept] == target_flat[kept]).float()
-        painted = target_flat[kept] != 0
-        groups = [same[painted], same[~painted]]
-        shares = [group.mean().item() for group in groups if group.numel()]
-        image_consistency = sum(shares) / len(shares) if shares else 1.0
+        image_consistency = max(
+            _kept_share(codes, target, ref.get("unchanged_cells", [])) for target, ref in zip(targets, references)
+        )
 
     return {
         "text_quality": text_quality,
@@ -435,6 +436,25 @@ def evaluate_sample(prediction_text: str, prediction_codes, sample_row: Mapping)
         "image_quality": image_quality,
         "output_alignment": _share_holding(claims, objects),  # output_alignment() without parsing the text again
     }
+
+
+def _object_f1(objects: Sequence[ToyObject], target: Sequence[ToyObject]) -> float:
+    """F1 between two scenes' objects as exact `(shape, colour, slot)` triples (1 when both are empty)."""
+    predicted_triples = {(o.shape, o.colour, o.slot) for o in objects}
+    target_triples = {(o.shape, o.colour, o.slot) for o in target}
+    if not predicted_triples and not target_triples:
+        return 1.0
+    return 2 * len(predicted_triples & target_triples) / (len(predicted_triples) + len(target_triples))
+
+
+def _kept_share(codes: torch.Tensor, target: Sequence[ToyObject], unchanged_cells: Sequence[int]) -> float:
+    """Share of the cells an edit must keep that are kept, painted and background cells weighed alike."""
+    kept = torch.tensor(unchanged_cells, dtype=torch.long)
+    target_flat = scene_codes(target).flatten()
+    same = (codes.flatten()[kept] == target_flat[kept]).float()
+    painted = target_flat[kept] != 0
+    shares = [group.mean().item() for group in (same[painted], same[~painted]) if group.numel()]
+    return sum(shares) / len(shares) if shares else 1.0
 
 
 # ------------------------------------------------------------------------------------------------- aggregation

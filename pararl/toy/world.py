@@ -16,6 +16,11 @@ categories mirror ParaBench's editing categories, plus generation (no input imag
 - ``causal``: cause -> effect (paint mixing, burning, freezing, pushing until it stops).
 - ``general``: add / remove / replace with a count or a lookup (remove every red object, fill empty corners).
 - ``generation``: draw a scene from scratch with an indirect colour, a relation or a count.
+- ``open_edit`` / ``open_generation``: the prompt leaves a decision open, as ParaBench's open-ended prompts do:
+  "add a red square ." (at any free slot) and "draw a red square and a blue dot ." (anywhere). Every free choice
+  is a valid answer (the rows' `answer` lists them all as `alternatives`) and the training data use each with equal
+  probability, so a policy that decides its text and its picture independently often makes them disagree; the
+  reasoning states the choice, and output alignment checks that the picture honours it.
 
 **Held-out rule.** Each sample has a combination key ``(category, shape, colour)``: the shape of the object the
 instruction acts on (as named in the instruction) and the colour that object has in the target image (for
@@ -67,7 +72,16 @@ __all__ = [
 MAX_PROMPT_WORDS = 20
 MAX_REASONING_WORDS = 24
 
-CATEGORIES: tuple[str, ...] = ("spatial", "temporal", "causal", "knowledge", "general", "generation")
+CATEGORIES: tuple[str, ...] = (
+    "spatial",
+    "temporal",
+    "causal",
+    "knowledge",
+    "general",
+    "generation",
+    "open_edit",
+    "open_generation",
+)
 SHAPES: tuple[str, ...] = ("dot", "bar", "pole", "square")
 SHAPE_PLURALS: dict[str, str] = {"dot": "dots", "bar": "bars", "pole": "poles", "square": "squares"}
 # Cells of each shape relative to its slot's top-left cell.
@@ -178,6 +192,13 @@ TEXTS: dict[str, str] = {
     "draw_relative_reasoning": "{relation} the {ref_slot} is the {slot} so the {colour} {shape} goes there .",
     "draw_count_prompt": "draw {count} {colour} {shapes} in the {row} row from the left .",
     "draw_count_reasoning": "{count} {colour} {shapes} go at {slots} .",
+    # open-ended (the slot is the policy's choice)
+    "add_open_prompt": "add a {colour} {shape} .",
+    "add_open_reasoning": "a {colour} {shape} goes at the {slot} .",
+    "draw_open_prompt": "draw a {colour} {shape} .",
+    "draw_open_reasoning": "a {colour} {shape} is drawn at the {slot} .",
+    "draw_open_two_prompt": "draw a {colour} {shape} and a {colour2} {shape2} .",
+    "draw_open_two_reasoning": "a {colour} {shape} is drawn at the {slot} and a {colour2} {shape2} at the {slot2} .",
     # captions (for the tiny CLIP's (image, caption) pairs)
     "caption_empty": "an empty picture .",
     "caption_object": "a {colour} {shape} at the {slot}",
@@ -314,6 +335,8 @@ class ToySample:
     focus: tuple[str, str]  # (shape named in the instruction, its colour in the target) -> combination key
     facts: dict = field(default_factory=dict)
     keywords: tuple[str, ...] = ()
+    # Open-ended tasks: every valid (reasoning, output objects, keywords), this sample's own among them.
+    alternatives: tuple[tuple[str, tuple[ToyObject, ...], tuple[str, ...]], ...] = ()
 
     @property
     def task(self) -> str:
@@ -323,15 +346,15 @@ class ToySample:
     def combination(self) -> tuple[str, str, str]:
         return (self.category, *self.focus)
 
-    def answer(self) -> dict:
-        """The structured truth for an exact evaluator."""
-        target = scene_codes(self.output_objects)
+    def _unchanged_cells(self, output_objects: Sequence[ToyObject]) -> list[int]:
         if self.input_objects is None:
-            unchanged = []
-        else:
-            source = scene_codes(self.input_objects)
-            unchanged = torch.nonzero((source == target).flatten()).flatten().tolist()
-        return {
+            return []
+        source, target = scene_codes(self.input_objects), scene_codes(output_objects)
+        return torch.nonzero((source == target).flatten()).flatten().tolist()
+
+    def answer(self) -> dict:
+        """The structured truth for an exact evaluator (open-ended tasks add every valid `alternatives` entry)."""
+        answer = {
             "category": self.category,
             "task": self.task,
             "template": self.template,
@@ -340,8 +363,19 @@ class ToySample:
             "objects": [o.to_dict() for o in self.output_objects],
             "facts": self.facts,
             "keywords": list(self.keywords),
-            "unchanged_cells": unchanged,
+            "unchanged_cells": self._unchanged_cells(self.output_objects),
         }
+        if self.alternatives:
+            answer["alternatives"] = [
+                {
+                    "reasoning": reasoning,
+                    "objects": [o.to_dict() for o in objects],
+                    "keywords": list(keywords),
+                    "unchanged_cells": self._unchanged_cells(objects),
+                }
+                for reasoning, objects, keywords in self.alternatives
+            ]
+        return answer
 
     def to_row(self) -> dict:
         return {
@@ -748,6 +782,57 @@ def _draw_count(rng):
     )  # fmt: skip
 
 
+# open-ended -------------------------------------------------------------------------------------------------
+def _open_sample(category, template, scene, placed, others, fixed_words) -> ToySample:
+    """An open-ended sample: `placed` are the objects at this sample's chosen slots, `others` every valid choice of
+    slots (this one included); the reasoning names the chosen slots in `{slot}`, `{slot2}`."""
+
+    def words_for(objects):
+        return {**fixed_words, **{f"slot{'' if i == 0 else i + 1}": o.slot_name for i, o in enumerate(objects)}}
+
+    def keywords_for(objects):
+        return [word for o in objects for word in (f"{o.colour} {o.shape}", o.slot_name)]
+
+    sample = _sample(
+        category, template, scene, [*(scene or []), *placed], (placed[0].shape, placed[0].colour),
+        {"open": "slot"}, keywords_for(placed), **words_for(placed),
+    )  # fmt: skip
+    sample.alternatives = tuple(
+        (
+            TEXTS[f"{template}_reasoning"].format(**words_for(objects)),
+            tuple(sorted([*(scene or []), *objects], key=lambda o: o.slot)),
+            tuple(keywords_for(objects)),
+        )
+        for objects in others
+    )
+    return sample
+
+
+def _at(obj: ToyObject, slot: int) -> ToyObject:
+    return ToyObject(obj.shape, obj.colour, slot)
+
+
+def _add_open(rng):
+    new = _one_obj(rng)
+    scene = _random_scene(rng, rng.randint(1, 3), [new.slot], [(new.shape, new.colour)])
+    free = [s for s in range(9) if s not in {o.slot for o in scene}]
+    words = {"colour": new.colour, "shape": new.shape}
+    return _open_sample("open_edit", "add_open", scene, [new], [[_at(new, s)] for s in free], words)
+
+
+def _draw_open(rng):
+    obj = _one_obj(rng)
+    words = {"colour": obj.colour, "shape": obj.shape}
+    return _open_sample("open_generation", "draw_open", None, [obj], [[_at(obj, s)] for s in range(9)], words)
+
+
+def _draw_open_two(rng):
+    first, second = _random_scene(rng, 2)
+    words = {"colour": first.colour, "shape": first.shape, "colour2": second.colour, "shape2": second.shape}
+    choices = [[_at(first, a), _at(second, b)] for a in range(9) for b in range(9) if a != b]
+    return _open_sample("open_generation", "draw_open_two", None, [first, second], choices, words)
+
+
 BUILDERS: dict[str, tuple[Builder, ...]] = {
     "spatial": (_move_next, _add_next, _swap, _paint_relative),
     "temporal": (_fall, _melt, _steps, _grow),
@@ -755,6 +840,8 @@ BUILDERS: dict[str, tuple[Builder, ...]] = {
     "knowledge": (_recolour, _add_known, _remove_known),
     "general": (_remove_colour, _replace_shape, _corners),
     "generation": (_draw_known, _draw_relative, _draw_count),
+    "open_edit": (_add_open,),
+    "open_generation": (_draw_open, _draw_open_two),
 }
 
 
@@ -813,7 +900,7 @@ def world_vocabulary() -> list[str]:
     """Every word an instruction, reasoning or caption of the world can contain, sorted."""
     words = set(_EXTRA_WORDS)
     for text in TEXTS.values():
-        words.update(re.sub(r"\{[a-z_]+\}", " ", text).split())
+        words.update(re.sub(r"\{[a-z_]+\d*\}", " ", text).split())
     words.update(TOY_COLOURS)
     words.update(SHAPES)
     words.update(SHAPE_PLURALS.values())

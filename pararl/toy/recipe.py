@@ -1,0 +1,159 @@
+"""The toy world's RL recipe, in one place: the main job's defaults, its LoRA adapter, its rewards and its evaluation.
+
+`examples/pararl.py` (with no arguments), `benchmarks/ablations.py`, `benchmarks/easy_reward.py` and
+`benchmarks/reward_diagnostics.py` all read these, so a benchmark always measures the job a user runs.
+"""
+
+import torch
+
+from ..rewards import CLIPAlignmentReward, Reward, RewardNormalizer, RewardStates
+from .reward import ToyOutputAlignment
+
+
+__all__ = ["TOY_GRPO_DEFAULTS", "TOY_REWARDS", "RandomReward", "toy_evaluation", "toy_lora_config", "toy_reward"]
+
+# `DiffusionGRPOConfig` / `trl.ModelConfig` fields of the toy main job on CPU (the command line overrides them).
+TOY_GRPO_DEFAULTS: dict = {
+    "output_dir": "outputs/pararl-toy",
+    "use_peft": False,  # full fine-tuning of the 3.5 MB policy; LoRA is `--use_peft` (see toy_lora_config)
+    "learning_rate": 1e-3,
+    "max_steps": 30,
+    "per_device_train_batch_size": 16,  # 2 prompts x 8 rollouts per step
+    "num_generations": 8,
+    "diffusion_steps": 16,
+    "num_reward_steps": 3,
+    "beta": 0.0,
+    # One reward step per third of the trajectory: uniformly drawn steps often land early, where the toy policy
+    # shows the same partial state to every rollout of a group (zero reward spread, no signal).
+    "reward_step_selection": "stratified",
+    "logging_steps": 5,
+    "save_strategy": "no",
+    "report_to": "none",
+    "gradient_checkpointing": False,
+}
+# LoRA of the toy policy, when asked for (`--use_peft`): rank and scale of `trl.ModelConfig`'s fields.
+TOY_LORA = {"lora_r": 16, "lora_alpha": 32}
+
+TOY_REWARDS = ("clip", "exact", "random")
+
+
+class RandomReward(Reward):
+    """Uniform noise in [0, 1], seeded: the null control (no information about the state at all). Whatever training
+    against it changes is drift of the optimiser, so a real reward's change means something only beyond it."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def score(self, states: RewardStates) -> list[float | None]:
+        return torch.rand(len(states.texts), generator=self.generator).tolist()
+
+
+def toy_reward(name: str, seed: int = 0, clip=None) -> Reward:
+    """The toy main job's reward: `"clip"` (ParaRL: the tiny CLIP's normalised alignment; `clip` = a loaded
+    `(model, tokenizer)` pair, default the shipped one), or a control: `"exact"` (the evaluator's own output
+    alignment of each state, a perfect judge) or `"random"` (seeded uniform noise)."""
+    if name == "clip":
+        if clip is None:
+            from .clip import load_toy_clip
+
+            clip = load_toy_clip()
+        model, tokenizer = clip
+        return CLIPAlignmentReward(model=model, tokenizer=tokenizer, normalizer=RewardNormalizer())
+    if name == "exact":
+        return ToyOutputAlignment()
+    if name == "random":
+        return RandomReward(seed)
+    raise ValueError(f"toy reward must be one of {TOY_REWARDS}, got {name!r}.")
+
+
+def toy_lora_config(lora_r: int = TOY_LORA["lora_r"], lora_alpha: int = TOY_LORA["lora_alpha"]):
+    """The toy job's LoRA adapter, built as `examples/pararl.py` builds it from TRL's `ModelConfig`."""
+    from trl import ModelConfig, get_peft_config
+
+    from ..models import ATTENTION_LORA_TARGETS
+
+    peft_config = get_peft_config(ModelConfig(use_peft=True, lora_r=lora_r, lora_alpha=lora_alpha))
+    peft_config.task_type = None  # a masked-diffusion model is no causal LM: the plain PeftModel is used
+    peft_config.target_modules = list(ATTENTION_LORA_TARGETS)
+    return peft_config
+
+
+def toy_evaluation(model, processor, dataset, args, keep_samples: bool = False) -> dict:
+    """The exact six-axis evaluator on toy rows, decoded with the training rollout settings of `args` (a
+    `DiffusionGRPOConfig`) and its seed, so before/after and every benchmark decode alike."""
+    from .evaluate import evaluate, generate_predictions
+
+    was_training = model.training
+    model.eval()
+    try:
+        predictions = generate_predictions(
+            model, processor, dataset, rollout_config=args.to_rollout_config(), seed=args.seed
+        )
+    finally:
+        model.train(was_training)
+    result = evaluate(predictions, dataset)
+    if not keep_samples:
+        result.pop("samples")
+    return result
+
+
+def reward_curve(log_history: list[dict]) -> list[tuple[int, float]]:
+    """`(step, reward)` of every logged training step (TRL's `reward` metric)."""
+    return [(log["step"], log["reward"]) for log in log_history if "reward" in log and "step" in log]
+
+
+def save_reward_curve(log_history: list[dict], path: str, title: str = "ParaRL on the toy world") -> None:
+    """Draws the logged training reward per step (and its running mean over a fifth of the run) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = reward_curve(log_history)
+    if not points:
+        raise ValueError("the log history holds no 'reward' entry; was the trainer run with logging on?")
+    steps, rewards = zip(*points)
+    window = max(1, len(rewards) // 5)
+    running = [
+        sum(rewards[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(rewards))
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=120)
+    ax.plot(steps, rewards, color="#9bb7d4", linewidth=1, label="reward (logged per step)")
+    ax.plot(steps, running, color="#1f4e79", linewidth=2, label=f"running mean over {window} logs")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean reward of the step's rollouts")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def format_category_changes(before: dict, after: dict, axes: tuple[str, ...] | None = None) -> str:
+    """Per category (and `all`): every axis before -> after, from two :func:`toy_evaluation` results."""
+    from .evaluate import AXES, AXIS_HEADERS
+
+    axes = axes or (*AXES, "overall")
+    rows = [*before["categories"], "all"]
+
+    def table(result, category):
+        if category == "all":
+            return {**result["axes"], "overall": result["overall"]}
+        return result["categories"][category]
+
+    headers = ["category", *(AXIS_HEADERS.get(axis, "Overall") for axis in axes)]
+    lines = []
+    for category in rows:
+        cells = [category]
+        for axis in axes:
+            old, new = table(before, category).get(axis), table(after, category).get(axis)
+            cells.append("-" if old is None or new is None else f"{old:.1f} -> {new:.1f} ({new - old:+.1f})")
+        lines.append(cells)
+    widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
+
+    def render(row):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    rule = "-" * len(render(headers))
+    return "\n".join([render(headers), rule, *(render(r) for r in lines[:-1]), rule, render(lines[-1])])
