@@ -7,7 +7,7 @@ learning rate and LoRA adapter for every trained variant), this script compares:
 - `output_level`: output-level RL (`reward_step_selection="final"`, the paper's baseline): each rollout is rewarded
   once on its final output and that reward trains 3 stratified steps (one per third of the trajectory), as many
   loss rows as ParaRL with s = 3;
-- `pararl_s2`, `pararl_s3`, `pararl_s4`: ParaRL with s = 2, 3, 4 rewarded steps per rollout (stratified as in the
+- `pararl_s1`, `pararl_s2`, `pararl_s3`, `pararl_s4`: ParaRL with s = 1, 2, 3, 4 rewarded steps per rollout (stratified as in the
   main job: one step drawn per s-th of the trajectory, shared by a prompt group). Every rewarded step is one loss
   row, so s also sets the loss rows per step (rollouts x s), exactly as in the paper's Table 5; the JSON output
   records the rows of every variant;
@@ -52,15 +52,13 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 from transformers import PrinterCallback
-from trl import ModelConfig, get_peft_config
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionLM
-from pararl.rewards import CLIPAlignmentReward, Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset, toy_processor
 from pararl.toy.clip import load_toy_clip
-from pararl.toy.evaluate import AXES, AXIS_HEADERS, evaluate, generate_predictions
-from pararl.toy.reward import ToyOutputAlignment
+from pararl.toy.evaluate import AXES, AXIS_HEADERS
+from pararl.toy.recipe import TOY_GRPO_DEFAULTS, TOY_LORA, toy_evaluation, toy_lora_config, toy_reward
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,7 @@ VARIANTS: dict[str, Variant] = {
     "output_level": Variant(
         "output-level RL", overrides={"reward_step_selection": "final", "num_reward_steps": 3}, baseline="no_rl"
     ),
+    "pararl_s1": Variant("ParaRL s=1", overrides={"num_reward_steps": 1}, baseline="no_rl"),
     "pararl_s2": Variant("ParaRL s=2", overrides={"num_reward_steps": 2}, baseline="no_rl"),
     "pararl_s3": Variant("ParaRL s=3", overrides={"num_reward_steps": 3}, baseline="no_rl"),
     "pararl_s4": Variant("ParaRL s=4", overrides={"num_reward_steps": 4}, baseline="no_rl"),
@@ -99,25 +98,15 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-class RandomReward(Reward):
-    """Uniform noise in [0, 1], seeded: the null control (no information about the state at all)."""
-
-    def __init__(self, seed: int):
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def score(self, states: RewardStates) -> list[float | None]:
-        return torch.rand(len(states.texts), generator=self.generator).tolist()
-
-
-# The full run uses the main job's toy defaults (examples/pararl.py); --quick only checks that everything runs.
+# The full run uses the main job's toy defaults (pararl.toy.recipe); --quick only checks that everything runs.
 FULL = {
-    "max_steps": 30,
+    "max_steps": TOY_GRPO_DEFAULTS["max_steps"],
     "seeds": 3,
     "train_samples": 512,
     "eval_samples": 192,
-    "diffusion_steps": 16,
-    "batch_size": 16,
-    "num_generations": 8,
+    "diffusion_steps": TOY_GRPO_DEFAULTS["diffusion_steps"],
+    "batch_size": TOY_GRPO_DEFAULTS["per_device_train_batch_size"],
+    "num_generations": TOY_GRPO_DEFAULTS["num_generations"],
 }
 QUICK = {
     "max_steps": 2,
@@ -170,9 +159,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--diffusion_steps", type=int, default=None, help="Denoising steps (default 16).")
     parser.add_argument("--batch_size", type=int, default=None, help="Rollouts per step (default 16).")
     parser.add_argument("--num_generations", type=int, default=None, help="Rollouts per prompt, G (default 8).")
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--lora_r", type=int, default=16)
-    parser.add_argument("--lora_alpha", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=TOY_GRPO_DEFAULTS["learning_rate"])
+    parser.add_argument(
+        "--use_peft",
+        action=argparse.BooleanOptionalAction,
+        default=TOY_GRPO_DEFAULTS["use_peft"],
+        help="Train the toy LoRA adapter instead of every weight (default: as the main job).",
+    )
+    parser.add_argument("--lora_r", type=int, default=TOY_LORA["lora_r"])
+    parser.add_argument("--lora_alpha", type=int, default=TOY_LORA["lora_alpha"])
     parser.add_argument(
         "--threads",
         type=int,
@@ -204,6 +199,7 @@ def training_config(args: argparse.Namespace, variant: Variant, seed: int, outpu
     """The main job's toy settings (examples/pararl.py) with the variant's changes."""
     on_cpu = not torch.cuda.is_available()
     settings = {
+        **{k: v for k, v in TOY_GRPO_DEFAULTS.items() if k != "use_peft"},
         "output_dir": output_dir,
         "seed": seed,
         "use_cpu": on_cpu,
@@ -213,33 +209,11 @@ def training_config(args: argparse.Namespace, variant: Variant, seed: int, outpu
         "per_device_train_batch_size": args.batch_size,
         "num_generations": args.num_generations,
         "diffusion_steps": args.diffusion_steps,
-        "beta": 0.0,
-        "reward_step_selection": "stratified",
         "logging_steps": 1,
         "log_trajectory_pictures": False,  # drawing pictures is not part of the budget being compared
-        "save_strategy": "no",
-        "report_to": "none",
         "disable_tqdm": True,
-        "gradient_checkpointing": False,
     }
     return DiffusionGRPOConfig(**{**settings, **variant.overrides})
-
-
-def lora_config(args: argparse.Namespace):
-    """LoRA exactly as examples/pararl.py builds it from TRL's `ModelConfig`."""
-    peft_config = get_peft_config(ModelConfig(use_peft=True, lora_r=args.lora_r, lora_alpha=args.lora_alpha))
-    peft_config.task_type = None  # a masked-diffusion model is no causal LM: the plain PeftModel is used
-    peft_config.target_modules = list(ATTENTION_LORA_TARGETS)
-    return peft_config
-
-
-def score(model, processor, dataset, config: DiffusionGRPOConfig) -> dict:
-    """The exact evaluator on the held-out split, decoded with the training rollout settings (as the main job)."""
-    rollout_config = config.to_rollout_config()
-    predictions = generate_predictions(model, processor, dataset, rollout_config=rollout_config, seed=config.seed)
-    result = evaluate(predictions, dataset)
-    result.pop("samples")  # per-sample scores would make the JSON large; the axes and categories are kept
-    return result
 
 
 def run_one(args, name: str, seed: int, processor, train_dataset, eval_dataset, clip) -> dict:
@@ -249,20 +223,14 @@ def run_one(args, name: str, seed: int, processor, train_dataset, eval_dataset, 
     config = training_config(args, variant, seed, output_dir)
     record = {"seed": seed}
     if variant.train:
-        if variant.reward == "random":
-            reward = RandomReward(seed)
-        elif variant.reward == "exact":
-            reward = ToyOutputAlignment()
-        else:
-            clip_model, clip_tokenizer = clip
-            reward = CLIPAlignmentReward(model=clip_model, tokenizer=clip_tokenizer, normalizer=RewardNormalizer())
+        reward = toy_reward(variant.reward, seed=seed, clip=clip)
         trainer = DiffusionGRPOTrainer(
             model=args.model_name_or_path,
             reward_funcs=[reward],
             args=config,
             train_dataset=train_dataset,
             processing_class=processor,
-            peft_config=lora_config(args),
+            peft_config=toy_lora_config(args.lora_r, args.lora_alpha) if args.use_peft else None,
         )
         trainer.remove_callback(PrinterCallback)  # one line per run is printed below instead of every log
         start = time.perf_counter()
@@ -278,7 +246,7 @@ def run_one(args, name: str, seed: int, processor, train_dataset, eval_dataset, 
         device = "cpu" if config.use_cpu else "cuda"
         model = MaskedDiffusionLM.from_pretrained(args.model_name_or_path, dtype=torch.float32).to(device)
     start = time.perf_counter()
-    result = score(model, processor, eval_dataset, config)
+    result = toy_evaluation(model, processor, eval_dataset, config)
     record["eval_seconds"] = round(time.perf_counter() - start, 1)
     record.update(overall=result["overall"], axes=result["axes"], categories=result["categories"])
     del model, trainer
@@ -335,7 +303,7 @@ def write_report(args: argparse.Namespace, seeds: list[int], results: dict, wall
             **{k: v for k, v in vars(args).items() if k not in ("output", "work_dir")},
             "seed_list": seeds,
             "dataset_seed": 0,
-            "lora_target_modules": list(ATTENTION_LORA_TARGETS),
+            "lora_target_modules": list(ATTENTION_LORA_TARGETS) if args.use_peft else None,
         },
         "machine": {
             "platform": platform.platform(),

@@ -188,3 +188,28 @@ def test_toy_processor_round_trip():
     assert processor.decode_text(outputs) == ds["reasoning"]
     codes = processor.image_codes(outputs)
     assert [parse_scene(grid) for grid in codes] == [parse_scene(image) for image in ds["output_image"]]
+
+
+def test_open_ended_samples_list_every_valid_choice(train):
+    open_samples = [s for s in train if s.category.startswith("open_")]
+    assert {s.template for s in open_samples} == {"add_open", "draw_open", "draw_open_two"}
+    for s in open_samples[:60]:
+        reasonings = [reasoning for reasoning, _, _ in s.alternatives]
+        assert s.reasoning in reasonings and len(set(reasonings)) == len(reasonings)
+        free = 9 - len(s.input_objects or ())
+        assert len(s.alternatives) == (free * (free - 1) if s.template == "draw_open_two" else free)
+        for reasoning, objects, _ in s.alternatives:
+            # Every alternative is a valid scene that keeps the input's objects and adds the prompt's ones.
+            assert parse_scene(scene_codes(objects)) == list(objects)
+            assert set(s.input_objects or ()) <= set(objects)
+            assert len(objects) == len(s.output_objects)
+            assert reasoning.split()[:3] == s.reasoning.split()[:3]  # "a {colour} {shape}" as the prompt asks
+
+
+def test_generate_samples_of_some_categories_are_the_full_streams_samples():
+    full = generate_samples("train", 40, seed=2)
+    some = generate_samples("train", 10, seed=2, categories=["open_edit", "causal"])
+    assert [s.category for s in some] == ["causal", "open_edit"] * 5
+    assert _signature(some) == _signature([s for s in full if s.category in ("causal", "open_edit")])
+    with pytest.raises(ValueError, match="subset"):
+        generate_samples("train", 4, categories=["painting"])

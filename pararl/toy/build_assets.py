@@ -70,6 +70,8 @@ def build_policy(
 
     `start_stage` > 1 continues from the policy already in `output_dir` (the result of the stages before it), so a
     rebuild can run in parts that each keep their result."""
+    import datasets
+
     from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
     from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
 
@@ -109,6 +111,10 @@ def build_policy(
         stage = dict(stage)
         stage.pop("model_size", None)
         train = build_toy_dataset("train", stage.pop("toy_train_samples"), seed=stage.pop("toy_seed"))
+        if "toy_extra" in stage:  # more samples of some categories, mixed in (e.g. to teach new task families)
+            extra = stage.pop("toy_extra")
+            more = build_toy_dataset("train", extra["samples"], seed=extra["seed"], categories=extra["categories"])
+            train = datasets.concatenate_datasets([train, more])
         stage["seed"] = stage.get("seed", 0) + seed
         args = ParallelSFTConfig(
             **{

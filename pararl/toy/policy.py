@@ -27,6 +27,9 @@ SFT_STAGES = (
      "per_device_train_batch_size": 32, "warmup_steps": 50, "seed": 3},
     {"max_steps": 800, "toy_train_samples": 16000, "toy_seed": 4, "learning_rate": 5e-4,
      "per_device_train_batch_size": 32, "warmup_steps": 50, "seed": 4},
+    {"max_steps": 1600, "toy_train_samples": 16000, "toy_seed": 5, "learning_rate": 1e-3,
+     "toy_extra": {"samples": 8000, "seed": 6, "categories": ["open_edit", "open_generation"]},
+     "per_device_train_batch_size": 32, "warmup_steps": 50, "seed": 5},
 )  # fmt: skip
 
 

@@ -861,17 +861,30 @@ def _make_sample(split: str, seed: int, index: int) -> ToySample:
     raise RuntimeError(f"could not draw a {split} sample for category {category!r}; check the held-out rule.")
 
 
-def generate_samples(split: str = "train", num_samples: int = 1000, seed: int = 0) -> list[ToySample]:
-    """Draws `num_samples` tasks of one split; categories cycle in the order of :data:`CATEGORIES`."""
+def generate_samples(
+    split: str = "train", num_samples: int = 1000, seed: int = 0, categories: Sequence[str] | None = None
+) -> list[ToySample]:
+    """Draws `num_samples` tasks of one split; categories cycle in the order of :data:`CATEGORIES`.
+
+    `categories` keeps only those categories (the same samples as the full stream has at their indices)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}.")
-    return [_make_sample(split, seed, i) for i in range(num_samples)]
+    if categories is None:
+        return [_make_sample(split, seed, i) for i in range(num_samples)]
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown or not categories:
+        raise ValueError(f"categories must be a non-empty subset of {CATEGORIES}, got {list(categories)}.")
+    kept = [i for i, category in enumerate(CATEGORIES) if category in categories]
+    indices = [len(CATEGORIES) * (n // len(kept)) + kept[n % len(kept)] for n in range(num_samples)]
+    return [_make_sample(split, seed, i) for i in indices]
 
 
-def build_toy_dataset(split: str = "train", num_samples: int = 1000, seed: int = 0):
-    """The toy world as a `datasets.Dataset`.
+def build_toy_dataset(
+    split: str = "train", num_samples: int = 1000, seed: int = 0, categories: Sequence[str] | None = None
+):
+    """The toy world as a `datasets.Dataset` (`categories`: only those, as in :func:`generate_samples`).
 
     Columns: `prompt`, `image` (input PIL image, None for generation), `task` ("edit"/"generate"), `category`,
     `reasoning`, `output_image` (PIL), `answer` (JSON: target objects, facts and keywords the reasoning must
@@ -879,7 +892,7 @@ def build_toy_dataset(split: str = "train", num_samples: int = 1000, seed: int =
     """
     import datasets
 
-    rows = [sample.to_row() for sample in generate_samples(split, num_samples, seed)]
+    rows = [sample.to_row() for sample in generate_samples(split, num_samples, seed, categories)]
     features = datasets.Features(
         {
             "prompt": datasets.Value("string"),

@@ -1,0 +1,44 @@
+import pytest
+
+from pararl.rewards import CLIPAlignmentReward
+from pararl.toy.recipe import RandomReward, format_category_changes, reward_curve, save_reward_curve, toy_reward
+from pararl.toy.reward import ToyOutputAlignment
+
+
+class _States:
+    def __init__(self, n):
+        self.texts = [""] * n
+
+
+def test_random_reward_is_seeded_uniform_noise():
+    first, again, other = RandomReward(3), RandomReward(3), RandomReward(4)
+    values = first.score(_States(1000))
+    assert values == again.score(_States(1000)) and values != other.score(_States(1000))
+    assert all(0.0 <= v < 1.0 for v in values) and abs(sum(values) / 1000 - 0.5) < 0.05
+
+
+def test_toy_reward_names():
+    assert isinstance(toy_reward("exact"), ToyOutputAlignment)
+    assert isinstance(toy_reward("random", seed=1), RandomReward)
+    clip = toy_reward("clip")
+    assert isinstance(clip, CLIPAlignmentReward) and clip.normalizer is not None
+    with pytest.raises(ValueError, match="clip"):
+        toy_reward("judge")
+
+
+def test_reward_curve_png_and_category_table(tmp_path):
+    history = [{"reward": 0.1 * i, "step": i} for i in range(1, 11)] + [{"train_runtime": 3.0, "step": 10}]
+    assert reward_curve(history) == [(i, 0.1 * i) for i in range(1, 11)]
+    save_reward_curve(history, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="reward"):
+        save_reward_curve([{"loss": 1.0}], tmp_path / "none.png")
+    axes = {"text_quality": 90.0, "output_alignment": 20.0}
+    before = {"axes": axes, "overall": 55.0, "categories": {"open_edit": {**axes, "overall": 55.0}}}
+    after_axes = {"text_quality": 89.0, "output_alignment": 30.0}
+    after = {"axes": after_axes, "overall": 59.5, "categories": {"open_edit": {**after_axes, "overall": 59.5}}}
+    table = format_category_changes(before, after, axes=("output_alignment", "overall"))
+    lines = table.splitlines()
+    assert lines[0].split() == ["category", "OutA", "Overall"]
+    assert "20.0 -> 30.0 (+10.0)" in lines[2] and lines[2].startswith("open_edit")
+    assert lines[-1].startswith("all") and "55.0 -> 59.5 (+4.5)" in lines[-1]
