@@ -1,8 +1,8 @@
 import pytest
 
 from pararl.rewards import CLIPAlignmentReward
-from pararl.toy.recipe import RandomReward, format_category_changes, reward_curve, save_reward_curve, toy_reward
-from pararl.toy.reward import ToyOutputAlignment
+from pararl.toy.recipe import format_category_changes, reward_curve, save_reward_curve, toy_reward
+from pararl.toy.reward import RandomReward, ToyOutputAlignment
 
 
 class _States:

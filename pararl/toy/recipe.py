@@ -1,16 +1,21 @@
 """The toy world's RL recipe, in one place: the main job's defaults, its LoRA adapter, its rewards and its evaluation.
 
 `examples/pararl.py` (with no arguments), `benchmarks/ablations.py`, `benchmarks/easy_reward.py` and
-`benchmarks/reward_diagnostics.py` all read these, so a benchmark always measures the job a user runs.
+`benchmarks/reward_diagnostics.py` all read these, so a benchmark always measures the job a user runs. Importing this
+module is cheap (the command line is checked before trainers and rewards load).
 """
 
-import torch
-
-from ..rewards import CLIPAlignmentReward, Reward, RewardNormalizer, RewardStates
-from .reward import ToyOutputAlignment
-
-
-__all__ = ["TOY_GRPO_DEFAULTS", "TOY_REWARDS", "RandomReward", "toy_evaluation", "toy_lora_config", "toy_reward"]
+__all__ = [
+    "TOY_GRPO_DEFAULTS",
+    "TOY_LORA",
+    "TOY_REWARDS",
+    "format_category_changes",
+    "reward_curve",
+    "save_reward_curve",
+    "toy_evaluation",
+    "toy_lora_config",
+    "toy_reward",
+]
 
 # `DiffusionGRPOConfig` / `trl.ModelConfig` fields of the toy main job on CPU (the command line overrides them).
 TOY_GRPO_DEFAULTS: dict = {
@@ -37,22 +42,15 @@ TOY_LORA = {"lora_r": 16, "lora_alpha": 32}
 TOY_REWARDS = ("clip", "exact", "random")
 
 
-class RandomReward(Reward):
-    """Uniform noise in [0, 1], seeded: the null control (no information about the state at all). Whatever training
-    against it changes is drift of the optimiser, so a real reward's change means something only beyond it."""
-
-    def __init__(self, seed: int):
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def score(self, states: RewardStates) -> list[float | None]:
-        return torch.rand(len(states.texts), generator=self.generator).tolist()
-
-
-def toy_reward(name: str, seed: int = 0, clip=None) -> Reward:
+def toy_reward(name: str, seed: int = 0, clip=None):
     """The toy main job's reward: `"clip"` (ParaRL: the tiny CLIP's normalised alignment; `clip` = a loaded
     `(model, tokenizer)` pair, default the shipped one), or a control: `"exact"` (the evaluator's own output
     alignment of each state, a perfect judge) or `"random"` (seeded uniform noise)."""
+    from .reward import RandomReward, ToyOutputAlignment
+
     if name == "clip":
+        from ..rewards import CLIPAlignmentReward, RewardNormalizer
+
         if clip is None:
             from .clip import load_toy_clip
 

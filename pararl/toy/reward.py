@@ -1,4 +1,7 @@
-"""The toy world's exact judge as a pararl reward: the evaluator's output alignment of an intermediate state."""
+"""The toy world's control rewards: its exact judge (the evaluator's output alignment of an intermediate state) and
+seeded noise."""
+
+import torch
 
 from ..rewards import Reward, RewardStates
 from .evaluate import output_alignment
@@ -6,7 +9,7 @@ from .palette import toy_image_tokenizer
 from .world import parse_scene
 
 
-__all__ = ["ToyOutputAlignment"]
+__all__ = ["RandomReward", "ToyOutputAlignment"]
 
 
 class ToyOutputAlignment(Reward):
@@ -26,3 +29,14 @@ class ToyOutputAlignment(Reward):
         # The picture the reward sees, read back cell by cell; grey (still-masked) cells are unknown (-1).
         codes = self.image_tokenizer.encode(states.image_tensors.cpu(), unknown_code=-1)
         return [output_alignment(text, parse_scene(grid, strict=False)) for text, grid in zip(states.texts, codes)]
+
+
+class RandomReward(Reward):
+    """Uniform noise in [0, 1], seeded: the null control (no information about the state at all). Whatever training
+    against it changes is drift of the optimiser, so a real reward's change means something only beyond it."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def score(self, states: RewardStates) -> list[float | None]:
+        return torch.rand(len(states.texts), generator=self.generator).tolist()
