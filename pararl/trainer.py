@@ -38,6 +38,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import nanstd, use_adapter
 
 from .config import DiffusionGRPOConfig
+from .data_validation import check_datasets
 from .models import MaskedDiffusionLM
 from .processing import ParallelProcessor
 from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
@@ -116,6 +117,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if args.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError("DiffusionGRPOTrainer supports multi_objective_aggregation='sum_then_normalize' only.")
         self.processor = processing_class
+        check_datasets(processing_class, "pararl", train_dataset, eval_dataset)  # every row, before the model loads
 
         # TRL builds models from `config.architectures` through the transformers namespace, which does not know
         # pararl's class: load local paths here.

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import is_peft_available
 
+from ..data_validation import check_datasets
 from ..models import MaskedDiffusionLM
 from ..processing import ParallelProcessor
 from .config import ParallelSFTConfig
@@ -122,12 +123,6 @@ class ParallelSFTTrainer(Trainer):
         elif not isinstance(args, ParallelSFTConfig):
             raise ValueError(f"args must be a ParallelSFTConfig, got {type(args).__name__}.")
 
-        # Model
-        if isinstance(model, str):
-            model = MaskedDiffusionLM.from_pretrained(model, **self._model_init_kwargs(args))
-        elif args.model_init_kwargs:
-            logger.warning("model_init_kwargs is ignored because the model is already instantiated.")
-
         # Processing class
         if not isinstance(processing_class, ParallelProcessor):
             raise ValueError(
@@ -139,6 +134,13 @@ class ParallelSFTTrainer(Trainer):
         processor.truncate_prompt = args.truncate_prompt
         processor.truncate_reasoning = args.truncate_reasoning
         self.processor = processor
+        check_datasets(processor, "sft", train_dataset, eval_dataset, args.dataset_num_proc)  # before the model loads
+
+        # Model
+        if isinstance(model, str):
+            model = MaskedDiffusionLM.from_pretrained(model, **self._model_init_kwargs(args))
+        elif args.model_init_kwargs:
+            logger.warning("model_init_kwargs is ignored because the model is already instantiated.")
         self._check_model_matches_preset(model, processor)
 
         # PEFT
