@@ -13,6 +13,7 @@ from transformers.utils import is_peft_available
 
 from ..data_validation import check_datasets
 from ..models import MaskedDiffusionLM
+from ..models.loading import check_resume_checkpoint
 from ..processing import ParallelProcessor
 from .config import ParallelSFTConfig
 from .data import DataCollatorForParallelSFT, pretokenize_dataset
@@ -250,6 +251,11 @@ class ParallelSFTTrainer(Trainer):
             text_slots[self.processor.text_positions] = True
             self._output_slots_cache[device] = (image_slots.to(device), text_slots.to(device))
         return self._output_slots_cache[device]
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Trainer resumes non-strictly (a PEFT adapter's missing keys would be dropped silently): check first.
+        check_resume_checkpoint(model if model is not None else self.model, resume_from_checkpoint)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ------------------------------------------------------------------------------------------------------- data
     def get_eval_dataloader(self, eval_dataset=None):
