@@ -86,7 +86,7 @@ class DatasetRowError(ValueError):
         )
 
 
-def required_columns(stage: Stage) -> tuple[tuple[str, ...], ...]:
+def _required_columns(stage: Stage) -> tuple[tuple[str, ...], ...]:
     """Column groups a dataset must have (one column of each group) for a stage."""
     if stage == "sft":
         return (("prompt",), ("reasoning",), _OUTPUT_IMAGE)
@@ -102,9 +102,11 @@ def _columns_read(stage: Stage) -> tuple[str, ...]:
 class _RowChecker:
     """Checks a batch of rows given as columns (Python lists or Arrow arrays); returns their problems."""
 
-    def __init__(self, processor: ParallelProcessor, stage: Stage):
+    def __init__(self, processor: ParallelProcessor, stage: Stage, image_modes: Mapping[str, str] | None = None):
         self.processor = processor
         self.stage = stage
+        # `datasets.Image(mode=...)` columns: the consumers see the image in that mode, and so does the check.
+        self.image_modes = dict(image_modes or {})
 
     def __call__(self, columns: Mapping[str, Any], indices: Sequence[int]) -> list[RowProblem]:
         problems: list[RowProblem] = []
@@ -131,7 +133,7 @@ class _RowChecker:
                         indices[j],
                         name,
                         f"must be a string, got {type(value).__name__} (pararl uses no chat "
-                        "templates: give the instruction text)",
+                        "templates: give the text itself)",
                     )
                 )
             else:
@@ -169,7 +171,7 @@ class _RowChecker:
                         )
                     )
                 continue
-            image = _open_image(value)
+            image = _open_image(value, self.image_modes.get(image_name))
             if isinstance(image, str):
                 problems.append(RowProblem(indices[j], image_name, image))
             else:
@@ -316,8 +318,9 @@ def _grid_problem(value: Any, processor: ParallelProcessor) -> str | None:
     return None
 
 
-def _open_image(value: Any) -> Image.Image | str:
-    """The decoded image, or the problem: PIL images, and `datasets.Image` cells (`{"bytes", "path"}`)."""
+def _open_image(value: Any, mode: str | None = None) -> Image.Image | str:
+    """The decoded image (converted to `mode` if given), or the problem: PIL images, and `datasets.Image` cells
+    (`{"bytes", "path"}`)."""
     if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
         source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value.get("path")
         if source is None:
@@ -333,6 +336,8 @@ def _open_image(value: Any) -> Image.Image | str:
         )
     try:
         value.load()
+        if mode is not None and value.mode != mode:
+            value = value.convert(mode)
     except Exception as error:
         return f"does not decode ({type(error).__name__}: {error})"
     if value.mode in _UNCONVERTIBLE_MODES:
@@ -362,13 +367,17 @@ def _fingerprint(dataset: datasets.Dataset, processor: ParallelProcessor, stage:
     return Hasher.hash(signature)
 
 
-def _problems_of_dataset(dataset: datasets.Dataset, checker: _RowChecker, name: str, num_proc, batch_size):
-    columns = [column for column in _columns_read(checker.stage) if column in dataset.column_names]
+def _problems_of_dataset(dataset: datasets.Dataset, processor, stage: Stage, name: str, num_proc, batch_size):
+    columns = [column for column in _columns_read(stage) if column in dataset.column_names]
     view = dataset.select_columns(columns)
+    modes = {}
     for column in columns:
-        if isinstance(view.features[column], datasets.Image):
+        feature = view.features[column]
+        if isinstance(feature, datasets.Image):
             # Decoded here, row by row, so that a file that does not decode names its row.
+            modes[column] = feature.mode
             view = view.cast_column(column, datasets.Image(decode=False))
+    checker = _RowChecker(processor, stage, {column: mode for column, mode in modes.items() if mode})
 
     def check(batch: pa.Table, indices: list[int]) -> dict[str, list]:
         found = checker({column: batch.column(column) for column in batch.column_names}, indices)
@@ -386,7 +395,7 @@ def _problems_of_dataset(dataset: datasets.Dataset, checker: _RowChecker, name: 
         remove_columns=columns,
         features=_PROBLEM_FEATURES,
         num_proc=num_proc,
-        new_fingerprint=_fingerprint(dataset, checker.processor, checker.stage),
+        new_fingerprint=_fingerprint(dataset, processor, stage),
         desc=f"Checking the {name} dataset",
     )
     table = result.with_format(None).to_dict()
@@ -442,7 +451,7 @@ def check_dataset(
         raise ValueError(f"stage must be 'pararl' or 'sft', got {stage!r}.")
     column_names = getattr(dataset, "column_names", None)
     if column_names is not None:
-        for group in required_columns(stage):
+        for group in _required_columns(stage):
             if not any(column in column_names for column in group):
                 which = " or ".join(repr(column) for column in group)
                 raise ValueError(
@@ -452,7 +461,7 @@ def check_dataset(
     num_rows = None
     if isinstance(dataset, datasets.Dataset):
         num_rows = len(dataset)
-        problems = _problems_of_dataset(dataset, checker, name, num_proc, batch_size)
+        problems = _problems_of_dataset(dataset, processor, stage, name, num_proc, batch_size)
     elif isinstance(dataset, datasets.IterableDataset):
         import warnings
 
