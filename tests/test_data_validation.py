@@ -234,3 +234,11 @@ def test_check_is_cheap_per_row(toy, processor):
     seconds = time.perf_counter() - start
     print(f"checked {len(big)} rows in {seconds:.2f} s")
     assert seconds < 20
+
+
+def test_token_counts_are_the_processors(toy, processor):
+    from pararl.data_validation import _token_counts
+
+    texts = [*toy["prompt"], *toy["reasoning"], "red " * 40, "", "zzz unknown !"]
+    expected = [len(ids) for ids in processor.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    assert _token_counts(processor.tokenizer, texts) == expected
