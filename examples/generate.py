@@ -18,6 +18,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pararl.cli import check_flags  # noqa: E402
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM  # noqa: E402
 from pararl.models.image_tokenizers import tensor_to_images  # noqa: E402
 from pararl.rollout import ParallelDecoder, RolloutConfig, draw_trajectory  # noqa: E402
@@ -25,7 +26,9 @@ from pararl.rollout import ParallelDecoder, RolloutConfig, draw_trajectory  # no
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--model_name_or_path",
@@ -55,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="outputs/generate")
     parser.add_argument("--seed", type=int, default=0, help="Row seed of the sampling noise.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    check_flags(parser, sys.argv[1:] if argv is None else argv)  # no abbreviations; the closest flag for a typo
     return parser.parse_args(argv)
 
 

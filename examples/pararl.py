@@ -11,9 +11,11 @@ minutes, scoring the partial reasoning against the partial image with the shippe
 on held-out toy tasks before and after (ParaBench's six axes, computed exactly by rule), saves the adapter and a
 trajectory picture in the output folder and prints a summary table.
 
-The script's own defaults (toy-sized, overridable): LoRA r=16 on the attention projections, 30 steps of 2 prompts x 8
-rollouts, 16 denoising steps, lr 1e-3, beta 0, and `--reward_step_selection stratified` (one reward step drawn per
-third of the trajectory).
+The toy world's defaults (`TOY_DEFAULTS` below; overridable): LoRA r=16 on the attention projections, 30 steps of 2
+prompts x 8 rollouts, 16 denoising steps, lr 1e-3, beta 0, `--reward_step_selection stratified` (one reward step
+drawn per third of the trajectory), no checkpoints. They apply only when neither `--model_name_or_path` nor
+`--dataset_name` is given; a real run gets TRL's defaults for every flag it does not give (the script prints which
+applied). Flags must be written in full: an abbreviation or a typo is refused with the closest flag named.
 
 # Toy world (CPU, no download)
 ```bash
@@ -58,14 +60,38 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import datasets
 import torch
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
-from pararl.models import ATTENTION_LORA_TARGETS
-from pararl.processing import load_processor
-from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
+from pararl.cli import check_flags, given_options
+from pararl.config import DiffusionGRPOConfig
+
+
+# The toy world's defaults, in one place: applied only when neither --model_name_or_path nor --dataset_name is given
+# (the no-argument run on the shipped toy policy); the command line and --config override each of them. A real run
+# gets TRL's defaults (DiffusionGRPOConfig / ModelConfig) for every flag it does not give.
+TOY_DEFAULTS = {
+    "output_dir": "outputs/pararl-toy",
+    "use_peft": True,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "learning_rate": 1e-3,
+    "max_steps": 30,
+    "per_device_train_batch_size": 16,  # 2 prompts x 8 rollouts per step
+    "num_generations": 8,
+    "diffusion_steps": 16,
+    "num_reward_steps": 3,
+    "beta": 0.0,
+    # One reward step per third of the trajectory: uniformly drawn steps often land early, where the shipped toy
+    # policy shows the same partial state to every rollout of a group (zero reward spread, no signal).
+    "reward_step_selection": "stratified",
+    "logging_steps": 5,
+    "save_strategy": "no",
+    "report_to": "none",
+    "gradient_checkpointing": False,
+}
+# Flags that make a run a real one (its own model or data): then no toy default applies.
+REAL_RUN_FLAGS = ("model_name_or_path", "dataset_name")
 
 
 @dataclass
@@ -128,6 +154,14 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
     ################
     # Processor, model, data
     ################
+    # Imported after the command line is checked: a typo fails before these load.
+    import datasets
+
+    from pararl import DiffusionGRPOTrainer
+    from pararl.models import ATTENTION_LORA_TARGETS
+    from pararl.processing import load_processor
+    from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
+
     processor = load_processor(script_args.processor)
     toy = script_args.dataset_name is None
     model = model_args.model_name_or_path
@@ -242,38 +276,31 @@ def format_comparison(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
-def make_parser() -> TrlParser:
-    parser = TrlParser((ScriptArguments, DiffusionGRPOConfig, ModelConfig))
+def make_parser(argv: list[str]) -> tuple[TrlParser, dict]:
+    """The parser, with the toy defaults set when `argv` names neither a model nor a dataset; returns the toy defaults
+    that apply (those that `argv` and its --config do not override)."""
+    parser = TrlParser((ScriptArguments, DiffusionGRPOConfig, ModelConfig), allow_abbrev=False)
     on_cpu = not torch.cuda.is_available()
-    # Defaults for the toy world on CPU (the no-argument run); the command line and --config override them.
-    parser.set_defaults(
-        output_dir="outputs/pararl-toy",
-        use_cpu=on_cpu,
-        bf16=not on_cpu,
-        use_peft=True,
-        lora_r=16,
-        lora_alpha=32,
-        learning_rate=1e-3,
-        max_steps=30,
-        per_device_train_batch_size=16,  # 2 prompts x 8 rollouts per step
-        num_generations=8,
-        diffusion_steps=16,
-        num_reward_steps=3,
-        beta=0.0,
-        # One reward step per third of the trajectory: uniformly drawn steps often land early, where the shipped toy
-        # policy shows the same partial state to every rollout of a group (zero reward spread, no signal).
-        reward_step_selection="stratified",
-        logging_steps=5,
-        save_strategy="no",
-        report_to="none",
-        gradient_checkpointing=False,
-    )
-    return parser
+    parser.set_defaults(use_cpu=on_cpu, bf16=not on_cpu)  # every run: the device decides
+    given = given_options(parser, argv)
+    if given & set(REAL_RUN_FLAGS):
+        return parser, {}
+    parser.set_defaults(**TOY_DEFAULTS)
+    return parser, {key: value for key, value in TOY_DEFAULTS.items() if key not in given}
 
 
 if __name__ == "__main__":
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # Toy-sized models on a CPU: thread hand-offs cost more than they save (measured ~20x on a busy 2-core box).
         torch.set_num_threads(1)
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    argv = sys.argv[1:]
+    parser, toy_defaults = make_parser(argv)
+    check_flags(parser, argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if toy_defaults:
+            applied = ", ".join(f"{key}={value}" for key, value in toy_defaults.items())
+            print(f"Toy world (no --model_name_or_path / --dataset_name): toy defaults applied: {applied}")
+        else:
+            print("Real run (--model_name_or_path or --dataset_name given): TRL's defaults for every flag not given.")
+    script_args, training_args, model_args = parser.parse_args_and_config(argv)
     main(script_args, training_args, model_args)

@@ -8,8 +8,10 @@
 its output image at the same time.
 
 With no arguments the script trains a tiny `MaskedDiffusionLM` from scratch on the bundled toy world, on CPU, in a
-couple of minutes. The learning-rate and schedule defaults below are set for that case; pass your own when you
-fine-tune a checkpoint.
+couple of minutes. Its learning-rate and schedule defaults (`TOY_DEFAULTS` below) are set for that case and apply only
+when neither `--model_name_or_path` nor `--dataset_name` is given; a real run gets `ParallelSFTConfig`'s (TRL's)
+defaults for every flag it does not give (the script prints which applied). Flags must be written in full: an
+abbreviation or a typo is refused with the closest flag named.
 
 # Toy world, from scratch (CPU)
 ```bash
@@ -57,10 +59,31 @@ from dataclasses import dataclass, field
 import datasets
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from pararl.cli import check_flags, given_options
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.processing import ParallelProcessor, load_processor
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
 from pararl.toy import build_toy_dataset
+
+
+# The toy world's defaults, in one place: applied only when neither --model_name_or_path nor --dataset_name is given
+# (a tiny model trained from scratch on the toy world); the command line and --config override each of them. A real
+# run gets ParallelSFTConfig's (TRL's) defaults for every flag it does not give.
+TOY_DEFAULTS = {
+    "output_dir": "outputs/toy-sft",
+    "learning_rate": 1e-3,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 20,
+    "weight_decay": 0.01,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 64,
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "report_to": "none",
+}
+# Flags that make a run a real one (its own model or data): then no toy default applies.
+REAL_RUN_FLAGS = ("model_name_or_path", "dataset_name")
 
 
 # Sizes of the from-scratch toy model: (d_model, n_layers, n_heads, mlp_hidden_size).
@@ -178,25 +201,26 @@ def main(script_args: ScriptArguments, training_args: ParallelSFTConfig, model_a
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
 
 
-def make_parser() -> TrlParser:
-    parser = TrlParser((ScriptArguments, ParallelSFTConfig, ModelConfig))
-    # Defaults for the toy world from scratch (the no-argument run); the command line and --config override them.
-    parser.set_defaults(
-        output_dir="outputs/toy-sft",
-        learning_rate=1e-3,
-        lr_scheduler_type="cosine",
-        warmup_steps=20,
-        weight_decay=0.01,
-        num_train_epochs=2,
-        per_device_train_batch_size=16,
-        per_device_eval_batch_size=64,
-        eval_strategy="epoch",
-        save_strategy="no",
-        report_to="none",
-    )
-    return parser
+def make_parser(argv: list[str]) -> tuple[TrlParser, dict]:
+    """The parser, with the toy defaults set when `argv` names neither a model nor a dataset; returns the toy defaults
+    that apply (those that `argv` and its --config do not override)."""
+    parser = TrlParser((ScriptArguments, ParallelSFTConfig, ModelConfig), allow_abbrev=False)
+    given = given_options(parser, argv)
+    if given & set(REAL_RUN_FLAGS):
+        return parser, {}
+    parser.set_defaults(**TOY_DEFAULTS)
+    return parser, {key: value for key, value in TOY_DEFAULTS.items() if key not in given}
 
 
 if __name__ == "__main__":
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    argv = sys.argv[1:]
+    parser, toy_defaults = make_parser(argv)
+    check_flags(parser, argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if toy_defaults:
+            applied = ", ".join(f"{key}={value}" for key, value in toy_defaults.items())
+            print(f"Toy world (no --model_name_or_path / --dataset_name): toy defaults applied: {applied}")
+        else:
+            print("Real run (--model_name_or_path or --dataset_name given): TRL's defaults for every flag not given.")
+    script_args, training_args, model_args = parser.parse_args_and_config(argv)
     main(script_args, training_args, model_args)

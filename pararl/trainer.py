@@ -38,7 +38,9 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import nanstd, use_adapter
 
 from .config import DiffusionGRPOConfig
+from .data_validation import check_datasets
 from .models import MaskedDiffusionLM
+from .models.loading import check_resume_checkpoint
 from .processing import ParallelProcessor
 from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
 from .rewards.steps import FinalStep, StepSelector, StratifiedSteps
@@ -116,6 +118,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if args.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError("DiffusionGRPOTrainer supports multi_objective_aggregation='sum_then_normalize' only.")
         self.processor = processing_class
+        check_datasets(processing_class, "pararl", train_dataset, eval_dataset)  # every row, before the model loads
 
         # TRL builds models from `config.architectures` through the transformers namespace, which does not know
         # pararl's class: load local paths here.
@@ -594,6 +597,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             state = {reward.name: reward.state_dict() for reward in self.rewards}
             with open(os.path.join(folder, _REWARD_STATE_FILE), "w") as f:
                 json.dump({"rewards": state, "generation_round": self._generation_round}, f, indent=2)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Trainer resumes non-strictly (a PEFT adapter's missing keys would be dropped silently): check first.
+        check_resume_checkpoint(model if model is not None else self.model, resume_from_checkpoint)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

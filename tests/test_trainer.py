@@ -597,15 +597,15 @@ def test_inconsistent_config_is_rejected(tmp_path, kwargs, message):
 def test_non_string_prompt_is_rejected(processor, tmp_path):
     chat = [[{"role": "user", "content": "draw a red circle"}]] * 8
     rows = datasets.Dataset.from_dict({"prompt": chat})
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
-        reward_funcs=word_count,
-        args=grpo_config(tmp_path, max_steps=1),
-        train_dataset=rows,
-        processing_class=processor,
-    )
-    with pytest.raises(ValueError, match="`prompt` must be the instruction as a string"):
-        trainer.train()
+    # Refused at construction (every row is checked before training), naming the dataset row and the column.
+    with pytest.raises(ValueError, match="row 0, column 'prompt': must be a string, got list"):
+        DiffusionGRPOTrainer(
+            model=tiny_model(processor),
+            reward_funcs=word_count,
+            args=grpo_config(tmp_path, max_steps=1),
+            train_dataset=rows,
+            processing_class=processor,
+        )
 
 
 def test_reward_with_the_wrong_number_of_values_is_rejected(processor, dataset, tmp_path):

@@ -33,6 +33,8 @@ from .configuration import MaskedDiffusionConfig
 
 __all__ = [
     "RELEASED_MODEL_TYPES",
+    "check_pararl_checkpoint",
+    "check_resume_checkpoint",
     "check_weight_shapes",
     "config_from_released",
     "expected_weight_shapes",
@@ -144,18 +146,29 @@ def _index_map(files: list[str]) -> dict[str, str] | None:
 
 def _read_file(path: str, shapes_only: bool) -> dict:
     if path.endswith(".safetensors"):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(path, framework="pt") as f:
-            if shapes_only:
-                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-            return {key: f.get_tensor(key) for key in f.keys()}
+        try:
+            with safe_open(path, framework="pt") as f:
+                if shapes_only:
+                    return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+                return {key: f.get_tensor(key) for key in f.keys()}
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"cannot read the weight file {path} ({error}); it is probably truncated or corrupt (an interrupted "
+                "download or save): copy or save it again."
+            ) from error
     # Pickled state dicts: weights only (no code execution), memory-mapped so that reading shapes is cheap (old,
     # non-zip pickles cannot be memory-mapped and are read whole).
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(
+            f"cannot read the weight file {path} ({error}); it is probably truncated or corrupt: copy or save it again."
+        ) from error
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__}).")
     if "state_dict" in state and isinstance(state["state_dict"], Mapping):
@@ -206,9 +219,11 @@ def check_weight_shapes(
     expected: Mapping[str, tuple[int, ...]],
     source: str,
     optional: Mapping[str, tuple[int, ...]] | None = None,
+    hint: str = "Nothing was loaded; check that the folder holds the checkpoint its config.json describes.",
 ) -> None:
     """Compares a checkpoint's `{key: shape}` with the model's; raises one `ValueError` listing every missing key,
-    unexpected key and wrong shape. Keys in `optional` may be absent but must have that shape when present."""
+    unexpected key and wrong shape, then `hint`. Keys in `optional` may be absent but must have that shape when
+    present."""
     optional = dict(optional or {})
     missing = sorted(k for k in expected if k not in found)
     unexpected = sorted(k for k in found if k not in expected and k not in optional)
@@ -227,10 +242,7 @@ def check_weight_shapes(
         parts.append(f"{len(unexpected)} unexpected key(s) {_listed(unexpected)}")
     if wrong:
         parts.append(f"{len(wrong)} wrong shape(s) {_listed(wrong)}")
-    raise ValueError(
-        f"the weights in {source} do not fit the model built from its config: {'; '.join(parts)}. Nothing was "
-        "loaded; check that the folder holds the checkpoint its config.json describes."
-    )
+    raise ValueError(f"the weights in {source} do not fit the model: {'; '.join(parts)}. {hint}")
 
 
 # ------------------------------------------------------------------------------------------- released LLaDA configs
@@ -405,6 +417,75 @@ def load_released_checkpoint(path: str | os.PathLike, **kwargs):
     if leftovers or info.get("error_msgs"):
         raise ValueError(f"loading {path} left {leftovers or info.get('error_msgs')}; refusing a partly random model.")
     return (model, info) if want_info else model
+
+
+# ------------------------------------------------------------------------------------------ pararl-saved checkpoints
+def check_pararl_checkpoint(path: str | os.PathLike, config: MaskedDiffusionConfig | None = None) -> None:
+    """Checks a pararl-saved folder (`save_pretrained` of a [`MaskedDiffusionLM`]) against the model its config builds,
+    from the safetensors headers, before anything is loaded: `transformers` would initialise missing keys at random
+    and only log them.
+
+    Args:
+        path: Local checkpoint folder.
+        config: The config the model will be built with; default: the folder's `config.json`.
+
+    Raises:
+        ValueError: Missing, unexpected or mis-shaped keys (all listed), or a weight file that cannot be read (named).
+    """
+    path = os.fspath(path)
+    if config is None:
+        config = MaskedDiffusionConfig.from_pretrained(path)
+    files = find_weight_files(path, MODEL_WEIGHT_NAMES)
+    check_weight_shapes(read_weight_shapes(files), expected_weight_shapes(config), source=path)
+
+
+def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+def check_resume_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Checks a Trainer checkpoint folder against the model it is about to be loaded into, before it is.
+
+    `Trainer` resumes with a non-strict load: a full model's missing keys are only logged, and a PEFT adapter's
+    missing keys are dropped silently (PEFT reports them, `Trainer` ignores the report), so the resumed run would
+    train from freshly initialised adapter weights. Here every key the model expects must be in the files with the
+    model's shape, and no key may be left over.
+
+    Args:
+        model: The (unwrapped) model, a `PeftModel` or a [`MaskedDiffusionLM`].
+        checkpoint: The `checkpoint-N` folder.
+
+    Raises:
+        ValueError: Missing, unexpected or mis-shaped keys (listed), or an unreadable weight file (named).
+        FileNotFoundError: The folder holds no weights for the model.
+    """
+    from transformers.utils import is_peft_available
+
+    checkpoint = os.fspath(checkpoint)
+    hint = "Nothing was loaded; resume from a checkpoint of this model and adapter configuration."
+    if is_peft_available():
+        from peft import PeftModel, get_peft_model_state_dict
+    if not is_peft_available() or not isinstance(model, PeftModel):
+        files = find_weight_files(checkpoint, MODEL_WEIGHT_NAMES)
+        check_weight_shapes(read_weight_shapes(files), _shapes(model.state_dict()), source=checkpoint, hint=hint)
+        return
+    names = ("adapter_model.safetensors", "adapter_model.bin")
+    # As `Trainer._load_from_checkpoint` maps them: with adapter sub-folders the top-level files are "default".
+    subfolders = [name for name in model.peft_config if os.path.isdir(os.path.join(checkpoint, name))]
+    top = "default" if subfolders else model.active_adapter
+    targets = {top: checkpoint, **{name: os.path.join(checkpoint, name) for name in subfolders if name != top}}
+    for adapter, folder in targets.items():
+        if adapter not in model.peft_config:
+            continue
+        try:
+            files = find_weight_files(folder, names)
+        except FileNotFoundError:
+            if adapter == top and not subfolders:
+                raise
+            continue
+        expected = _shapes(get_peft_model_state_dict(model, adapter_name=adapter))
+        source = f"{folder} (adapter {adapter!r})"
+        check_weight_shapes(read_weight_shapes(files), expected, source=source, hint=hint)
 
 
 # ---------------------------------------------------------------------------------------------------- tokenizer

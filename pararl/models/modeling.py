@@ -33,6 +33,7 @@ scaled-dot-product-attention mask, and default positions are `cumsum(attention_m
 `attention_mask` at all when a batch has no padding: the unmasked attention kernels are faster.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -321,16 +322,34 @@ class MaskedDiffusionLM(MaskedDiffusionPreTrainedModel):
         A local folder whose `config.json` has `model_type` `"llada"` or `"mmada"` is loaded by
         [`~pararl.models.loading.load_released_checkpoint`]: its config is mapped onto [`MaskedDiffusionConfig`] and
         every weight key and shape is checked first (missing, unexpected or mis-shaped keys are a `ValueError` listing
-        them), without `trust_remote_code`. Everything else goes to `PreTrainedModel.from_pretrained`.
+        them), without `trust_remote_code`. Everything else goes to `PreTrainedModel.from_pretrained`, with the same
+        rule: a local pararl folder is checked key by key and shape by shape before loading, and any key that
+        `transformers` reports missing, unexpected or mismatched afterwards is a `ValueError` (never a log line over
+        randomly initialised weights). An unreadable (e.g. truncated) weight file is a `ValueError` naming it.
         """
-        if kwargs.get("config") is None and not model_args:
-            from .loading import is_released_checkpoint, load_released_checkpoint
+        from .loading import check_pararl_checkpoint, is_released_checkpoint, load_released_checkpoint
 
-            if is_released_checkpoint(pretrained_model_name_or_path):
-                kwargs.pop("config", None)
-                kwargs.pop("trust_remote_code", None)
-                return load_released_checkpoint(pretrained_model_name_or_path, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if kwargs.get("config") is None and not model_args and is_released_checkpoint(pretrained_model_name_or_path):
+            kwargs.pop("config", None)
+            kwargs.pop("trust_remote_code", None)
+            return load_released_checkpoint(pretrained_model_name_or_path, **kwargs)
+        path = os.fspath(pretrained_model_name_or_path)
+        path = os.path.join(path, kwargs["subfolder"]) if kwargs.get("subfolder") else path
+        config = kwargs.get("config")
+        if os.path.isdir(path) and not model_args and (config is None or isinstance(config, MaskedDiffusionConfig)):
+            check_pararl_checkpoint(path, config)  # before anything is allocated, naming every bad key
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        # Whatever the path (Hub id, renamed keys, a config passed in): never a partly random model.
+        leftovers = {key: sorted(value) for key, value in info.items() if key != "error_msgs" and value}
+        if leftovers or info.get("error_msgs"):
+            raise ValueError(
+                f"loading {pretrained_model_name_or_path} left {leftovers or info.get('error_msgs')}; refusing a "
+                "partly random model."
+            )
+        return (model, info) if want_info else model
 
     # Embedding accessors (LLaDA's tree does not match the default `embed_tokens` / `lm_head` lookups).
     def get_input_embeddings(self) -> nn.Embedding:

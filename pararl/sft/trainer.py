@@ -11,7 +11,9 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import is_peft_available
 
+from ..data_validation import check_datasets
 from ..models import MaskedDiffusionLM
+from ..models.loading import check_resume_checkpoint
 from ..processing import ParallelProcessor
 from .config import ParallelSFTConfig
 from .data import DataCollatorForParallelSFT, pretokenize_dataset
@@ -122,12 +124,6 @@ class ParallelSFTTrainer(Trainer):
         elif not isinstance(args, ParallelSFTConfig):
             raise ValueError(f"args must be a ParallelSFTConfig, got {type(args).__name__}.")
 
-        # Model
-        if isinstance(model, str):
-            model = MaskedDiffusionLM.from_pretrained(model, **self._model_init_kwargs(args))
-        elif args.model_init_kwargs:
-            logger.warning("model_init_kwargs is ignored because the model is already instantiated.")
-
         # Processing class
         if not isinstance(processing_class, ParallelProcessor):
             raise ValueError(
@@ -139,6 +135,13 @@ class ParallelSFTTrainer(Trainer):
         processor.truncate_prompt = args.truncate_prompt
         processor.truncate_reasoning = args.truncate_reasoning
         self.processor = processor
+        check_datasets(processor, "sft", train_dataset, eval_dataset, args.dataset_num_proc)  # before the model loads
+
+        # Model
+        if isinstance(model, str):
+            model = MaskedDiffusionLM.from_pretrained(model, **self._model_init_kwargs(args))
+        elif args.model_init_kwargs:
+            logger.warning("model_init_kwargs is ignored because the model is already instantiated.")
         self._check_model_matches_preset(model, processor)
 
         # PEFT
@@ -248,6 +251,11 @@ class ParallelSFTTrainer(Trainer):
             text_slots[self.processor.text_positions] = True
             self._output_slots_cache[device] = (image_slots.to(device), text_slots.to(device))
         return self._output_slots_cache[device]
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Trainer resumes non-strictly (a PEFT adapter's missing keys would be dropped silently): check first.
+        check_resume_checkpoint(model if model is not None else self.model, resume_from_checkpoint)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ------------------------------------------------------------------------------------------------------- data
     def get_eval_dataloader(self, eval_dataset=None):

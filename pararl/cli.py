@@ -1,0 +1,79 @@
+"""Strict command lines for the example scripts: whole flag names only, and the closest flag for a typo.
+
+argparse accepts any unambiguous prefix of a flag (`--num_rew 2` sets `--num_reward_steps`), so a flag added later
+can silently change what an old command means, and a typo only gets "unrecognized arguments". The scripts build
+their parsers with `allow_abbrev=False` and call [`check_flags`] before parsing, which names the closest flags.
+"""
+
+import argparse
+import difflib
+import os
+from collections.abc import Sequence
+
+
+__all__ = ["check_flags", "given_options"]
+
+
+def _long_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """`--flag` -> its destination, for every long option of the parser (TrlParser's `--config` included)."""
+    flags = {option: action.dest for option, action in parser._option_string_actions.items() if option[:2] == "--"}
+    flags.setdefault("--config", "config")
+    return flags
+
+
+def _fail(parser: argparse.ArgumentParser, message: str) -> None:
+    # As `parser.error` (status 2), without its usage text: the example scripts have hundreds of flags.
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+def _one_per_option(candidates: list[str], flags: dict[str, str]) -> list[str]:
+    """The first spelling of each option (`--num_reward_steps`, not also its alias `--num-reward-steps`)."""
+    seen, kept = set(), []
+    for flag in sorted(candidates, key=lambda flag: "-" in flag[2:]):  # stable: underscore spellings first
+        if flags[flag] not in seen:
+            seen.add(flags[flag])
+            kept.append(flag)
+    return kept
+
+
+def check_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Exits (status 2, like argparse) on the first `--flag` the parser does not know, naming the known flags it
+    abbreviates or, for a typo, the closest ones."""
+    flags = _long_flags(parser)
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        if name in flags:
+            continue
+        longer = _one_per_option(sorted(flag for flag in flags if flag.startswith(name)), flags)
+        if longer:
+            _fail(
+                parser,
+                f"{name} is not a flag; abbreviations are not accepted, write the whole name: "
+                f"{' or '.join(longer[:5])}",
+            )
+        close = _one_per_option(difflib.get_close_matches(name, list(flags), n=6, cutoff=0.6), flags)[:3]
+        hint = f"; did you mean {' or '.join(close)}?" if close else " (see --help)"
+        _fail(parser, f"unrecognized flag {name}{hint}")
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Destinations set on the command line or in the `--config` YAML file (TrlParser's), e.g. to know whether a
+    script-level default was overridden."""
+    flags = _long_flags(parser)
+    given = set()
+    for i, token in enumerate(argv):
+        name = token.split("=", 1)[0]
+        if name == "--config" and i + 1 < len(argv) and os.path.isfile(argv[i + 1]):
+            import yaml
+
+            with open(argv[i + 1]) as f:
+                config = yaml.safe_load(f)
+            if isinstance(config, dict):
+                given.update(key for key in config if key != "env")
+        elif name in flags:
+            given.add(flags[name])
+    return given
