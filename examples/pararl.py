@@ -65,31 +65,14 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from pararl.cli import check_flags, given_options
 from pararl.config import DiffusionGRPOConfig
+from pararl.toy.recipe import TOY_GRPO_DEFAULTS, TOY_LORA, TOY_REWARDS
 
 
-# The toy world's defaults, in one place: applied only when neither --model_name_or_path nor --dataset_name is given
-# (the no-argument run on the shipped toy policy); the command line and --config override each of them. A real run
-# gets TRL's defaults (DiffusionGRPOConfig / ModelConfig) for every flag it does not give.
-TOY_DEFAULTS = {
-    "output_dir": "outputs/pararl-toy",
-    "use_peft": True,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "learning_rate": 1e-3,
-    "max_steps": 30,
-    "per_device_train_batch_size": 16,  # 2 prompts x 8 rollouts per step
-    "num_generations": 8,
-    "diffusion_steps": 16,
-    "num_reward_steps": 3,
-    "beta": 0.0,
-    # One reward step per third of the trajectory: uniformly drawn steps often land early, where the shipped toy
-    # policy shows the same partial state to every rollout of a group (zero reward spread, no signal).
-    "reward_step_selection": "stratified",
-    "logging_steps": 5,
-    "save_strategy": "no",
-    "report_to": "none",
-    "gradient_checkpointing": False,
-}
+# The toy world's defaults live with the rest of its recipe (pararl.toy.recipe): applied only when neither
+# --model_name_or_path nor --dataset_name is given (the no-argument run on the shipped toy policy); the command line
+# and --config override each of them. A real run gets TRL's defaults (DiffusionGRPOConfig / ModelConfig) for every
+# flag it does not give.
+TOY_DEFAULTS = {**TOY_GRPO_DEFAULTS, **TOY_LORA}
 # Flags that make a run a real one (its own model or data): then no toy default applies.
 REAL_RUN_FLAGS = ("model_name_or_path", "dataset_name")
 
@@ -130,24 +113,13 @@ class ScriptArguments:
     toy_reward: str = field(
         default="clip",
         metadata={
-            "help": "Toy world: 'clip' (ParaRL: the shipped tiny CLIP's alignment) or 'exact' (the evaluator's output "
-            "alignment computed by rule on each state, a perfect judge to compare against).",
-            "choices": ["clip", "exact"],
+            "help": "Toy world: 'clip' (ParaRL: the shipped tiny CLIP's alignment), or a control: 'exact' (the "
+            "evaluator's output alignment computed by rule on each state, a perfect judge) or 'random' (uniform "
+            "noise seeded by --seed: whatever it changes is optimiser drift, not learning).",
+            "choices": list(TOY_REWARDS),
         },
     )
     evaluate: bool = field(default=True, metadata={"help": "Toy world: evaluate on held-out tasks before and after."})
-
-
-def toy_evaluation(model, processor, dataset, args: DiffusionGRPOConfig) -> dict:
-    """Six ParaBench axes on held-out toy tasks, decoded with the training rollout settings."""
-    from pararl.toy.evaluate import evaluate, generate_predictions
-
-    rollout_config = args.to_rollout_config()
-    was_training = model.training
-    model.eval()
-    predictions = generate_predictions(model, processor, dataset, rollout_config=rollout_config, seed=args.seed)
-    model.train(was_training)
-    return evaluate(predictions, dataset)
 
 
 def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model_args: ModelConfig):
@@ -199,21 +171,13 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
     # Reward: normalised, clipped CLIP alignment of the partial reasoning and the partial image
     ################
     if not toy and script_args.toy_reward != "clip":
-        raise ValueError("--toy_reward exact scores toy-world states; it needs the toy world (no --dataset_name).")
-    if script_args.toy_reward == "exact":
-        from pararl.toy.reward import ToyOutputAlignment
-
-        reward = ToyOutputAlignment()
-    elif script_args.clip_model is None:
-        from pararl.toy.clip import load_toy_clip
-
-        clip_model, clip_tokenizer = load_toy_clip()
-        reward = CLIPAlignmentReward(
-            model=clip_model,
-            tokenizer=clip_tokenizer,
-            normalizer=RewardNormalizer(),
-            long_text=script_args.clip_long_text,
+        raise ValueError(
+            f"--toy_reward {script_args.toy_reward} scores toy-world states; it needs the toy world (no --dataset_name)."
         )
+    if toy and script_args.clip_model is None:
+        from pararl.toy.recipe import toy_reward
+
+        reward = toy_reward(script_args.toy_reward, seed=training_args.seed, long_text=script_args.clip_long_text)
     else:
         reward = CLIPAlignmentReward(
             script_args.clip_model,
@@ -234,6 +198,8 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
         peft_config=peft_config,
     )
     evaluate_toy = toy and script_args.evaluate and trainer.accelerator.is_main_process
+    if evaluate_toy:
+        from pararl.toy.recipe import toy_evaluation
     before = toy_evaluation(trainer.model, processor, eval_dataset, training_args) if evaluate_toy else None
     start = time.perf_counter()
     trainer.train()
@@ -245,22 +211,32 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
         summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.state.global_step}
         rewards = [log["reward"] for log in trainer.state.log_history if "reward" in log]
         if rewards:
+            fifth = max(1, len(rewards) // 5)
             summary["reward_first"], summary["reward_last"] = rewards[0], rewards[-1]
+            summary["reward_first_fifth"] = sum(rewards[:fifth]) / fifth
+            summary["reward_last_fifth"] = sum(rewards[-fifth:]) / fifth
+            summary["rewards"] = rewards
+            print("Training reward per logged step: " + " ".join(f"{r:.3f}" for r in rewards))
+        if toy and rewards:
+            from pararl.toy.recipe import save_reward_curve
+
+            curve = os.path.join(training_args.output_dir, "trajectories", "reward_curve.png")
+            os.makedirs(os.path.dirname(curve), exist_ok=True)
+            save_reward_curve(
+                trainer.state.log_history, curve, title=f"ParaRL on the toy world ({script_args.toy_reward} reward)"
+            )
+            print(f"Reward curve saved to {curve}")
         if before is not None:
             from pararl.toy.evaluate import format_scores
             from pararl.toy.policy import scores_of
+            from pararl.toy.recipe import format_category_changes
 
             summary["before"], summary["after"] = scores_of(before), scores_of(after)
+            summary["categories_before"], summary["categories_after"] = before["categories"], after["categories"]
             print(f"Held-out toy tasks before ParaRL ({before['num_samples']} samples):\n{format_scores(before)}\n")
             print(f"Held-out toy tasks after ParaRL:\n{format_scores(after)}\n")
+            print(f"Per category, before -> after:\n{format_category_changes(before, after)}\n")
             print(format_comparison(summary["before"], summary["after"]))
-            if model_args.model_name_or_path is None:
-                # The shipped toy policy at a demo budget: make sure nobody reads a one-run change as an effect.
-                print(
-                    "\nNote: with the shipped toy policy at a budget like the default one, one run's change is "
-                    "noise-sized:\nover seeds, output alignment changes by about +-1 point, as much as training with "
-                    "a random reward\ndoes (README, 'What the toy world shows so far'). Compare seeds, and a control."
-                )
         with open(os.path.join(training_args.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(json.dumps({k: v for k, v in summary.items() if k not in ("before", "after")}, indent=2))

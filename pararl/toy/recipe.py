@@ -20,7 +20,7 @@ __all__ = [
 # `DiffusionGRPOConfig` / `trl.ModelConfig` fields of the toy main job on CPU (the command line overrides them).
 TOY_GRPO_DEFAULTS: dict = {
     "output_dir": "outputs/pararl-toy",
-    "use_peft": False,  # full fine-tuning of the 3.5 MB policy; LoRA is `--use_peft` (see toy_lora_config)
+    "use_peft": True,  # the toy LoRA adapter (TOY_LORA, toy_lora_config)
     "learning_rate": 1e-3,
     "max_steps": 30,
     "per_device_train_batch_size": 16,  # 2 prompts x 8 rollouts per step
@@ -42,7 +42,7 @@ TOY_LORA = {"lora_r": 16, "lora_alpha": 32}
 TOY_REWARDS = ("clip", "exact", "random")
 
 
-def toy_reward(name: str, seed: int = 0, clip=None):
+def toy_reward(name: str, seed: int = 0, clip=None, long_text: str = "truncate"):
     """The toy main job's reward: `"clip"` (ParaRL: the tiny CLIP's normalised alignment; `clip` = a loaded
     `(model, tokenizer)` pair, default the shipped one), or a control: `"exact"` (the evaluator's own output
     alignment of each state, a perfect judge) or `"random"` (seeded uniform noise)."""
@@ -56,7 +56,9 @@ def toy_reward(name: str, seed: int = 0, clip=None):
 
             clip = load_toy_clip()
         model, tokenizer = clip
-        return CLIPAlignmentReward(model=model, tokenizer=tokenizer, normalizer=RewardNormalizer())
+        return CLIPAlignmentReward(
+            model=model, tokenizer=tokenizer, normalizer=RewardNormalizer(), long_text=long_text
+        )
     if name == "exact":
         return ToyOutputAlignment()
     if name == "random":
