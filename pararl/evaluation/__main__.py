@@ -145,7 +145,7 @@ def _add_report_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--compare_to", default=None, help="Another run folder (e.g. before RL), judged by the same judge."
     )
-    group.add_argument("--num_bootstrap", type=int, default=1000, help="Bootstrap resamples of the 95% intervals.")
+    group.add_argument("--num_bootstrap", type=int, default=1000, help="Bootstrap resamples of the 95%% intervals.")
     group.add_argument(
         "--embed_images", action="store_true", help="Embed the images in the gallery (one portable file)."
     )

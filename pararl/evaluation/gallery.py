@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image
+
 from .judges import AXES, Judgement, Sample
 from .report import AXIS_HEADERS
 
@@ -19,11 +21,11 @@ __all__ = ["write_gallery"]
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:16px;background:#f4f4f6;color:#222}
 h1{font-size:20px;margin:0 0 8px} .bar{margin:8px 0 16px;display:flex;gap:16px;align-items:center}
-.grid{display:flex;flex-wrap:wrap;gap:12px} .card{background:#fff;border-radius:8px;padding:10px;width:340px;
+.grid{display:flex;flex-wrap:wrap;gap:12px} .card{box-sizing:border-box;background:#fff;border-radius:8px;padding:10px;width:340px;
 box-shadow:0 1px 3px #0002;font-size:13px} .card.missing{outline:2px solid #c33}
 .meta{color:#666;font-size:12px;margin-bottom:4px} .prompt{font-weight:600;margin:4px 0}
 .images{display:flex;gap:8px;margin:6px 0} .images figure{margin:0;text-align:center;font-size:11px;color:#666}
-.images img{width:150px;height:150px;image-rendering:pixelated;border:1px solid #ccc;object-fit:contain;background:#eee}
+.images img{width:100px;height:100px;image-rendering:pixelated;border:1px solid #ccc;object-fit:contain;background:#eee}
 .reasoning{background:#f7f7f9;padding:6px;border-radius:4px;white-space:pre-wrap;margin:6px 0}
 table{border-collapse:collapse;width:100%;font-size:12px} td{padding:1px 4px;border-bottom:1px solid #eee}
 td.v{text-align:right;font-variant-numeric:tabular-nums} .rationale{color:#444;font-style:italic;margin-top:6px}
@@ -42,11 +44,9 @@ for(const el of [cat,key,document.getElementById('order')])el.addEventListener('
 """
 
 
-def _image_source(sample: Sample, which: str, run_dir: Path, gallery_dir: Path, embed: bool) -> str | None:
-    image = sample.output_image if which == "output_image" else sample.input_image
+def _image_source(image, relative: str | None, run_dir: Path, gallery_dir: Path, embed: bool) -> str | None:
     if image is None:
         return None
-    relative = sample.paths.get(which)
     if embed or relative is None:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
@@ -87,8 +87,15 @@ def write_gallery(
             data[axis] = "" if value is None else f"{value:.4f}"
         attributes = " ".join(f'data-{k}="{escape(str(v))}"' for k, v in data.items())
         figures = []
-        for which, label in (("input_image", "input"), ("output_image", "output")):
-            source = _image_source(sample, which, run_dir, gallery_dir, embed_images)
+        shown = [("input", sample.input_image, sample.paths.get("input_image"))]
+        shown.append(("output", sample.output_image, sample.paths.get("output_image")))
+        shown += [
+            (f"reference {key}", value, sample.paths.get(f"references.{key}"))
+            for key, value in sample.references.items()
+            if isinstance(value, Image.Image)
+        ]
+        for label, image, relative in shown:
+            source = _image_source(image, relative, run_dir, gallery_dir, embed_images)
             if source is not None:
                 figures.append(
                     f'<figure><img src="{escape(source)}" alt="{label}"><figcaption>{label}</figcaption></figure>'

@@ -100,7 +100,9 @@ def read_outputs(folder: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError as error:
             if number == len(lines):  # the line a kill interrupted: no newline after it
                 break
-            raise ValueError(f"{path}:{number} is corrupt ({error}); only a truncated last line is tolerated.")
+            raise ValueError(
+                f"{path}:{number} is corrupt ({error}); only a truncated last line is tolerated."
+            ) from error
     return records
 
 

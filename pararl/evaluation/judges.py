@@ -131,10 +131,12 @@ def load_samples(run_dir: str | os.PathLike, categories: Sequence[str] | None = 
     samples = []
     for record in records:
         where = f"{folder / OUTPUTS_FILE} id {record['id']!r}"
-        references = {}
+        references, paths = {}, {"output_image": record["output_image"], "input_image": record.get("input_image")}
         for key, value in record.get("references", {}).items():
             is_path = isinstance(value, str) and value.startswith("references/") and value.endswith(".png")
             references[key] = _open(folder, value, where) if is_path else value
+            if is_path:
+                paths[f"references.{key}"] = value
         samples.append(
             Sample(
                 id=record["id"],
@@ -146,7 +148,7 @@ def load_samples(run_dir: str | os.PathLike, categories: Sequence[str] | None = 
                 input_image=_open(folder, record.get("input_image"), where),
                 references=references,
                 image_codes=record.get("image_codes"),
-                paths={"output_image": record["output_image"], "input_image": record.get("input_image")},
+                paths=paths,
             )
         )
     return samples

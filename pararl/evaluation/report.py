@@ -54,6 +54,15 @@ def _means(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return axes, _nanmean(axes, -1)
 
 
+def _percentiles(samples: np.ndarray) -> np.ndarray:
+    """`(2, K)` 2.5% and 97.5% percentiles of bootstrap draws `(B, K)`, NaN for columns with no value."""
+    bounds = np.full((2, samples.shape[1]), np.nan)
+    valid = ~np.isnan(samples).all(0)
+    if valid.any():
+        bounds[:, valid] = np.nanpercentile(samples[:, valid], [2.5, 97.5], axis=0)
+    return bounds
+
+
 def _number(value) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)
 
@@ -61,22 +70,19 @@ def _number(value) -> float | None:
 def _group(values: np.ndarray, missing: int, num_bootstrap: int, rng: np.random.Generator) -> dict:
     axes, overall = _means(values)
     table = {"num_samples": int(values.shape[0]), "missing": int(missing), "axes": {}, "overall": {}}
+    low, high = np.full(len(AXES), np.nan), np.full(len(AXES), np.nan)
+    overall_low = overall_high = np.nan
     if num_bootstrap > 0 and values.shape[0] > 0:
         index = rng.integers(0, values.shape[0], size=(num_bootstrap, values.shape[0]))
         boot_axes, boot_overall = _means(values[index])
-        low, high = np.nanpercentile(boot_axes, [2.5, 97.5], axis=0) if not np.isnan(boot_axes).all() else (axes, axes)
-        overall_low, overall_high = (
-            np.nanpercentile(boot_overall, [2.5, 97.5]) if not np.isnan(boot_overall).all() else (overall, overall)
-        )
-    else:
-        low = high = axes
-        overall_low = overall_high = overall
+        low, high = _percentiles(boot_axes)
+        overall_low, overall_high = _percentiles(boot_overall[:, None])[:, 0]
     for j, axis in enumerate(AXES):
         count = int((~np.isnan(values[:, j])).sum())
         table["axes"][axis] = {
             "mean": _number(axes[j]),
-            "low": _number(low[j]) if count else None,
-            "high": _number(high[j]) if count else None,
+            "low": _number(low[j]),
+            "high": _number(high[j]),
             "n": count,
         }
     table["overall"] = {"mean": _number(overall), "low": _number(overall_low), "high": _number(overall_high)}
@@ -178,11 +184,9 @@ def compare_runs(
             index = rows[rng.integers(0, len(rows), size=(num_bootstrap, len(rows)))]
             boot_a, boot_overall_a = _means(a[index])
             boot_b, boot_overall_b = _means(b[index])
-            deltas = np.concatenate([boot_b - boot_a, (boot_overall_b - boot_overall_a)[:, None]], axis=1)
-            valid = ~np.isnan(deltas).all(0)
-            bounds = np.full((2, deltas.shape[1]), np.nan)
-            if valid.any():
-                bounds[:, valid] = np.nanpercentile(deltas[:, valid], [2.5, 97.5], axis=0)
+            bounds = _percentiles(
+                np.concatenate([boot_b - boot_a, (boot_overall_b - boot_overall_a)[:, None]], axis=1)
+            )
         else:
             bounds = np.full((2, len(AXES) + 1), np.nan)
         for j, name in enumerate([*AXES, "overall"]):
