@@ -53,6 +53,7 @@ def load_policy(
 
     A folder holding `adapter_config.json` may also be passed as `model_name_or_path`: its base is then read from
     the adapter's `base_model_name_or_path`. Adapters are applied with peft and kept unmerged (exact either way).
+    A checkpoint that lacks weights of the model is refused: they would be randomly initialised.
     """
     from pararl.models import MaskedDiffusionLM
     from pararl.models.loading import is_released_checkpoint, load_released_checkpoint
@@ -75,7 +76,13 @@ def load_policy(
     if is_released_checkpoint(path):
         model = load_released_checkpoint(path, **kwargs)
     else:
-        model = MaskedDiffusionLM.from_pretrained(str(path), **kwargs)
+        model, info = MaskedDiffusionLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise ValueError(
+                f"{path} lacks {len(missing)} weights (e.g. {missing[:3]}); they would be randomly initialised and the "
+                "outputs meaningless. Point at a complete checkpoint."
+            )
     if adapter is not None:
         from peft import PeftModel
 
