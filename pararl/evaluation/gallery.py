@@ -29,7 +29,7 @@ box-shadow:0 1px 3px #0002;font-size:13px} .card.missing{outline:2px solid #c33}
 .reasoning{background:#f7f7f9;padding:6px;border-radius:4px;white-space:pre-wrap;margin:6px 0}
 table{border-collapse:collapse;width:100%;font-size:12px} td{padding:1px 4px;border-bottom:1px solid #eee}
 td.v{text-align:right;font-variant-numeric:tabular-nums} .rationale{color:#444;font-style:italic;margin-top:6px}
-.error{color:#c33;margin-top:6px}
+.error{color:#c33;margin-top:6px} details{margin-top:6px;font-size:12px;word-break:break-word}
 """
 
 _SCRIPT = """
@@ -90,7 +90,7 @@ def write_gallery(
         shown = [("input", sample.input_image, sample.paths.get("input_image"))]
         shown.append(("output", sample.output_image, sample.paths.get("output_image")))
         shown += [
-            (f"reference {key}", value, sample.paths.get(f"references.{key}"))
+            (f"reference: {key}", value, sample.paths.get(f"references.{key}"))
             for key, value in sample.references.items()
             if isinstance(value, Image.Image)
         ]
@@ -110,6 +110,14 @@ def write_gallery(
         if overall is not None:
             rows.append(f'<tr><td><b>Overall</b></td><td class="v"><b>{overall:.1f}</b></td></tr>')
         extra = ""
+        texts = [
+            (k, v)
+            for k, v in sample.references.items()
+            if isinstance(v, str | int | float) and not isinstance(v, bool)
+        ]
+        if texts:
+            items = "".join(f"<div><b>{escape(k)}</b>: {escape(str(v)[:500])}</div>" for k, v in texts)
+            extra += f"<details><summary>references</summary>{items}</details>"
         if judgement.rationale:
             extra += f'<div class="rationale">{escape(judgement.rationale)}</div>'
         if judgement.error:
