@@ -426,3 +426,21 @@ def test_benchmark_row_ids_must_name_files(tmp_path):
     with pytest.raises(ValueError, match="may not contain '/'"):
         load_benchmark(path)
     assert BenchmarkRow("x", "p", "generate", "c").references == {}
+
+
+def test_judging_bad_run_folders(generated_run, tmp_path):
+    import shutil
+
+    with pytest.raises(ValueError, match=r"no outputs.jsonl; run `python -m pararl.evaluation generate`"):
+        load_samples(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown categories \['nope'\]; the run has \["):
+        load_samples(generated_run, categories=["nope"])
+    copy = shutil.copytree(generated_run, tmp_path / "run")
+    first = read_outputs(copy)[0]
+    (copy / first["output_image"]).write_bytes(b"truncated")
+    with pytest.raises(ValueError, match=rf"id '{first['id']}': cannot read image .*{first['id']}.png"):
+        load_samples(copy)
+    sample = load_samples(generated_run)[0]
+    sample.references = {}
+    with pytest.raises(ValueError, match="no toy references 'answer' and 'reasoning'"):
+        ToyJudge().judge([sample])

@@ -181,13 +181,18 @@ def test_transport_failure_is_missing_and_not_cached(server, tmp_path):
 def test_templates_override_and_key_the_cache(server, tmp_path):
     folder = tmp_path / "templates"
     folder.mkdir()
-    (folder / "generate.txt").write_text("PAPER RUBRIC\nInstruction: {prompt}\n{axes}\nReply: {reply_format}")
+    (folder / "generate.txt").write_text(
+        'PAPER RUBRIC {"like": "json"}\nInstruction: {prompt}\n{axes}\nReply: {reply_format}'
+    )
     cache = JudgeCache(tmp_path / "cache")
     sample = _sample("t", "generate", 5)
     cached_judge(_judge(server), [sample], cache)
     (custom,), counts = cached_judge(_judge(server, template_dir=folder), [sample], cache)
     assert counts["judged"] == 1  # another template is another verdict
-    assert server.requests[-1]["text"].startswith("PAPER RUBRIC") and not custom.missing
+    assert server.requests[-1]["text"].startswith(
+        'PAPER RUBRIC {"like": "json"}\nInstruction: prompt t\n- text_quality:'
+    )
+    assert not custom.missing
     (folder / "edit.txt").write_text("{prompt} {answer_key}")
     with pytest.raises(ValueError, match=r"unknown placeholders \['answer_key'\]"):
         _judge(server, template_dir=folder)

@@ -328,6 +328,7 @@ Reply with exactly this JSON object (numbers, no text around it):
 
 TEMPLATE_FILES = ("system.txt", "edit.txt", "generate.txt")
 _FIELDS = ("task", "prompt", "category", "reasoning", "images", "axes", "reply_format")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(_FIELDS) + r")\}")
 
 
 def _data_url(image: Image.Image) -> str:
@@ -486,7 +487,8 @@ class APIJudge(Judge):
                 {"scores": {axis: "<0-100>" for axis in axes}, "rationale": "<one or two sentences>"}
             ),
         }
-        text = self.templates[f"{sample.task}.txt"].format_map(fields)
+        # Only our placeholders are filled: other braces (e.g. a JSON example in a user's template) stay as written.
+        text = _PLACEHOLDER.sub(lambda match: fields[match.group(1)], self.templates[f"{sample.task}.txt"])
         content: list[dict] = [{"type": "text", "text": text}]
         if sample.task == "edit" and sample.input_image is not None:
             content.append({"type": "image_url", "image_url": {"url": _data_url(sample.input_image)}})
