@@ -130,8 +130,8 @@ def test_retries_misses_and_cache(server, tmp_path):
     for request in server.requests:
         asked[request["prompt"]] = asked.get(request["prompt"], 0) + 1
     # 429s, a 500 and a timeout are retried by the client; malformed replies are asked again once (2 attempts).
-    assert asked == {f"prompt {n}": c for n, c in
-                     [("limited", 3), ("failing", 2), ("slow", 2), ("garbled", 2), ("outlier", 2), ("fine", 1)]}  # fmt: skip
+    expected = {"limited": 3, "failing": 2, "slow": 2, "garbled": 2, "outlier": 2, "fine": 1}
+    assert asked == {f"prompt {name}": count for name, count in expected.items()}
     for request in server.requests:
         assert request["images"] == (2 if "limited" in request["prompt"] or "slow" in request["prompt"]
                                      or "garbled" in request["prompt"] else 1)  # fmt: skip

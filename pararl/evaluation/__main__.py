@@ -133,7 +133,8 @@ def _add_judge_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--clip_model",
         default="toy",
-        help="clip: 'toy' (the shipped tiny CLIP), an open_clip architecture with --clip_pretrained, or 'local-dir:PATH'.",
+        help="clip: 'toy' (the shipped tiny CLIP), an open_clip architecture with --clip_pretrained, or "
+        "'local-dir:PATH'.",
     )
     group.add_argument("--clip_pretrained", default=None, help="clip: local weights file for --clip_model.")
     group.add_argument("--cache_dir", default=None, help="Judgement cache (default: <output_dir>/judge_cache).")

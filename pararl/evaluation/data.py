@@ -14,9 +14,10 @@ A benchmark is a list of rows with these fields (the names the rest of `pararl.e
   noise derives from it, as `pararl.toy.evaluate` does.
 
 On disk a benchmark is either a folder written by `datasets.Dataset.save_to_disk` (images as `datasets.Image`
-columns) or a JSONL file, one object per line, whose image fields are paths relative to the file (or absolute); a reference field whose value is a path ending in `.png`, `.jpg`, `.jpeg` or
-`.webp` is read as an image too. Column names are mapped by :class:`ColumnMap`; a mapped column that is missing is an error naming it (the hub layout
-of ParaBench is not verified here, so nothing is guessed).
+columns) or a JSONL file, one object per line, whose image fields are paths relative to the file (or absolute); a
+reference field whose value is a path ending in `.png`, `.jpg`, `.jpeg` or `.webp` is read as an image too. Column
+names are mapped by :class:`ColumnMap`; a mapped column that is missing is an error naming it (the hub layout of
+ParaBench is not verified here, so nothing is guessed).
 """
 
 import json

@@ -1,6 +1,7 @@
 """A self-contained HTML gallery of judged outputs: one card per sample with its prompt, input and output images,
 reasoning, every axis score and the judge's rationale; filter by category and sort by any axis (a few lines of inline
-JavaScript). Opens from disk: images are embedded as data URLs, or linked relative to the gallery file."""
+JavaScript; `gallery.html#category=...&sort=...&order=asc` presets them). Opens from disk: images are embedded as
+data URLs, or linked relative to the gallery file."""
 
 import base64
 import html
@@ -21,11 +22,14 @@ __all__ = ["write_gallery"]
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:16px;background:#f4f4f6;color:#222}
 h1{font-size:20px;margin:0 0 8px} .bar{margin:8px 0 16px;display:flex;gap:16px;align-items:center}
-.grid{display:flex;flex-wrap:wrap;gap:12px} .card{box-sizing:border-box;background:#fff;border-radius:8px;padding:10px;width:340px;
-box-shadow:0 1px 3px #0002;font-size:13px} .card.missing{outline:2px solid #c33}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+.card{box-sizing:border-box;background:#fff;border-radius:8px;padding:10px;width:340px;
+box-shadow:0 1px 3px #0002;font-size:13px}
+.card.missing{outline:2px solid #c33}
 .meta{color:#666;font-size:12px;margin-bottom:4px} .prompt{font-weight:600;margin:4px 0}
 .images{display:flex;gap:8px;margin:6px 0} .images figure{margin:0;text-align:center;font-size:11px;color:#666}
-.images img{width:100px;height:100px;image-rendering:pixelated;border:1px solid #ccc;object-fit:contain;background:#eee}
+.images img{width:100px;height:100px;image-rendering:pixelated;border:1px solid #ccc;object-fit:contain;
+background:#eee}
 .reasoning{background:#f7f7f9;padding:6px;border-radius:4px;white-space:pre-wrap;margin:6px 0}
 table{border-collapse:collapse;width:100%;font-size:12px} td{padding:1px 4px;border-bottom:1px solid #eee}
 td.v{text-align:right;font-variant-numeric:tabular-nums} .rationale{color:#444;font-style:italic;margin-top:6px}
@@ -40,6 +44,9 @@ const x=parseFloat(a.dataset[k]),y=parseFloat(b.dataset[k]);const nx=isNaN(x),ny
 if(nx||ny)return nx-ny;return dir==='asc'?x-y:y-x;});
 let shown=0;for(const c of cards){const ok=cat.value===''||c.dataset.category===cat.value;c.style.display=ok?'':'none';
 shown+=ok;grid.appendChild(c);}document.getElementById('count').textContent=shown+' shown';}
+const wanted=new URLSearchParams(location.hash.slice(1));  // e.g. gallery.html#category=spatial&sort=image_alignment
+for(const [name,el] of [['category',cat],['sort',key],['order',document.getElementById('order')]])
+if(wanted.has(name))el.value=wanted.get(name);
 for(const el of [cat,key,document.getElementById('order')])el.addEventListener('change',update);update();
 """
 
@@ -142,7 +149,8 @@ def write_gallery(
 <body><h1>{escape(title)}</h1><div class="meta">{escape(subtitle)}</div>
 <div class="bar"><label>category <select id="category"><option value="">all</option>{options}</select></label>
 <label>sort by <select id="sort">{sort_options}<option value="id">id</option></select></label>
-<label><select id="order"><option value="desc">high first</option><option value="asc">low first</option></select></label>
+<label><select id="order"><option value="desc">high first</option>
+<option value="asc">low first</option></select></label>
 <span id="count"></span></div>
 <div class="grid" id="grid">
 {chr(10).join(cards)}

@@ -80,8 +80,8 @@ def load_policy(
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
             raise ValueError(
-                f"{path} lacks {len(missing)} weights (e.g. {missing[:3]}); they would be randomly initialised and the "
-                "outputs meaningless. Point at a complete checkpoint."
+                f"{path} lacks {len(missing)} weights (e.g. {missing[:3]}); they would be randomly initialised and "
+                "the outputs meaningless. Point at a complete checkpoint."
             )
     if adapter is not None:
         from peft import PeftModel
