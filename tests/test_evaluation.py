@@ -3,6 +3,7 @@
 The API judge against a loopback chat-completions server is in tests/test_evaluation_api.py.
 """
 
+import dataclasses
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -180,9 +181,12 @@ def test_generation_resumes_after_a_kill(tmp_path, toy_benchmark, policy, proces
     ]
     for output in outputs:
         assert (folder / output["output_image"]).is_file()
-    # A rerun with other settings is refused rather than mixed into the folder.
+    # A rerun with other settings, or of a benchmark whose rows changed, is refused rather than mixed into the folder.
     with pytest.raises(ValueError, match="num_steps"):
         generate_outputs(policy, processor, rows, folder, RolloutConfig(num_steps=5), progress=False)
+    changed = [dataclasses.replace(rows[0], prompt="draw a red dot .")]
+    with pytest.raises(ValueError, match="holds id 'test-00000' for another prompt"):
+        generate_outputs(policy, processor, changed, folder, config, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------- judges
@@ -255,6 +259,13 @@ def test_clip_judge_with_the_toy_clip():
     assert gen.scores["text_quality"] is None  # not measured by CLIP
     for judgement in right + wrong:
         assert 0.0 <= judgement.scores["image_alignment"] <= 100.0
+    # The cache identity names the weights by content: retrained weights never get stale verdicts.
+    from pararl.toy.clip import TOY_CLIP_DIR, WEIGHTS_FILE
+
+    named = CLIPJudge(
+        model=model, tokenizer=tokenizer, model_name="toy", weights=TOY_CLIP_DIR / WEIGHTS_FILE, device="cpu"
+    )
+    assert named.identity()["model"].startswith("toy@") and judge.identity()["model"] != named.identity()["model"]
 
 
 # ---------------------------------------------------------------------------------------------------- report

@@ -235,12 +235,12 @@ def build_judge(args):
         return ToyJudge()
     if args.judge == "clip":
         if args.clip_model == "toy":
-            from pararl.toy.clip import TOY_CLIP_NAME, load_toy_clip
+            from pararl.toy.clip import TOY_CLIP_DIR, TOY_CLIP_NAME, WEIGHTS_FILE, load_toy_clip
 
             model, tokenizer = load_toy_clip()
-            judge = CLIPJudge(model=model, tokenizer=tokenizer, device=args.device if "device" in args else None)
-            judge.model_name = TOY_CLIP_NAME
-            return judge
+            return CLIPJudge(
+                model=model, tokenizer=tokenizer, model_name=TOY_CLIP_NAME, weights=TOY_CLIP_DIR / WEIGHTS_FILE
+            )
         return CLIPJudge(model_name=args.clip_model, pretrained=args.clip_pretrained)
     return APIJudge(
         args.judge_model,

@@ -183,7 +183,13 @@ def generate_outputs(
     _check_run(folder, {**(run_info or {}), "rollout": _describe(config), "seed": int(seed)})
     outputs_path = folder / OUTPUTS_FILE
     _drop_truncated_tail(outputs_path)
-    done = {record["id"] for record in read_outputs(folder)}
+    done = {record["id"]: record for record in read_outputs(folder)}
+    for row in rows:
+        if row.id in done and (done[row.id]["prompt"], done[row.id]["task"]) != (row.prompt, row.task):
+            raise ValueError(
+                f"{folder / OUTPUTS_FILE} holds id {row.id!r} for another prompt ({done[row.id]['prompt']!r}, now "
+                f"{row.prompt!r}); the benchmark changed: use a new --output_dir."
+            )
     todo = [row for row in rows if row.id not in done]
     decoder = ParallelDecoder(model, processor, config)
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), disable=not progress, desc="generating", unit="prompt")

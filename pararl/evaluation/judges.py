@@ -196,6 +196,14 @@ class Judge:
         raise NotImplementedError
 
 
+def _file_digest(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def _missing(sample: Sample, error: str, cacheable: bool = True) -> Judgement:
     return Judgement(sample.id, {a: None for a in AXES}, "", True, error, cacheable)
 
@@ -239,18 +247,23 @@ class CLIPJudge(Judge):
     Args:
         model / tokenizer: A built open_clip model and its tokenizer (e.g. `pararl.toy.clip.load_toy_clip()`), or
         model_name / pretrained: an open_clip architecture and a local weights file (see
-            :func:`pararl.rewards.clip.load_open_clip`).
+            :func:`pararl.rewards.clip.load_open_clip`). With a built model, `model_name` only names it.
+        weights: The weights file of a built model, hashed into the cache identity (`pretrained` is hashed too), so
+            that retrained weights are never served stale verdicts.
         device: Where to run (default: cuda when available).
         batch_size: Images or texts per forward.
     """
 
     name = "clip"
 
-    def __init__(self, model=None, tokenizer=None, model_name=None, pretrained=None, device=None, batch_size=64):
+    def __init__(
+        self, model=None, tokenizer=None, model_name=None, pretrained=None, weights=None, device=None, batch_size=64
+    ):
         from pararl.rewards.clip import CLIPAlignmentReward
 
-        self.model_name = model_name or getattr(model, "name", None) or type(model).__name__
-        self.pretrained = str(pretrained) if pretrained is not None else None
+        self.model_name = model_name or type(model).__name__
+        weights = pretrained if pretrained is not None else weights
+        self.weights_digest = _file_digest(weights) if weights is not None and os.path.isfile(weights) else None
         self.encoder = CLIPAlignmentReward(
             model_name=model_name,
             pretrained=pretrained,
@@ -261,7 +274,7 @@ class CLIPJudge(Judge):
         )
 
     def identity(self) -> dict[str, str | None]:
-        model = self.model_name if self.pretrained is None else f"{self.model_name}@{self.pretrained}"
+        model = self.model_name if self.weights_digest is None else f"{self.model_name}@{self.weights_digest}"
         return {"judge": self.name, "model": model, "template": None}
 
     def judge(self, samples: Sequence[Sample]) -> list[Judgement]:
