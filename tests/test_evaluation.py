@@ -412,6 +412,10 @@ def test_cli_runs_end_to_end_with_an_adapter(tmp_path, toy_benchmark, capsys):
     # A rerun of the judge is served by the cache.
     main(["judge", "--output_dir", str(lora_dir), "--judge", "clip"])
     assert "0 asked, 3 from cache" in capsys.readouterr().out
+    # More outputs than judgements: the report refuses rather than leave them out.
+    main(["generate", *common[:2], "--limit", "4", "--num_steps", "4", "--output_dir", str(base_dir)])
+    with pytest.raises(ValueError, match=r"1 outputs of .* have no toy judgement \(e.g. \['test-00003'\]\)"):
+        main(["report", "--output_dir", str(base_dir), "--judge", "toy"])
 
 
 def test_cli_help_explains_every_flag(capsys):

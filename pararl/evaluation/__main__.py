@@ -286,7 +286,14 @@ def _judged(run_dir: str, judge_name: str, categories=None):
         if line.strip():
             judgement = Judgement.from_dict(json.loads(line))
             verdicts[judgement.id] = judgement
-    samples = [s for s in load_samples(run_dir, categories) if s.id in verdicts]
+    samples = load_samples(run_dir, categories)
+    unjudged = [s.id for s in samples if s.id not in verdicts]
+    if unjudged:
+        raise ValueError(
+            f"{len(unjudged)} outputs of {run_dir} have no {judge_name} judgement (e.g. {unjudged[:3]}); run "
+            f"`python -m pararl.evaluation judge --output_dir {run_dir} --judge {judge_name}` again (cached verdicts "
+            "cost nothing)."
+        )
     return samples, [verdicts[s.id] for s in samples]
 
 
