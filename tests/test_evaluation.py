@@ -32,7 +32,7 @@ from pararl.evaluation import generation as generation_module
 from pararl.rollout import RolloutConfig
 
 
-NUM_SAMPLES = 6  # one per toy category
+NUM_SAMPLES = 6  # the first six toy categories: five kinds of edit and one of generation
 
 
 @pytest.fixture(scope="module")
