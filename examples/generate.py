@@ -2,6 +2,12 @@
 
     python examples/generate.py --prompt "draw a red square in the middle" --output_dir outputs/generate
     python examples/generate.py --model_name_or_path outputs/toy-sft --image scene.png --prompt "paint the circle blue"
+    python examples/generate.py --model_name_or_path /local/MMaDA-Parallel-M \
+        --processor pararl.models.loading:mmada_parallel_m_processor --prompt "..."
+
+Without `--model_name_or_path` it samples the shipped toy policy (toy processor only). A randomly initialised model
+is never sampled unless `--allow_random_weights` asks for one (its outputs are noise). Prompt words that the
+tokenizer does not know (they would silently become `<unk>`) are reported with a warning.
 
 Writes `image.png` (the final image), `reasoning.txt` (the final reasoning) and `trajectory.png` (intermediate images
 left to right with the partial reasoning under each) into `--output_dir`.
@@ -9,6 +15,7 @@ left to right with the partial reasoning under each) into `--output_dir`.
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -21,7 +28,11 @@ from PIL import Image  # noqa: E402
 from pararl.cli import check_flags  # noqa: E402
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM  # noqa: E402
 from pararl.models.image_tokenizers import tensor_to_images  # noqa: E402
+from pararl.processing import load_processor  # noqa: E402
 from pararl.rollout import ParallelDecoder, RolloutConfig, draw_trajectory  # noqa: E402
+
+
+TOY_PROCESSOR = "pararl.toy:toy_processor"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,11 +44,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--model_name_or_path",
         default=None,
-        help="Local checkpoint directory of a MaskedDiffusionLM. Omitted: a tiny randomly initialised toy model, so "
-        "the script runs offline (its outputs are noise; it only demonstrates the pipeline).",
+        help="Local checkpoint folder: a MaskedDiffusionLM, a released checkpoint, or a LoRA adapter whose base is "
+        "local. Omitted: the shipped toy policy (with the toy processor).",
+    )
+    parser.add_argument("--adapter", default=None, help="Folder of a LoRA adapter (peft) applied to the model.")
+    parser.add_argument(
+        "--processor",
+        default=TOY_PROCESSOR,
+        help="'module:function' building the model's ParallelProcessor, as in examples/pararl.py (e.g. "
+        "pararl.models.loading:mmada_parallel_m_processor).",
     )
     parser.add_argument(
-        "--preset", choices=["toy"], default="toy", help="Sequence layout and tokenizers (the toy world)."
+        "--allow_random_weights",
+        action="store_true",
+        help="Without --model_name_or_path, sample a tiny randomly initialised model (noise; demonstrates the "
+        "pipeline only).",
     )
     parser.add_argument("--prompt", required=True, help="The instruction.")
     parser.add_argument("--image", default=None, help="Input image (PNG) for an editing task; omitted: generation.")
@@ -63,9 +84,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(args, processor) -> MaskedDiffusionLM:
+    from pararl.evaluation.generation import load_policy
+
+    dtype = torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32
     if args.model_name_or_path is not None:
-        dtype = torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32
-        return MaskedDiffusionLM.from_pretrained(args.model_name_or_path, dtype=dtype).to(args.device).eval()
+        return load_policy(args.model_name_or_path, args.adapter, device=args.device, dtype=dtype)
+    if not args.allow_random_weights:
+        if args.processor != TOY_PROCESSOR:
+            raise ValueError(
+                f"--model_name_or_path is required with --processor {args.processor!r}; pass --allow_random_weights "
+                "to sample a randomly initialised model instead (its outputs are noise)."
+            )
+        from pararl.toy import toy_policy_path
+
+        return load_policy(toy_policy_path(), args.adapter, device=args.device, dtype=dtype)
     preset = processor.preset
     torch.manual_seed(args.seed)
     config = MaskedDiffusionConfig(
@@ -79,11 +111,27 @@ def load_model(args, processor) -> MaskedDiffusionLM:
     return MaskedDiffusionLM(config).to(args.device).eval()
 
 
+def warn_unknown_words(tokenizer, prompt: str) -> list[str]:
+    """Warns about the prompt's pieces that the tokenizer turns into its unknown token; returns them."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    unknown = [prompt[start:end] for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"])
+               if token == unk]  # fmt: skip
+    if unknown:
+        warnings.warn(
+            f"the prompt has words the tokenizer does not know, read by the model as {tokenizer.unk_token}: "
+            f"{unknown}; rephrase with words of its vocabulary.",
+            stacklevel=2,
+        )
+    return unknown
+
+
 def main(argv=None) -> dict[str, Path]:
     args = parse_args(argv)
-    from pararl.toy import toy_processor
-
-    processor = toy_processor()
+    processor = load_processor(args.processor)
+    warn_unknown_words(processor.tokenizer, args.prompt)
     model = load_model(args, processor)
     config = RolloutConfig(
         num_steps=args.num_steps,
@@ -117,7 +165,7 @@ def main(argv=None) -> dict[str, Path]:
     tensor_to_images(pixels.float().cpu())[0].save(paths["image"])
     reasoning = processor.decode_text(trajectory.output_ids)[0]
     paths["reasoning"].write_text(reasoning + "\n")
-    draw_trajectory(trajectory.to("cpu"), processor).save(paths["trajectory"])
+    draw_trajectory(trajectory.to("cpu"), processor, prompt=args.prompt).save(paths["trajectory"])
     print(f"reasoning: {reasoning}")
     for name, path in paths.items():
         print(f"{name}: {path}")
