@@ -29,8 +29,17 @@ class DiffusionGRPOConfig(GRPOConfig):
       sees `per_device_train_batch_size * num_reward_steps` rows. TRL's divisibility rules are unchanged: the global
       generation batch (`per_device_train_batch_size * num_processes * steps_per_generation`) must be a multiple of
       `num_generations`.
-    - `temperature` is the default of both modality temperatures; `top_k` (0 = off) filters both modalities.
-    - `max_completion_length` is ignored: the output length is fixed by the model's sequence preset.
+    - `temperature` is the default of both modality temperatures; `top_k` (0 = off) filters both modalities, and the
+      likelihood applies the same filter, so top-k rollouts stay on-policy.
+    - `max_completion_length` is ignored: the output length is fixed by the model's sequence preset. `dr_grpo`'s
+      constant normaliser (TRL's `max_completion_length`) is the most tokens one (rollout, step) row scores.
+    - `vllm_importance_sampling_correction`, `vllm_importance_sampling_mode`, `vllm_importance_sampling_clip_min`
+      and `vllm_importance_sampling_clip_max` keep TRL's meaning but apply to pararl's own sampler: when the rollout
+      is off-policy (`RolloutConfig.off_policy`: classifier-free guidance), the decoder's recorded log-probs are the
+      behaviour policy and each row's loss is weighted by TRL's ratio `exp(old - sampling)` (per token or per row,
+      truncated or masked). Logged as `sampling/importance_sampling_ratio/*` and `sampling/sampling_logp_difference/*`.
+    - `top_entropy_quantile` takes its quantile per modality (text and image entropies have different scales).
+    - `mask_truncated_completions` must stay `False`: outputs have a fixed length and are never truncated.
     - `beta`, `epsilon`, `loss_type`, `num_iterations`, `scale_rewards`, `reward_weights` and
       `multi_objective_aggregation` act on (rollout, step) rows exactly as TRL's act on completions.
 
@@ -221,6 +230,11 @@ class DiffusionGRPOConfig(GRPOConfig):
             raise ValueError("Give both reward_mean and reward_std, or neither (then they are calibrated).")
         if self.reward_std is not None and self.reward_std < 0:
             raise ValueError(f"reward_std must be >= 0, got {self.reward_std}.")
+        if self.mask_truncated_completions:
+            raise ValueError(
+                "mask_truncated_completions=True: a ParaRL output has the preset's fixed length and is never "
+                "truncated, so there is nothing to mask; leave it False."
+            )
         if self.text_temperature is None:
             self.text_temperature = self.temperature
         if self.image_temperature is None:

@@ -32,15 +32,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import gather, gather_object, is_peft_model
 from datasets import Dataset, IterableDataset
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from trl import GRPOTrainer
-from trl.trainer.callbacks import SyncRefModelCallback
 from trl.extras.profiling import profiling_context, profiling_decorator
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import nanmax, nanmin, nanstd, use_adapter
 
 from .config import DiffusionGRPOConfig
@@ -52,12 +52,16 @@ from .rollout import ParallelDecoder, Trajectory, counter_uniform
 
 
 _REWARD_STATE_FILE = "reward_state.json"
+# Rollouts buffered for the rest of a generation window, one file per process (see `_save_checkpoint`).
+_BUFFER_FILE = "rollout_buffer-rank{rank}.safetensors"
 # Distinct odd constants that spread (seed, generation round, row) over independent integer seeds.
 _SEED_MULTIPLIER = 0x9E3779B1
 _ROUND_MULTIPLIER = 0x85EBCA77
 _ROW_MULTIPLIER = 0xC2B2AE3D
 # Noise streams of the random-mask likelihood (distinct from the rollout's own streams by their seeds).
 _MASK_RATIO_STREAM, _MASK_SLOT_STREAM = 101, 102
+# Consecutive generations a reward may be all None or spread-free in every group before a warning names it.
+_IDLE_REWARD_ROUNDS = 3
 # Generation rounds of evaluations start here, far from any training round (see `evaluate`).
 _EVAL_ROUND_OFFSET = 2**40
 # Logit elements one no-grad likelihood pass holds at a time (1 GiB in fp32).
@@ -246,16 +250,17 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
         self._generation_round = 0
         self._eval_round = 0
+        self._idle_reward_rounds: dict[str, int] = {}
+        self._warned_rewards: set[str] = set()
         self._normalizers_ready = False
         self._last_trajectory: tuple[Trajectory, list[str]] | None = None
 
     def _build_reference_model(self, model_path: str | None):
-        """The frozen reference of full fine-tuning, built as TRL builds it: loaded from the policy's path with the
+        """The frozen reference of full fine-tuning, built as TRL builds it: loaded from the policy's folder with the
         policy's dtype and `model_init_kwargs`, so that under ZeRO-3 `from_pretrained` shards it at construction like
-        the policy (never a whole copy per rank, never a `state_dict` of an already-sharded policy). A policy given as
-        an in-memory model without a saved folder is deep-copied instead, which ZeRO-3 cannot do."""
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
+        the policy (never a whole copy per rank, never a `state_dict` of an already-sharded policy). A policy given in
+        memory without a folder is copied (it is whole on every rank anyway); one whose parameters ZeRO-3 has
+        already partitioned cannot be copied and is refused."""
         policy = self.accelerator.unwrap_model(self.model)
         if model_path is None:
             name = getattr(policy.config, "_name_or_path", "") or ""
@@ -264,14 +269,17 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             kwargs = dict(self.args.model_init_kwargs or {})
             kwargs.setdefault("dtype", policy.dtype)
             ref_model = MaskedDiffusionLM.from_pretrained(model_path, **kwargs)
-        elif is_deepspeed_zero3_enabled():
+        elif any(hasattr(param, "ds_id") for param in policy.parameters()):
             raise ValueError(
-                "beta > 0 with full fine-tuning under DeepSpeed ZeRO-3 builds the reference model from the policy's "
-                "folder, but the model was given in memory: save it with `model.save_pretrained(path)` and pass "
-                "`model=path` (or set beta=0.0)."
+                "beta > 0 with full fine-tuning needs a reference model, but the policy was given in memory with "
+                "parameters ZeRO-3 has already partitioned, which cannot be copied: save it with "
+                "`model.save_pretrained(path)` and pass `model=path` (the reference is then loaded and sharded like "
+                "the policy), or set beta=0.0."
             )
         else:
-            ref_model = copy.deepcopy(policy)
+            # Not `copy.deepcopy`: wrappers may have patched the policy's `forward` with closures over the policy.
+            ref_model = type(policy)(policy.config).to(device=policy.device, dtype=policy.dtype)
+            ref_model.load_state_dict(policy.state_dict())
         ref_model.requires_grad_(False)
         ref_model.eval()
         if self.is_deepspeed_enabled:
@@ -340,7 +348,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             per_entropy = torch.zeros_like(per_token) if compute_entropy else None
             for span, span_logits, slot, ok in zip(self._spans, logits, slots, slot_scored, strict=True):
                 targets = (completion.gather(1, slot) - span.vocab_range[0]).masked_fill(~ok, 0)
-                token_logps, entropy = _span_logps(span_logits, targets, span, self.rollout_config.top_k, compute_entropy)
+                token_logps, entropy = _span_logps(
+                    span_logits, targets, span, self.rollout_config.top_k, compute_entropy
+                )
                 per_token = per_token.scatter(1, slot, token_logps.masked_fill(~ok, 0.0))
                 if compute_entropy:
                     per_entropy = per_entropy.scatter(1, slot, entropy.masked_fill(~ok, 0.0))
@@ -350,6 +360,14 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         logps = torch.cat(all_logps, dim=0)
         entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
         return logps, entropies, None
+
+    def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+        """TRL's top-entropy token mask, with the quantile taken per modality: text entropies (over ~10^5 columns) and
+        image entropies (over the codebook) are on different scales, so one shared quantile would keep mostly one
+        modality."""
+        image = self._is_image_slot.to(mask.device)
+        text_mask = super().get_high_entropy_mask(entropies, mask * ~image, threshold)
+        return text_mask | super().get_high_entropy_mask(entropies, mask * image, threshold)
 
     # ------------------------------------------------------------------------------------------------- generation
     def _row_seeds(self, global_rows: torch.Tensor, generation_round: int | None = None) -> torch.Tensor:
@@ -417,7 +435,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
         with profiling_context(self, "rollout"):
             trajectory = self._rollout(
-                prompts, images, tasks, sorted(set(reward_steps.tolist())), self._row_seeds(global_rows, generation_round)
+                prompts,
+                images,
+                tasks,
+                sorted(set(reward_steps.tolist())),
+                self._row_seeds(global_rows, generation_round),
             )
 
         # One row per (rollout, step): row = rollout * s + j.
@@ -447,6 +469,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             local_rewards = local_rewards[reward_of_row]
         rewards_per_func = gather(local_rewards.to(device))
         advantages, is_std_zero = self._advantages(rewards_per_func, num_generations)
+        if mode == "train":
+            self._watch_rewards(rewards_per_func, num_generations)
         process_rows = local_size * s
         all_advantages = advantages
         advantages = advantages[process_index * process_rows : (process_index + 1) * process_rows]
@@ -489,7 +513,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self._log_rewards(mode, rewards_per_func, is_std_zero, reward_metrics, steps)
         self._log_tokens(mode, completion_mask)
         if old_per_token_logps is not None and sampling_per_token_logps is not None:
-            self._log_sampling(mode, completion_mask, old_per_token_logps, sampling_per_token_logps, importance_sampling_ratio)
+            self._log_sampling(
+                mode, completion_mask, old_per_token_logps, sampling_per_token_logps, importance_sampling_ratio
+            )
         self._log_completions(rewards_per_func, all_advantages, states, reward_of_row)
         self._flush_reward_logs(mode, len(states), reward_of_row)
         if self.accelerator.is_main_process:  # drawn at the next logging step
@@ -525,7 +551,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             diff = diff.sum(dim=-1, keepdim=True)
         ratio = torch.exp(diff)
         if args.vllm_importance_sampling_mode.endswith("_truncate"):
-            return torch.clamp(ratio, min=args.vllm_importance_sampling_clip_min, max=args.vllm_importance_sampling_clip_max)
+            return torch.clamp(
+                ratio, min=args.vllm_importance_sampling_clip_min, max=args.vllm_importance_sampling_clip_max
+            )
         low = args.vllm_importance_sampling_clip_min
         high = args.vllm_importance_sampling_clip_max
         low = -math.inf if low is None else low
@@ -601,6 +629,36 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         return advantages.reshape(-1), is_std_zero
 
     # ------------------------------------------------------------------------------------------------- rewards
+    def _watch_rewards(self, rewards_per_func: torch.Tensor, num_generations: int) -> None:
+        """Warns (once per reward) about a reward that has taught nothing for `_IDLE_REWARD_ROUNDS` generations in a
+        row: `None` for every state, or the same value for every rollout of every group at each step (a zero group
+        spread gives zero advantages)."""
+        grouped = rewards_per_func.view(-1, num_generations, self.num_reward_steps, rewards_per_func.size(1))
+        valid = ~torch.isnan(grouped)
+        high = grouped.masked_fill(~valid, -math.inf).amax(dim=1)
+        low = grouped.masked_fill(~valid, math.inf).amin(dim=1)
+        no_spread = ((high - low) <= 0) | (valid.sum(dim=1) < 2)  # (groups, s, functions)
+        all_none = (~valid).flatten(0, 2).all(dim=0).tolist()
+        flat = no_spread.flatten(0, 1).all(dim=0).tolist()
+        for name, none, constant in zip(self.reward_func_names, all_none, flat, strict=True):
+            rounds = self._idle_reward_rounds.get(name, 0) + 1 if (none or constant) else 0
+            self._idle_reward_rounds[name] = rounds
+            if rounds != _IDLE_REWARD_ROUNDS or name in self._warned_rewards:
+                continue
+            self._warned_rewards.add(name)
+            if none:
+                reason = (
+                    "returned None for every state, so it never applies: check the dataset columns and tasks it "
+                    "expects"
+                )
+            else:
+                reason = (
+                    "gave every rollout of a group the same value at each rewarded step, so its group-normalised "
+                    "advantage is 0 and it teaches nothing. A reward of the revealed amount alone does this (e.g. the "
+                    "word count of the partial text, or `text_revealed`): the reveal schedule fixes it per step"
+                )
+            warnings.warn(f"reward {name!r} {reason} (for the last {_IDLE_REWARD_ROUNDS} generations).", stacklevel=2)
+
     def _prepare_reward_normalizers(self) -> None:
         """Fits every unfitted reward normaliser: from `reward_mean`/`reward_std` if given, else by rolling out the
         policy on a random `reward_calibration_fraction` of the training prompts (paper: 1%)."""
@@ -608,13 +666,14 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         normalizers = [reward.normalizer for reward in self.rewards if getattr(reward, "normalizer", None) is not None]
         pending = [normalizer for normalizer in normalizers if not normalizer.is_fitted]
         for normalizer in normalizers:
-            normalizer.clip = self.args.reward_clip
+            if not normalizer.clip_given:  # a clip the user gave the normaliser is theirs
+                normalizer.clip = self.args.reward_clip
         if not pending:
             return
         if self.args.reward_mean is not None:
             for normalizer in pending:
                 normalizer.load_state_dict(
-                    {"mean": self.args.reward_mean, "std": self.args.reward_std, "clip": self.args.reward_clip}
+                    {"mean": self.args.reward_mean, "std": self.args.reward_std, "clip": normalizer.clip}
                 )
             return
         if self.train_dataset is None or self.args.reward_calibration_fraction == 0:
@@ -625,26 +684,50 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self._calibrate(pending)
 
     def _calibrate(self, pending) -> None:
+        """Rolls out a random `reward_calibration_fraction` of the training prompts (at least one) once and fits the
+        pending normalisers on their raw scores, gathered from every rank.
+
+        Every rank decodes the same number of batches of the per-device generation batch size, padding its last (or
+        only) batches with a stand-in prompt whose scores are dropped: the rollout's ZeRO-3 parameter gather is a
+        collective, so a rank with fewer (or no) calibration prompts must still enter it as often as the others.
+        Prompts, steps and noise depend on the calibration row, not on the rank or the number of processes."""
         dataset = self.train_dataset
-        num_prompts = max(self.num_generations, round(len(dataset) * self.args.reward_calibration_fraction))
+        num_prompts = max(1, round(len(dataset) * self.args.reward_calibration_fraction))
         generator = torch.Generator().manual_seed(self.args.seed)
         indices = torch.randperm(len(dataset), generator=generator)[:num_prompts].tolist()
-        # Each rank rolls out its share; the raw scores are gathered so that every rank fits the same statistics.
-        indices = indices[self.accelerator.process_index :: self.accelerator.num_processes]
-        rows = [dataset[i] for i in indices]
-        prompts, images, tasks, columns = _split_rows(rows) if rows else ([], [], [], {})
-        steps = self.step_selector.select(max(len(rows), 1), self.args.diffusion_steps, generator)[: len(rows)]
+        steps = self.step_selector.select(num_prompts, self.args.diffusion_steps, generator)  # (num_prompts, s)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = list(range(rank, num_prompts, world))  # this rank's calibration rows
+        share = -(-num_prompts // world)  # rows every rank decodes, padding included
+        chunk = max(1, self.args.generation_batch_size // world)
         raw = {id(normalizer): [] for normalizer in pending}
-        if rows:
-            seeds = 2**61 + torch.arange(len(rows)) + self.accelerator.process_index * num_prompts
-            trajectory = self._rollout(prompts, images, tasks, sorted(set(steps.flatten().tolist())), seeds)
-            s = steps.size(1)
-            rollout_of_row = torch.arange(len(rows)).repeat_interleave(s)
-            states = self._reward_states(trajectory, rollout_of_row, steps.flatten(), prompts, images, columns)
+        for start in range(0, share, chunk):
+            real = mine[start : start + chunk]
+            rows = real + [0] * (min(chunk, share - start) - len(real))  # stand-ins: calibration row 0
+            prompts, images, tasks, columns = _split_rows([dataset[indices[row]] for row in rows])
+            chunk_steps = steps[rows]
+            trajectory = self._rollout(
+                prompts, images, tasks, sorted(set(chunk_steps.flatten().tolist())), 2**61 + torch.tensor(rows)
+            )
+            if not real:
+                continue
+            s = chunk_steps.size(1)
+            rollouts = torch.arange(len(real)).repeat_interleave(s)
+            states = self._reward_states(
+                trajectory,
+                rollouts,
+                chunk_steps[: len(real)].flatten(),
+                prompts,
+                images,
+                columns,
+                extras=self._reward_extras(),
+            )
             for reward in self.rewards:
                 normalizer = getattr(reward, "normalizer", None)
                 if normalizer is not None and id(normalizer) in raw:
-                    raw[id(normalizer)] = getattr(reward, "raw_scores", reward.score)(states)
+                    raw[id(normalizer)].extend(getattr(reward, "raw_scores", reward.score)(states))
+        self._pending_extra_logs.clear()  # calibration scores are not training rows
+        self._pending_metrics.clear()
         for normalizer in pending:
             values = [v for v in gather_object(raw[id(normalizer)]) if v is not None]
             normalizer.fit(values)
@@ -771,15 +854,31 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
             state = {reward.name: reward.state_dict() for reward in self.rewards}
             with open(os.path.join(folder, _REWARD_STATE_FILE), "w") as f:
-                json.dump({"rewards": state, "generation_round": self._generation_round}, f, indent=2)
+                json.dump(
+                    {"rewards": state, "generation_round": self._generation_round, "micro_step": self._step},
+                    f,
+                    indent=2,
+                )
+        if self._mid_generation_window() and self._buffered_inputs is not None:
+            # The next steps train on rollouts of an earlier policy: keep them (each rank its own) so that a resume
+            # trains on the same rows instead of generating new ones from the current policy.
+            os.makedirs(folder, exist_ok=True)
+            tensors = {
+                f"{i}.{key}": value.detach().contiguous().cpu()
+                for i, batch in enumerate(self._buffered_inputs)
+                for key, value in batch.items()
+                if torch.is_tensor(value)
+            }
+            save_file(tensors, os.path.join(folder, _BUFFER_FILE.format(rank=self.accelerator.process_index)))
+
+    def _mid_generation_window(self) -> bool:
+        return self._step % (self.args.steps_per_generation * self.num_iterations) != 0
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -795,6 +894,26 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 reward.load_state_dict(saved["rewards"][reward.name])
         self._generation_round = saved["generation_round"]
         self._normalizers_ready = True
+        # TRL restarts its micro-step counter at 0 on resume, which re-aligns generation windows to the resumed
+        # step; restore it, and the rollouts buffered mid-window, so the run continues exactly.
+        self._step = saved.get("micro_step", self._step)
+        if self._mid_generation_window():
+            buffer_path = os.path.join(checkpoint, _BUFFER_FILE.format(rank=self.accelerator.process_index))
+            if not os.path.exists(buffer_path):
+                window = self.args.steps_per_generation * self.num_iterations // self.args.gradient_accumulation_steps
+                raise ValueError(
+                    f"{checkpoint} was saved in the middle of a generation window (steps_per_generation="
+                    f"{self.args.steps_per_generation}, num_iterations={self.num_iterations}) and holds no buffered "
+                    f"rollouts for process {self.accelerator.process_index} ({os.path.basename(buffer_path)}); resume "
+                    f"with the number of processes it was saved with, or from a checkpoint saved with save_steps a "
+                    f"multiple of {window}."
+                )
+            tensors = load_file(buffer_path, device=str(self.accelerator.device))
+            buffer = [{} for _ in range(self.args.steps_per_generation)]
+            for name, value in tensors.items():
+                index, key = name.split(".", 1)
+                buffer[int(index)][key] = value
+            self._buffered_inputs = buffer
 
 
 def _named_stub(name: str) -> Callable:

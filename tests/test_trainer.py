@@ -635,10 +635,12 @@ def test_unfitted_normalizer_is_calibrated_before_the_first_step(processor, data
         processing_class=processor,
     )
     trainer.train()
-    (calibration, fitted_before), *training = reward.raw_calls
-    assert not fitted_before and all(fitted for _, fitted in training)
-    # 50% of 16 prompts, one rollout each, scored at num_reward_steps = 3 steps.
-    assert len(calibration) == 8 * 3
+    # 50% of 16 prompts, one rollout each, scored at num_reward_steps = 3 steps, decoded in batches of the per-device
+    # generation batch (4 rollouts) like training, before any training step.
+    (first, fitted_first), (second, fitted_second), *training = reward.raw_calls
+    assert not fitted_first and not fitted_second and all(fitted for _, fitted in training)
+    assert len(first) == len(second) == 4 * 3
+    calibration = first + second
     values = torch.tensor(calibration, dtype=torch.float64)
     assert reward.normalizer.mean == pytest.approx(values.mean().item())
     assert reward.normalizer.std == pytest.approx(values.std(correction=0).item())
