@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from accelerate.utils import gather, gather_object, is_peft_model
 from datasets import Dataset, IterableDataset
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from trl import GRPOTrainer
@@ -45,6 +46,7 @@ from trl.trainer.utils import nanmax, nanmin, nanstd, use_adapter
 
 from .config import DiffusionGRPOConfig
 from .models import MaskedDiffusionLM
+from .models.image_tokenizers import tensor_to_images
 from .processing import ParallelProcessor
 from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
 from .rewards.steps import FinalStep, StepSelector, StratifiedSteps
@@ -404,6 +406,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         prompts, images, tasks, columns = _split_rows(inputs)
+        images, input_images = self._input_images(images)
         if not self._normalizers_ready:
             self._prepare_reward_normalizers()
         if mode == "train":
@@ -463,7 +466,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         # Rewards of every scored state, gathered so that groups spanning ranks are normalised together.
         with profiling_context(self, "rewards"):
             states = self._reward_states(
-                trajectory, reward_rollouts, reward_steps, prompts, images, columns, extras=self._reward_extras()
+                trajectory, reward_rollouts, reward_steps, prompts, input_images, columns, extras=self._reward_extras()
             )
             local_rewards, reward_metrics = compute_rewards(self.rewards, states)
             local_rewards = local_rewards[reward_of_row]
@@ -570,6 +573,44 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
         finally:
             self.use_vllm = False
+
+    def _input_images(self, images: list) -> tuple[list, list]:
+        """The batch's input images, each distinct one handled once (the G rollouts of a prompt carry copies): VQ code
+        grids for the rollout (PIL images encoded once each) and PIL images for the rewards (code grids from an
+        `image_codes` column decoded once each), the same object wherever an image repeats, so that rewards that
+        encode input images (CLIP image consistency) encode each once."""
+        keys: dict[tuple, int] = {}
+        distinct, owner = [], []
+        for image in images:
+            if image is None:
+                owner.append(None)
+                continue
+            if isinstance(image, Image.Image):
+                key = ("pil", image.mode, image.size, image.tobytes())
+            else:
+                grid = torch.as_tensor(image)
+                key = ("codes", tuple(grid.shape), str(grid.dtype), grid.cpu().numpy().tobytes())
+            if key not in keys:
+                keys[key] = len(distinct)
+                distinct.append(image)
+            owner.append(keys[key])
+        grids, pictures = list(distinct), list(distinct)
+        pil = [i for i, image in enumerate(distinct) if isinstance(image, Image.Image)]
+        if pil:
+            for i, grid in zip(pil, self.processor.image_tokenizer.encode([distinct[i] for i in pil])):
+                grids[i] = grid
+        grid_shape = tuple(self.processor.preset.image_grid)
+        codes = [
+            i
+            for i, image in enumerate(distinct)
+            if not isinstance(image, Image.Image) and torch.as_tensor(image).numel() == math.prod(grid_shape)
+        ]
+        if codes:  # a malformed grid stays as given: the rollout's encoder names it
+            stacked = torch.stack([torch.as_tensor(distinct[i]).long().view(grid_shape) for i in codes])
+            for i, picture in zip(codes, tensor_to_images(self.processor.decode_images(stacked))):
+                pictures[i] = picture
+        rollout_images = [None if j is None else grids[j] for j in owner]
+        return rollout_images, [None if j is None else pictures[j] for j in owner]
 
     def _reward_extras(self) -> dict[str, Any]:
         """What TRL 1.16 passes every reward callable besides the completions and the dataset columns."""
@@ -705,6 +746,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             real = mine[start : start + chunk]
             rows = real + [0] * (min(chunk, share - start) - len(real))  # stand-ins: calibration row 0
             prompts, images, tasks, columns = _split_rows([dataset[indices[row]] for row in rows])
+            images, input_images = self._input_images(images)
             chunk_steps = steps[rows]
             trajectory = self._rollout(
                 prompts, images, tasks, sorted(set(chunk_steps.flatten().tolist())), 2**61 + torch.tensor(rows)
@@ -718,7 +760,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 rollouts,
                 chunk_steps[: len(real)].flatten(),
                 prompts,
-                images,
+                input_images,
                 columns,
                 extras=self._reward_extras(),
             )
