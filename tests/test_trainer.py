@@ -688,3 +688,112 @@ def test_to_rollout_config_carries_every_decoder_setting(tmp_path):
     assert (config.top_k, config.remasking, config.order) == (5, "random", "text_then_image")
     assert (config.text_guidance_scale, config.image_guidance_scale, config.guidance_drop) == (1.5, 2.0, "prompt")
     assert grpo_config(tmp_path).to_rollout_config().top_k is None  # TRL's top_k=0 means "off"
+
+
+# ------------------------------------------------------------------------------------------- on-policy or corrected
+def likelihood(trainer, out) -> torch.Tensor:
+    """The trainer's per-token log-probs of a generation output, recomputed with the current policy."""
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(
+        trainer.model,
+        torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1),
+        torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1),
+        out["completion_ids"].shape[1],
+    )
+    return logps.detach()
+
+
+def sampler_logps(trajectory, out, s: int = 3) -> torch.Tensor:
+    """The decoder's recorded log-probs, spread to the (rollout, step) rows and kept at the scored tokens."""
+    rows = out["completion_ids"].shape[0]
+    return trajectory.token_logprobs[torch.arange(rows) // s] * out["completion_mask"]
+
+
+def test_top_k_rollouts_are_scored_with_the_same_filter(processor, dataset, tmp_path):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, top_k=3)
+    trajectories = record_trajectories(trainer)
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    (trajectory,) = trajectories
+    scored = out["completion_mask"].bool()
+    # The likelihood replays the top-k filter: the same numbers as the sampler (no correction needed).
+    torch.testing.assert_close(
+        likelihood(trainer, out)[scored], sampler_logps(trajectory, out)[scored], atol=1e-5, rtol=0
+    )
+    assert "importance_sampling_ratio" not in out
+
+
+@pytest.mark.parametrize(
+    "mode, clip_min, clip_max", [("sequence_mask", None, 3.0), ("token_truncate", 0.8, 1.1), ("token_mask", 0.9, 1.1)]
+)
+def test_guided_rollouts_are_corrected_with_trls_importance_sampling(
+    processor, dataset, tmp_path, mode, clip_min, clip_max
+):
+    trainer, _ = scoring_trainer(
+        processor,
+        dataset,
+        tmp_path,
+        text_guidance_scale=3.0,
+        image_guidance_scale=3.0,
+        loss_type="grpo",
+        vllm_importance_sampling_mode=mode,
+        vllm_importance_sampling_clip_min=clip_min,
+        vllm_importance_sampling_clip_max=clip_max,
+    )
+    trajectories = record_trajectories(trainer)
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    (trajectory,) = trajectories
+    mask = out["completion_mask"]
+    sampling = sampler_logps(trajectory, out)
+    torch.testing.assert_close(out["sampling_per_token_logps"], sampling)
+    old = likelihood(trainer, out)
+    torch.testing.assert_close(out["old_per_token_logps"], old, atol=1e-6, rtol=0)
+    diff = (old - sampling) * mask
+    assert diff.abs().max() > 1e-2  # guidance really moved the sampler off the policy
+    # TRL's semantics, written out.
+    if mode == "sequence_mask":
+        ratio = diff.sum(-1, keepdim=True).exp()
+        expected = ratio.masked_fill(ratio > clip_max, 0.0)
+    elif mode == "token_truncate":
+        expected = diff.exp().clamp(clip_min, clip_max)
+    else:
+        ratio = diff.exp()
+        expected = ratio.masked_fill((ratio < clip_min) | (ratio > clip_max), 0.0)
+    torch.testing.assert_close(out["importance_sampling_ratio"], expected)
+    metrics = trainer._metrics["train"]
+    scored = mask.bool()
+    assert metrics["sampling/sampling_logp_difference/max"][-1] == pytest.approx(diff.abs()[scored].max().item())
+    assert metrics["sampling/sampling_logp_difference/mean"][-1] == pytest.approx(diff.abs()[scored].mean().item())
+    flat = expected.flatten() if expected.size(1) == 1 else expected[scored]
+    for stat in ("min", "mean", "max"):
+        value = getattr(flat, stat)().item()
+        assert metrics[f"sampling/importance_sampling_ratio/{stat}"][-1] == pytest.approx(value, rel=1e-5)
+
+    # The loss is TRL's, each token weighted by the ratio: with old = current, per-token loss = -A * ratio.
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer._compute_loss(trainer.model, out)
+    per_token = -out["advantages"].unsqueeze(1) * expected.expand_as(mask) * mask
+    expected_loss = (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    uncorrected = ((-out["advantages"].unsqueeze(1) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-4, abs=1e-7)
+    assert abs(expected_loss.item() - uncorrected.item()) > 1e-4
+
+
+def test_guidance_without_the_correction_warns(processor, dataset, tmp_path):
+    with pytest.warns(UserWarning, match="off-policy.*uncorrected"):
+        scoring_trainer(
+            processor, dataset, tmp_path, text_guidance_scale=2.0, vllm_importance_sampling_correction=False
+        )
+
+
+def test_rollouts_run_under_the_likelihoods_autocast(processor, dataset, tmp_path):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, bf16=True)
+    seen = []
+    hook = trainer.model.model.register_forward_pre_hook(
+        lambda module, args: seen.append(torch.is_autocast_enabled("cpu"))
+    )
+    rollouts = record_trajectories(trainer)
+    try:
+        trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    finally:
+        hook.remove()
+    assert rollouts and len(seen) > 1
+    assert all(seen), "a backbone forward (rollout or likelihood) ran outside the bf16 autocast"
