@@ -912,7 +912,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             # trains on the same rows instead of generating new ones from the current policy.
             os.makedirs(folder, exist_ok=True)
             tensors = {
-                f"{i}.{key}": value.detach().contiguous().cpu()
+                f"{i}.{key}": value.detach().cpu().clone()
                 for i, batch in enumerate(self._buffered_inputs)
                 for key, value in batch.items()
                 if torch.is_tensor(value)

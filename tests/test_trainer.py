@@ -797,3 +797,153 @@ def test_rollouts_run_under_the_likelihoods_autocast(processor, dataset, tmp_pat
         hook.remove()
     assert rollouts and len(seen) > 1
     assert all(seen), "a backbone forward (rollout or likelihood) ran outside the bf16 autocast"
+
+
+# -------------------------------------------------------------------------------------------- the right reference
+def test_prewrapped_peft_adapter_is_its_own_reference(processor, dataset, tmp_path):
+    from peft import get_peft_model
+
+    def sft_adapter():
+        model = get_peft_model(tiny_model(processor), LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
+        with torch.no_grad():  # a trained adapter: not the identity
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 0.5)
+        return model
+
+    args = grpo_config(tmp_path, beta=0.1, per_device_train_batch_size=2 * G)
+    trainer = DiffusionGRPOTrainer(
+        model=sft_adapter(), reward_funcs=[word_count], args=args, train_dataset=dataset, processing_class=processor
+    )
+    assert args.beta == 0.1 and trainer.args is args and trainer.beta == 0.1
+    assert "ref" in trainer.model.peft_config  # TRL's frozen copy of the SFT adapter
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    scored = out["completion_mask"].bool()
+    # The reference is the SFT adapter, so KL is 0 at step 0 (the base model without it would not be).
+    torch.testing.assert_close(out["ref_per_token_logps"][scored], likelihood(trainer, out)[scored], atol=1e-6, rtol=0)
+    with pytest.raises(NotImplementedError, match="sync_ref_model=True.*PEFT"):
+        DiffusionGRPOTrainer(
+            model=sft_adapter(),
+            reward_funcs=[word_count],
+            args=grpo_config(tmp_path, beta=0.1, sync_ref_model=True),
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+
+
+def test_sync_ref_model_with_full_fine_tuning(processor, dataset, tmp_path):
+    args = grpo_config(
+        tmp_path, beta=0.1, sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=1.0, max_steps=2
+    )
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[word_count],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    assert args.beta == 0.1 and args.sync_ref_model
+    trainer.train()
+    ref = dict(trainer.ref_model.named_parameters())
+    for name, param in trainer.model.named_parameters():  # alpha = 1: the reference became the step-2 policy
+        torch.testing.assert_close(ref[name], param.detach())
+    assert logged_steps(trainer)[2]["kl"] > 0
+
+
+def test_full_fine_tune_reference_is_loaded_from_the_policy_folder(processor, dataset, tmp_path):
+    folder = tmp_path / "policy"
+    tiny_model(processor, seed=3).save_pretrained(folder)
+
+    def make(model):
+        return DiffusionGRPOTrainer(
+            model=model,
+            reward_funcs=[word_count],
+            args=grpo_config(tmp_path / "out", beta=0.1),
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+
+    # A policy whose parameters ZeRO-3 has partitioned (marked as DeepSpeed marks them): never copied from memory.
+    policy = MaskedDiffusionLM.from_pretrained(folder)
+    for param in policy.parameters():
+        param.ds_id = 0
+    trainer = make(policy)  # loaded from the folder instead
+    saved = dict(MaskedDiffusionLM.from_pretrained(folder).named_parameters())
+    for name, param in trainer.ref_model.named_parameters():
+        torch.testing.assert_close(param, saved[name])
+        assert not param.requires_grad
+    in_memory = tiny_model(processor)
+    for param in in_memory.parameters():
+        param.ds_id = 0
+    with pytest.raises(ValueError, match=r"save it with `model.save_pretrained\(path\)`"):
+        make(in_memory)
+
+
+# --------------------------------------------------------------------------------------- resumable, eval apart
+def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, dataset, tmp_path):
+    def make_trainer(output_dir):
+        args = grpo_config(
+            output_dir,
+            per_device_train_batch_size=2,
+            steps_per_generation=2,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=1,
+        )
+        return DiffusionGRPOTrainer(
+            model=tiny_model(processor),
+            reward_funcs=[word_count, ImageBrightness()],
+            args=args,
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+
+    uninterrupted = make_trainer(tmp_path / "a")
+    uninterrupted.train()
+    expected = logged_steps(uninterrupted)
+    for start in (1, 3):  # mid-window checkpoints: the next step trains on rollouts of an earlier policy
+        resumed = make_trainer(tmp_path / f"b{start}")
+        resumed.train(resume_from_checkpoint=str(tmp_path / "a" / f"checkpoint-{start}"))
+        actual = logged_steps(resumed)
+        assert resumed._generation_round == uninterrupted._generation_round == 2
+        for step in range(start + 1, 5):
+            assert ("reward" in actual[step]) == ("reward" in expected[step]) == (step % 2 == 1)  # generation steps
+            for key in ("loss", "entropy", "grad_norm") + (("reward",) if step % 2 else ()):
+                assert actual[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-7), (start, step, key)
+        final = dict(resumed.model.named_parameters())
+        for name, param in uninterrupted.model.named_parameters():
+            torch.testing.assert_close(final[name], param, atol=1e-6, rtol=1e-5)
+    # Only mid-window checkpoints carry rollouts; each process saves its own.
+    assert (tmp_path / "a" / "checkpoint-1" / "rollout_buffer-rank0.safetensors").is_file()
+    assert not (tmp_path / "a" / "checkpoint-2" / "rollout_buffer-rank0.safetensors").exists()
+
+
+def test_evaluation_does_not_move_the_training_noise(processor, dataset, tmp_path):
+    eval_dataset = build_toy_dataset("test", num_samples=2, seed=1)
+
+    def run(output_dir, **kwargs):
+        trainer = DiffusionGRPOTrainer(
+            model=tiny_model(processor),
+            reward_funcs=[word_count, ImageBrightness()],
+            args=grpo_config(output_dir, max_steps=2, per_device_eval_batch_size=G, **kwargs),
+            train_dataset=dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processor,
+        )
+        trainer.train()
+        return trainer
+
+    plain = run(tmp_path / "a")
+    evaluated = run(tmp_path / "b", eval_strategy="steps", eval_steps=1)
+    assert any("eval_reward" in entry for entry in evaluated.state.log_history)
+    assert evaluated._generation_round == plain._generation_round == 2
+    assert evaluated.state.num_input_tokens_seen == plain.state.num_input_tokens_seen  # eval tokens are not trained
+    for step, entry in logged_steps(plain).items():
+        assert logged_steps(evaluated)[step]["loss"] == pytest.approx(entry["loss"], rel=1e-6, abs=1e-9)
+    final = dict(evaluated.model.named_parameters())
+    for name, param in plain.model.named_parameters():
+        torch.testing.assert_close(final[name], param)
+    # Every evaluation decodes with the same noise: the same policy gets the same evaluation.
+    first, second = evaluated.evaluate(), evaluated.evaluate()
+    assert first["eval_reward"] == second["eval_reward"]
