@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from peft import LoraConfig, PeftModel
 
 from pararl.config import DiffusionGRPOConfig
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
+from pararl.models.image_tokenizers import tensor_to_images
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset
 from pararl.trainer import DiffusionGRPOTrainer
@@ -947,3 +950,152 @@ def test_evaluation_does_not_move_the_training_noise(processor, dataset, tmp_pat
     # Every evaluation decodes with the same noise: the same policy gets the same evaluation.
     first, second = evaluated.evaluate(), evaluated.evaluate()
     assert first["eval_reward"] == second["eval_reward"]
+
+
+# ------------------------------------------------------------------------------------------ rewards as TRL passes
+def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(processor, dataset, tmp_path):
+    seen_steps = []
+
+    def staged(completions, trainer_state, log_metric, log_extra, **kwargs):
+        seen_steps.append(trainer_state.global_step)
+        log_metric("staged/words", float(sum(len(text.split()) for text in completions)))
+        log_extra("num_words", [len(text.split()) for text in completions])
+        return [len(text.split()) / 10 for text in completions]
+
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[staged],
+        args=grpo_config(tmp_path, max_steps=2, log_completions=True),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    assert seen_steps == [0, 1]
+    assert all("staged/words" in entry for entry in logged_steps(trainer).values())
+    # The completions table keeps every (rollout, step) row of a generation, with the partial image.
+    rows = G * 3
+    assert len(trainer._logs["prompt"]) == len(trainer._logs["advantages"]) == rows
+    assert len(trainer._logs["extra"]["num_words"]) == len(trainer._logs["images"]) == rows
+    assert trainer._logs["extra"]["num_words"][0] == len(trainer._logs["completion"][0].split())
+
+
+def test_a_reward_that_teaches_nothing_is_named_in_a_warning(processor, dataset, tmp_path):
+    def revealed_only(completions, text_revealed, **kwargs):  # the schedule fixes it per step
+        return list(text_revealed)
+
+    def never(completions, **kwargs):
+        return [None] * len(completions)
+
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[word_count, revealed_only, never],
+        args=grpo_config(tmp_path, max_steps=3),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    with pytest.warns(UserWarning) as record:
+        trainer.train()
+    messages = [str(warning.message) for warning in record]
+    assert sum("'revealed_only'" in m and "same value" in m and "reveal schedule" in m for m in messages) == 1
+    assert sum("'never'" in m and "None for every state" in m for m in messages) == 1
+    assert not any("'word_count'" in m for m in messages)
+
+
+# ------------------------------------------------------------------------------------------------------ smaller
+def test_dr_grpo_divides_by_the_scored_tokens_of_a_row(processor, dataset, tmp_path):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, loss_type="dr_grpo")
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    mask = out["completion_mask"]
+    plan = trainer.reveal_plan
+    most = max(text + image for text, image in zip(plan.text_counts, plan.image_counts))
+    assert trainer.max_completion_length == most < processor.output_length
+    assert int(mask.sum(-1).max()) <= most
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer._compute_loss(trainer.model, out)  # old = current: per-token loss -A
+    expected = (-out["advantages"].unsqueeze(1) * mask).sum() / (mask.size(0) * trainer.max_completion_length)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
+
+
+def test_top_entropy_quantile_is_taken_per_modality(processor, dataset, tmp_path):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path)
+    length = processor.output_length
+    image = torch.zeros(length, dtype=torch.bool)
+    image[processor.image_positions] = True
+    text = torch.zeros(length, dtype=torch.bool)
+    text[processor.text_positions] = True
+    # Text entropies (a large vocabulary) all exceed image entropies (the codebook).
+    entropies = torch.where(image, torch.rand(length), 10 + torch.rand(length)).unsqueeze(0)
+    mask = (image | text).long().unsqueeze(0)
+    kept = trainer.get_high_entropy_mask(entropies, mask, threshold=0.5)[0]
+    for modality in (image, text):
+        share = kept[modality].float().mean().item()
+        assert 0.4 < share < 0.6, share  # the top half of each modality, not the text alone
+
+
+def test_mask_truncated_completions_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="mask_truncated_completions=True"):
+        grpo_config(tmp_path, mask_truncated_completions=True)
+
+
+def test_a_user_given_normalizer_clip_is_kept(processor, dataset, tmp_path):
+    given, default = NormalizedLength(RewardNormalizer(clip=2.0)), NormalizedLength(RewardNormalizer())
+    default.name = "default_clip"
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[given, default],
+        args=grpo_config(tmp_path, max_steps=1, reward_mean=3.0, reward_std=0.5, reward_clip=1.5),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    assert given.normalizer.clip == 2.0 and default.normalizer.clip == 1.5
+
+
+class InputImages(Reward):
+    """Keeps the input images every batch of states carried."""
+
+    def __init__(self):
+        self.batches = []
+
+    def score(self, states):
+        self.batches.append(list(states.input_images))
+        return [0.0] * len(states)
+
+
+def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(processor, dataset, tmp_path, monkeypatch):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path)
+    recorder = InputImages()
+    trainer.rewards.append(recorder)
+    trainer.reward_func_names.append("input_images")
+    trainer.reward_weights = torch.tensor([1.0, 1.0, 0.0])
+    encoded = []
+    encode = processor.image_tokenizer.encode
+    monkeypatch.setattr(
+        processor.image_tokenizer, "encode", lambda images: encoded.append(len(images)) or encode(images)
+    )
+    batch = generation_batch(dataset, 2)  # 2 prompts x G rollouts, each row a fresh copy of its image
+    with_images = sum(dataset[i]["image"] is not None for i in range(2))
+    trainer._generate_and_score_completions(batch)
+    assert sum(encoded) == with_images  # once per distinct image, not once per rollout
+    (images,) = recorder.batches
+    for group in range(2):
+        rows = images[group * G * 3 : (group + 1) * G * 3]
+        assert len({id(image) for image in rows}) == 1  # one object for the group's rollouts and steps
+
+    # An `image_codes` column: the rollout reads the codes, the rewards get the decoded picture.
+    codes = [
+        processor.image_tokenizer.encode([row["image"]])[0] if row["image"] is not None else None for row in batch
+    ]
+    coded = [{**{k: v for k, v in row.items() if k != "image"}, "image_codes": c} for row, c in zip(batch, codes)]
+    recorder.batches.clear()
+    trainer._generate_and_score_completions(coded)
+    (pictures,) = recorder.batches
+    for row, picture in zip(batch, pictures[::3]):
+        if row["image"] is None:
+            assert picture is None
+        else:
+            expected = processor.decode_images(processor.image_tokenizer.encode([row["image"]]))
+            assert isinstance(picture, PIL.Image.Image)
+            assert torch.equal(
+                torch.as_tensor(np.asarray(picture)), torch.as_tensor(np.asarray(tensor_to_images(expected)[0]))
+            )
