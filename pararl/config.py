@@ -65,9 +65,12 @@ class DiffusionGRPOConfig(GRPOConfig):
         Image sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.
     remasking (`str`, *optional*, defaults to `"low_confidence"`):
         Which masked positions a step reveals: the most confident (`"low_confidence"`) or random ones (`"random"`).
+        Only `"random"` makes the trained trajectory likelihood exact including the choice of slots (see
+        `likelihood`).
     text_guidance_scale (`float`, *optional*, defaults to `0.0`):
         Classifier-free guidance on text logits (0 = off). Guidance makes the behaviour policy differ from the
-        model's own distribution, so training rollouts keep it off by default.
+        model's own distribution, so training rollouts keep it off by default; when on, the loss is corrected by
+        TRL's importance sampling (`vllm_importance_sampling_*`) with the sampler's log-probs as behaviour policy.
     image_guidance_scale (`float`, *optional*, defaults to `0.0`):
         Classifier-free guidance on image logits (0 = off).
     guidance_drop (`str`, *optional*, defaults to `"both"`):
@@ -91,8 +94,10 @@ class DiffusionGRPOConfig(GRPOConfig):
         `"per_step"`: z-score over the group at the same step (paper Eq. 4). `"trajectory_mean"`: z-score of each
         rollout's mean reward over its selected steps (paper Fig. 4), shared by its steps.
     likelihood (`str`, *optional*, defaults to `"trajectory"`):
-        `"trajectory"`: the exact conditional likelihood of the tokens revealed at step k given the state before
-        step k. `"random_mask"`: MMaDA UniGRPO's estimator (a random mask ratio per row, masked output tokens scored
+        `"trajectory"`: the exact conditional likelihood of the values revealed at step k given the state before
+        step k (temperatures and `top_k` as the sampler applies them). Which slots a step reveals is not scored: with
+        `remasking="random"` that choice does not depend on the policy, so the trajectory likelihood is exact up to
+        a constant; with `"low_confidence"` it depends on the drawn values and is left out. `"random_mask"`: MMaDA UniGRPO's estimator (a random mask ratio per row, masked output tokens scored
         given the rest), for comparison.
     reward_clip (`float`, *optional*, defaults to `1.0`):
         Clip constant c of the reward normalisation: z clipped to [-c, c], then mapped to [0, 1].

@@ -19,6 +19,16 @@ The likelihood rebuilds the model input by masking the scored tokens again, whic
 step k. TRL's clipped ratio, loss types, `num_iterations`, β·KL to the reference, gradient accumulation and metrics
 then act on these rows unchanged, and everything is per row, so TRL's shuffle and split of the generation batch
 cannot break it.
+
+What "exact" means. The likelihood of a row is the probability of the values revealed at step k given the state
+before step k, under the distribution the sampler drew them from: the policy's forward, the modality's temperature
+and `top_k` (replayed as the same filter), under the same autocast as the rollout. Which slots a step reveals is not
+scored: under `remasking="random"` that choice is uniform among the masked slots, a constant of the policy, so the
+likelihood of the whole trajectory is exact up to that constant; under `"low_confidence"` (the default) the choice
+depends on the drawn values and so on the policy, and its probability is left out (the gradient of the slot choice
+is not followed). What the likelihood cannot replay, classifier-free guidance (it needs the unconditional rows) or a
+faster approximate sampler (`RolloutConfig.off_policy`), is corrected: the decoder's recorded log-probs are the
+behaviour policy and TRL's vLLM importance-sampling correction applies with TRL's own fields and metrics.
 """
 
 import copy

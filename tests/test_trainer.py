@@ -1099,3 +1099,36 @@ def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(proc
             assert torch.equal(
                 torch.as_tensor(np.asarray(picture)), torch.as_tensor(np.asarray(tensor_to_images(expected)[0]))
             )
+
+
+# ------------------------------------------------------------------------------------------------ what is exact
+def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, dataset, tmp_path):
+    from pararl.rollout import ParallelDecoder, RolloutConfig
+
+    # Which slots a step reveals: under random remasking a function of the seed alone (so its probability,
+    # prod_k 1 / C(masked_k, count_k) per modality, is a constant of the policy); under low_confidence it depends on
+    # the drawn values and so on the policy, and the likelihood does not score it.
+    rows = generation_batch(dataset, 2)
+    prompts, images = [row["prompt"] for row in rows], [row["image"] for row in rows]
+    seeds = torch.arange(len(rows))
+    for remasking, same in (("random", True), ("low_confidence", False)):
+        config = RolloutConfig(num_steps=8, remasking=remasking)
+        maps = [
+            ParallelDecoder(tiny_model(processor, seed), processor, config)
+            .generate(prompts, images, seeds=seeds)
+            .step_map
+            for seed in (0, 1)
+        ]
+        assert torch.equal(*maps) == same, remasking
+
+    # The values: every token is scored once, at its step, given the state before it, under the sampling
+    # distribution, so the rows' log-probs sum to the trajectory's sampling log-prob of its values.
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, remasking="random", reward_step_selection="all")
+    trajectories = record_trajectories(trainer)
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    (trajectory,) = trajectories
+    s = trainer.num_reward_steps
+    assert s == 8 and int(out["completion_mask"].view(-1, s, out["completion_mask"].size(1)).sum(1).max()) == 1
+    per_rollout = likelihood(trainer, out).view(-1, s, out["completion_ids"].size(1)).sum(dim=(1, 2))
+    maskable = processor.maskable_mask
+    torch.testing.assert_close(per_rollout, trajectory.token_logprobs[:, maskable].sum(-1), atol=1e-4, rtol=0)
