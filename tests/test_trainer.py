@@ -1132,3 +1132,41 @@ def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, datas
     per_rollout = likelihood(trainer, out).view(-1, s, out["completion_ids"].size(1)).sum(dim=(1, 2))
     maskable = processor.maskable_mask
     torch.testing.assert_close(per_rollout, trajectory.token_logprobs[:, maskable].sum(-1), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ likelihood at scale
+def test_likelihood_forward_columns_mask_and_chunks(processor, dataset, tmp_path, monkeypatch):
+    import pararl.trainer as trainer_module
+
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, likelihood="random_mask")
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    calls = []
+    hook = trainer.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    keep = out["completion_ids"].shape[1]
+    try:
+        with torch.no_grad():
+            whole, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+            # Each modality's slots over its own columns, as the decoder does.
+            preset = processor.preset
+            assert calls[-1]["vocab_range"] == [preset.text_vocab_range, preset.image_vocab_range]
+            # No attention mask when nothing is padded (faster attention kernels), the key mask otherwise.
+            padded = bool((out["prompt_mask"] == 0).any())
+            assert (calls[-1]["attention_mask"] is None) == (not padded)
+            unpadded = mask.clone()
+            unpadded[:, : out["prompt_ids"].shape[1]] = 1
+            trainer._get_per_token_logps_and_entropies(trainer.model, ids, unpadded, keep)
+            assert calls[-1]["attention_mask"] is None
+            # Passes without a graph split their rows so that the logits stay within the budget.
+            calls.clear()
+            columns = sum(span.num_scored * (span.vocab_range[1] - span.vocab_range[0]) for span in trainer._spans)
+            monkeypatch.setattr(trainer_module, "_NO_GRAD_LOGITS_BUDGET", 3 * columns)
+            chunked, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+    finally:
+        hook.remove()
+    assert padded
+    assert [call["input_ids"].shape[0] for call in calls] == [3] * (ids.shape[0] // 3) + [ids.shape[0] % 3] * bool(
+        ids.shape[0] % 3
+    )
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
