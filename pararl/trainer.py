@@ -112,7 +112,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         processing_class ([`~pararl.processing.ParallelProcessor`]): Tokenizers and sequence preset of the model.
         callbacks, optimizers: As in [`~transformers.Trainer`].
         peft_config (`peft.PeftConfig`, *optional*): Train a LoRA adapter; the reference model is then the policy
-            with adapters disabled.
+            with adapters disabled. A pre-wrapped `PeftModel` (an SFT adapter) trains that adapter, and with
+            beta > 0 its reference is TRL's frozen "ref" copy of it.
         step_selector ([`~pararl.rewards.StepSelector`], *optional*): Overrides `reward_step_selection`.
     """
 

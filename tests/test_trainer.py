@@ -1170,3 +1170,8 @@ def test_likelihood_forward_columns_mask_and_chunks(processor, dataset, tmp_path
         ids.shape[0] % 3
     )
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_random_mask_likelihood_refuses_the_importance_sampling_correction(processor, dataset, tmp_path):
+    with pytest.raises(ValueError, match="needs likelihood='trajectory'"):
+        scoring_trainer(processor, dataset, tmp_path, likelihood="random_mask", image_guidance_scale=2.0)
