@@ -917,9 +917,12 @@ def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, da
         final = dict(resumed.model.named_parameters())
         for name, param in uninterrupted.model.named_parameters():
             torch.testing.assert_close(final[name], param, atol=1e-6, rtol=1e-5)
-    # Only mid-window checkpoints carry rollouts; each process saves its own.
+    # Only mid-window checkpoints carry rollouts; each process saves its own. Without them, resuming is refused.
     assert (tmp_path / "a" / "checkpoint-1" / "rollout_buffer-rank0.safetensors").is_file()
     assert not (tmp_path / "a" / "checkpoint-2" / "rollout_buffer-rank0.safetensors").exists()
+    (tmp_path / "a" / "checkpoint-3" / "rollout_buffer-rank0.safetensors").unlink()
+    with pytest.raises(ValueError, match="save_steps a multiple of 2"):
+        make_trainer(tmp_path / "c").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
 
 
 def test_evaluation_does_not_move_the_training_noise(processor, dataset, tmp_path):
