@@ -29,8 +29,17 @@ class DiffusionGRPOConfig(GRPOConfig):
       sees `per_device_train_batch_size * num_reward_steps` rows. TRL's divisibility rules are unchanged: the global
       generation batch (`per_device_train_batch_size * num_processes * steps_per_generation`) must be a multiple of
       `num_generations`.
-    - `temperature` is the default of both modality temperatures; `top_k` (0 = off) filters both modalities.
-    - `max_completion_length` is ignored: the output length is fixed by the model's sequence preset.
+    - `temperature` is the default of both modality temperatures; `top_k` (0 = off) filters both modalities, and the
+      likelihood applies the same filter, so top-k rollouts stay on-policy.
+    - `max_completion_length` is ignored: the output length is fixed by the model's sequence preset. `dr_grpo`'s
+      constant normaliser (TRL's `max_completion_length`) is the most tokens one (rollout, step) row scores.
+    - `vllm_importance_sampling_correction`, `vllm_importance_sampling_mode`, `vllm_importance_sampling_clip_min`
+      and `vllm_importance_sampling_clip_max` keep TRL's meaning but apply to pararl's own sampler: when the rollout
+      is off-policy (`RolloutConfig.off_policy`: classifier-free guidance), the decoder's recorded log-probs are the
+      behaviour policy and each row's loss is weighted by TRL's ratio `exp(old - sampling)` (per token or per row,
+      truncated or masked). Logged as `sampling/importance_sampling_ratio/*` and `sampling/sampling_logp_difference/*`.
+    - `top_entropy_quantile` takes its quantile per modality (text and image entropies have different scales).
+    - `mask_truncated_completions` must stay `False`: outputs have a fixed length and are never truncated.
     - `beta`, `epsilon`, `loss_type`, `num_iterations`, `scale_rewards`, `reward_weights` and
       `multi_objective_aggregation` act on (rollout, step) rows exactly as TRL's act on completions.
 
@@ -56,9 +65,12 @@ class DiffusionGRPOConfig(GRPOConfig):
         Image sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.
     remasking (`str`, *optional*, defaults to `"low_confidence"`):
         Which masked positions a step reveals: the most confident (`"low_confidence"`) or random ones (`"random"`).
+        Only `"random"` makes the trained trajectory likelihood exact including the choice of slots (see
+        `likelihood`).
     text_guidance_scale (`float`, *optional*, defaults to `0.0`):
         Classifier-free guidance on text logits (0 = off). Guidance makes the behaviour policy differ from the
-        model's own distribution, so training rollouts keep it off by default.
+        model's own distribution, so training rollouts keep it off by default; when on, the loss is corrected by
+        TRL's importance sampling (`vllm_importance_sampling_*`) with the sampler's log-probs as behaviour policy.
     image_guidance_scale (`float`, *optional*, defaults to `0.0`):
         Classifier-free guidance on image logits (0 = off).
     guidance_drop (`str`, *optional*, defaults to `"both"`):
@@ -82,8 +94,10 @@ class DiffusionGRPOConfig(GRPOConfig):
         `"per_step"`: z-score over the group at the same step (paper Eq. 4). `"trajectory_mean"`: z-score of each
         rollout's mean reward over its selected steps (paper Fig. 4), shared by its steps.
     likelihood (`str`, *optional*, defaults to `"trajectory"`):
-        `"trajectory"`: the exact conditional likelihood of the tokens revealed at step k given the state before
-        step k. `"random_mask"`: MMaDA UniGRPO's estimator (a random mask ratio per row, masked output tokens scored
+        `"trajectory"`: the exact conditional likelihood of the values revealed at step k given the state before
+        step k (temperatures and `top_k` as the sampler applies them). Which slots a step reveals is not scored: with
+        `remasking="random"` that choice does not depend on the policy, so the trajectory likelihood is exact up to
+        a constant; with `"low_confidence"` it depends on the drawn values and is left out. `"random_mask"`: MMaDA UniGRPO's estimator (a random mask ratio per row, masked output tokens scored
         given the rest), for comparison.
     reward_clip (`float`, *optional*, defaults to `1.0`):
         Clip constant c of the reward normalisation: z clipped to [-c, c], then mapped to [0, 1].
@@ -221,6 +235,11 @@ class DiffusionGRPOConfig(GRPOConfig):
             raise ValueError("Give both reward_mean and reward_std, or neither (then they are calibrated).")
         if self.reward_std is not None and self.reward_std < 0:
             raise ValueError(f"reward_std must be >= 0, got {self.reward_std}.")
+        if self.mask_truncated_completions:
+            raise ValueError(
+                "mask_truncated_completions=True: a ParaRL output has the preset's fixed length and is never "
+                "truncated, so there is nothing to mask; leave it False."
+            )
         if self.text_temperature is None:
             self.text_temperature = self.temperature
         if self.image_temperature is None:

@@ -19,27 +19,45 @@ The likelihood rebuilds the model input by masking the scored tokens again, whic
 step k. TRL's clipped ratio, loss types, `num_iterations`, β·KL to the reference, gradient accumulation and metrics
 then act on these rows unchanged, and everything is per row, so TRL's shuffle and split of the generation batch
 cannot break it.
+
+What "exact" means. The likelihood of a row is the probability of the values revealed at step k given the state
+before step k, under the distribution the sampler drew them from: the policy's forward, the modality's temperature
+and `top_k` (replayed as the same filter), under the same autocast as the rollout. Which slots a step reveals is not
+scored: under `remasking="random"` that choice is uniform among the masked slots, a constant of the policy, so the
+likelihood of the whole trajectory is exact up to that constant; under `"low_confidence"` (the default) the choice
+depends on the drawn values and so on the policy, and its probability is left out (the gradient of the slot choice
+is not followed). What the likelihood cannot replay, classifier-free guidance (it needs the unconditional rows) or a
+faster approximate sampler (`RolloutConfig.off_policy`), is corrected: the decoder's recorded log-probs are the
+behaviour policy and TRL's vLLM importance-sampling correction applies with TRL's own fields and metrics.
 """
 
+import copy
 import json
+import math
 import os
+import warnings
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import gather, gather_object, is_peft_model
 from datasets import Dataset, IterableDataset
+from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context, profiling_decorator
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import nanstd, use_adapter
+from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import nanmax, nanmin, nanstd, use_adapter
 
 from .config import DiffusionGRPOConfig
 from .data_validation import check_datasets
 from .models import MaskedDiffusionLM
+from .models.image_tokenizers import tensor_to_images
 from .models.loading import check_resume_checkpoint
 from .processing import ParallelProcessor
 from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
@@ -48,12 +66,20 @@ from .rollout import ParallelDecoder, Trajectory, counter_uniform
 
 
 _REWARD_STATE_FILE = "reward_state.json"
+# Rollouts buffered for the rest of a generation window, one file per process (see `_save_checkpoint`).
+_BUFFER_FILE = "rollout_buffer-rank{rank}.safetensors"
 # Distinct odd constants that spread (seed, generation round, row) over independent integer seeds.
 _SEED_MULTIPLIER = 0x9E3779B1
 _ROUND_MULTIPLIER = 0x85EBCA77
 _ROW_MULTIPLIER = 0xC2B2AE3D
 # Noise streams of the random-mask likelihood (distinct from the rollout's own streams by their seeds).
 _MASK_RATIO_STREAM, _MASK_SLOT_STREAM = 101, 102
+# Consecutive generations a reward may be all None or spread-free in every group before a warning names it.
+_IDLE_REWARD_ROUNDS = 3
+# Generation rounds of evaluations start here, far from any training round (see `evaluate`).
+_EVAL_ROUND_OFFSET = 2**40
+# Logit elements one no-grad likelihood pass holds at a time (1 GiB in fp32).
+_NO_GRAD_LOGITS_BUDGET = 2**28
 
 
 class DiffusionGRPOTrainer(GRPOTrainer):
@@ -88,7 +114,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         processing_class ([`~pararl.processing.ParallelProcessor`]): Tokenizers and sequence preset of the model.
         callbacks, optimizers: As in [`~transformers.Trainer`].
         peft_config (`peft.PeftConfig`, *optional*): Train a LoRA adapter; the reference model is then the policy
-            with adapters disabled.
+            with adapters disabled. A pre-wrapped `PeftModel` (an SFT adapter) trains that adapter, and with
+            beta > 0 its reference is TRL's frozen "ref" copy of it.
         step_selector ([`~pararl.rewards.StepSelector`], *optional*): Overrides `reward_step_selection`.
     """
 
@@ -137,40 +164,36 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.rewards = [func if isinstance(func, Reward) else as_reward(func) for func in reward_funcs]
         stubs = [_named_stub(reward.name) for reward in self.rewards]
 
-        # TRL would build the reference model from a hub id; pararl builds it below, so TRL sees beta = 0 here.
-        beta = args.beta
-        args.beta = 0.0
-        try:
-            super().__init__(
-                model=model,
-                reward_funcs=stubs,
-                args=args,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class.tokenizer,
-                callbacks=callbacks,
-                optimizers=optimizers,
-                peft_config=peft_config,
-            )
-        finally:
-            args.beta = beta
-        self.beta = beta
+        # With LoRA (a `peft_config` or a pre-wrapped PeftModel) TRL handles the reference itself (adapters disabled,
+        # or a frozen "ref" copy of a pre-trained adapter) and refuses `sync_ref_model`. For full fine-tuning with
+        # beta > 0, TRL would build the reference through the transformers namespace, which does not know pararl's
+        # class: TRL then gets a copy of the config with beta = 0 and pararl builds the reference below. The caller's
+        # config is never changed.
+        full_fine_tune_reference = args.beta != 0.0 and peft_config is None and not is_peft_model(model)
+        trl_args = args
+        if full_fine_tune_reference:
+            trl_args = copy.copy(args)
+            trl_args.beta, trl_args.sync_ref_model = 0.0, False
+        super().__init__(
+            model=model,
+            reward_funcs=stubs,
+            args=trl_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class.tokenizer,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+        )
+        if full_fine_tune_reference:
+            self.args.beta, self.args.sync_ref_model = args.beta, args.sync_ref_model
+            self.beta = args.beta
+            self.ref_model = self._build_reference_model(model_path)
+            if args.sync_ref_model:
+                self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
         self.reward_func_names = [reward.name for reward in self.rewards]
         for reward in self.rewards:
             reward.to(self.accelerator.device)
-        self.ref_model = None
-        if beta != 0.0 and not is_peft_model(self.model):
-            # Full fine-tuning with a KL term: a frozen copy of the initial policy, sharded like it under ZeRO-3.
-            if model_path is not None:
-                ref_model = MaskedDiffusionLM.from_pretrained(model_path, dtype=self.model.dtype)
-            else:
-                ref_model = MaskedDiffusionLM(self.model.config).to(self.model.dtype)
-                ref_model.load_state_dict(self.model.state_dict())
-            ref_model.requires_grad_(False)
-            if self.is_deepspeed_enabled:
-                self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
-            else:
-                self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
         preset = processing_class.preset
         self.rollout_config = args.to_rollout_config()
@@ -184,29 +207,100 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.output_level = isinstance(self.step_selector, FinalStep)
         self._loss_step_selector = StratifiedSteps(args.num_reward_steps) if self.output_level else self.step_selector
         self.num_reward_steps = args.num_reward_steps
-        self.max_completion_length = processing_class.output_length
 
-        # Columns of the output part, used by the likelihood: which slots are image slots, and the largest number of
-        # tokens one row scores (known ahead from the schedules, so the likelihood needs no host sync).
+        # The likelihood's two modalities: which output slots, which vocabulary columns, and the largest number of
+        # tokens one row scores there (known ahead from the schedules, so the likelihood needs no host sync).
         is_image_slot = torch.zeros(processing_class.output_length, dtype=torch.bool)
         is_image_slot[processing_class.image_positions] = True
         self._is_image_slot = is_image_slot
-        if args.likelihood == "trajectory":
-            plan = self.reveal_plan
+        plan = self.reveal_plan
+        trajectory = args.likelihood == "trajectory"
+        text_range, image_range = preset.text_vocab_range, preset.image_vocab_range
+        self._spans = (
+            _LikelihoodSpan(
+                slots=processing_class.text_positions,
+                vocab_range=text_range,
+                exclude=_column(preset.mask_token_id, text_range),
+                temperature=args.text_temperature,
+                num_scored=max(plan.text_counts) if trajectory else len(processing_class.text_positions),
+            ),
+            _LikelihoodSpan(
+                slots=processing_class.image_positions,
+                vocab_range=image_range,
+                exclude=_column(preset.mask_token_id, image_range),
+                temperature=args.image_temperature,
+                num_scored=max(plan.image_counts) if trajectory else len(processing_class.image_positions),
+            ),
+        )
+        if trajectory:
             self._max_scored_tokens = max(text + image for text, image in zip(plan.text_counts, plan.image_counts))
         else:
             self._max_scored_tokens = int(processing_class.maskable_mask.sum())
-        vocab_end = preset.image_vocab_range[1]
-        text_columns = torch.zeros(vocab_end, dtype=torch.bool)
-        text_columns[: preset.image_token_offset] = True
-        text_columns[preset.mask_token_id] = False
-        self._text_columns = text_columns
-        self._image_columns = ~text_columns
-        self._image_columns[preset.mask_token_id] = False
+
+        # dr_grpo divides every row's summed loss by a constant, TRL's `max_completion_length` (= |o| of the paper):
+        # for a (rollout, step) row that is the most tokens one row scores, not the whole output length (which would
+        # make gradients diffusion_steps-times smaller than TRL users expect).
+        self.max_completion_length = self._max_scored_tokens
+        # Off-policy rollouts (guidance; a faster sampler) are corrected with the sampler's log-probs as behaviour
+        # policy, with TRL's vLLM importance-sampling settings.
+        off_policy = self.rollout_config.off_policy
+        self._corrects_off_policy = off_policy and args.vllm_importance_sampling_correction
+        if self._corrects_off_policy and args.likelihood != "trajectory":
+            raise ValueError(
+                "The importance-sampling correction of an off-policy rollout (guidance) needs likelihood='trajectory' "
+                "(the sampler's log-probs are per revealed token at its step); use it, or set "
+                "vllm_importance_sampling_correction=False."
+            )
+        if off_policy and not args.vllm_importance_sampling_correction:
+            warnings.warn(
+                "The rollout samples off-policy (classifier-free guidance) and vllm_importance_sampling_correction="
+                "False: the loss treats the rollouts as the policy's own samples, uncorrected.",
+                stacklevel=2,
+            )
+        # The completions table has one row per (rollout, step) loss row: s times TRL's generation batch.
+        rows = args.generation_batch_size * self.num_reward_steps
+        for key in ("images", "prompt", "completion", "advantages"):
+            self._logs[key] = deque(maxlen=rows)
+        self._logs["rewards"] = defaultdict(lambda: deque(maxlen=rows))
+        self._logs["extra"] = defaultdict(lambda: deque(maxlen=rows))
 
         self._generation_round = 0
+        self._eval_round = 0
+        self._idle_reward_rounds: dict[str, int] = {}
+        self._warned_rewards: set[str] = set()
         self._normalizers_ready = False
         self._last_trajectory: tuple[Trajectory, list[str]] | None = None
+
+    def _build_reference_model(self, model_path: str | None):
+        """The frozen reference of full fine-tuning, built as TRL builds it: loaded from the policy's folder with the
+        policy's dtype and `model_init_kwargs`, so that under ZeRO-3 `from_pretrained` shards it at construction like
+        the policy (never a whole copy per rank, never a `state_dict` of an already-sharded policy). A policy given in
+        memory without a folder is copied (it is whole on every rank anyway); one whose parameters ZeRO-3 has
+        already partitioned cannot be copied and is refused."""
+        policy = self.accelerator.unwrap_model(self.model)
+        if model_path is None:
+            name = getattr(policy.config, "_name_or_path", "") or ""
+            model_path = name if os.path.isfile(os.path.join(name, "config.json")) else None
+        if model_path is not None:
+            kwargs = dict(self.args.model_init_kwargs or {})
+            kwargs.setdefault("dtype", policy.dtype)
+            ref_model = MaskedDiffusionLM.from_pretrained(model_path, **kwargs)
+        elif any(hasattr(param, "ds_id") for param in policy.parameters()):
+            raise ValueError(
+                "beta > 0 with full fine-tuning needs a reference model, but the policy was given in memory with "
+                "parameters ZeRO-3 has already partitioned, which cannot be copied: save it with "
+                "`model.save_pretrained(path)` and pass `model=path` (the reference is then loaded and sharded like "
+                "the policy), or set beta=0.0."
+            )
+        else:
+            # Not `copy.deepcopy`: wrappers may have patched the policy's `forward` with closures over the policy.
+            ref_model = type(policy)(policy.config).to(device=policy.device, dtype=policy.dtype)
+            ref_model.load_state_dict(policy.state_dict())
+        ref_model.requires_grad_(False)
+        ref_model.eval()
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(ref_model, self.accelerator)
+        return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
     # ------------------------------------------------------------------------------------------------- likelihood
     @profiling_decorator
@@ -224,60 +318,85 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         """Log-probs (and entropies) of the scored output tokens, each given the row's masked state.
 
         `input_ids` is `prompt_ids | completion_ids` and the completion half of `attention_mask` marks the scored
-        tokens (see the module docstring). Only the scored slots get logits, over the columns of their modality.
+        tokens (see the module docstring). The distribution is the sampler's: the modality's temperature and, with
+        `top_k`, its top-k filter (the scored value itself always stays in, so a value the sampler drew at the k-th
+        boundary scores finitely when the recomputed logits reorder it). One forward per micro-batch; only the
+        scored slots get logits, text slots over the text vocabulary and image slots over the codebook, as the
+        decoder does. No attention mask is passed when nothing in the micro-batch is padded (faster attention).
         """
-        preset = self.processor.preset
         prompt_length = input_ids.size(1) - logits_to_keep
         batch_size = batch_size or input_ids.size(0)
-        num_scored = min(self._max_scored_tokens, logits_to_keep)
-        temperatures = torch.tensor(
-            [self.args.text_temperature, self.args.image_temperature], device=input_ids.device, dtype=torch.float32
-        )
+        if not torch.is_grad_enabled():
+            # Passes without a graph (old and reference log-probs) hold one micro-batch of logits at a time: split
+            # the rows further when those would exceed the budget (matters for likelihood="random_mask").
+            columns = sum(span.num_scored * (span.vocab_range[1] - span.vocab_range[0]) for span in self._spans)
+            batch_size = max(1, min(batch_size, _NO_GRAD_LOGITS_BUDGET // max(columns, 1)))
         all_logps, all_entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
             ids = input_ids[start : start + batch_size]
             mask = attention_mask[start : start + batch_size]
             completion = ids[:, prompt_length:]
             scored = mask[:, prompt_length:].bool()
-            model_ids = torch.cat([ids[:, :prompt_length], completion.masked_fill(scored, preset.mask_token_id)], 1)
-            model_mask = torch.cat([mask[:, :prompt_length], torch.ones_like(completion)], dim=1)
+            model_ids = torch.cat(
+                [ids[:, :prompt_length], completion.masked_fill(scored, self.processor.preset.mask_token_id)], 1
+            )
+            prompt_mask = mask[:, :prompt_length]
+            model_mask = None
+            if not bool(prompt_mask.all()):
+                model_mask = torch.cat([prompt_mask, torch.ones_like(completion)], dim=1)
 
-            # The scored slots first (topk on a 0/1 key); rows scoring fewer tokens pad with unscored slots.
-            slots = torch.topk(scored.to(torch.float32), num_scored, dim=1).indices
-            slot_scored = scored.gather(1, slots)
+            # Per modality, the scored slots first (topk on a 0/1 key); rows scoring fewer pad with unscored slots.
+            slots, slot_scored = [], []
+            for span in self._spans:
+                positions = span.slots.to(ids.device)
+                key = scored[:, positions]
+                order = torch.topk(key.to(torch.float32), span.num_scored, dim=1).indices
+                slots.append(positions[order])
+                slot_scored.append(key.gather(1, order))
             with self.accelerator.autocast():
                 logits = model(
                     input_ids=model_ids,
                     attention_mask=model_mask,
-                    logits_positions=slots + prompt_length,
-                    vocab_range=(0, preset.image_vocab_range[1]),
+                    logits_positions=[slot + prompt_length for slot in slots],
+                    vocab_range=[span.vocab_range for span in self._spans],
                 ).logits
-            is_image = self._is_image_slot.to(slots.device)[slots]
-            allowed = torch.where(
-                is_image.unsqueeze(-1),
-                self._image_columns.to(slots.device),
-                self._text_columns.to(slots.device),
-            )
-            logits = logits.float() / temperatures[is_image.long()].unsqueeze(-1)
-            logps = F.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-            token_logps = logps.gather(-1, completion.gather(1, slots).unsqueeze(-1)).squeeze(-1)
-            per_token = torch.zeros(completion.shape, dtype=token_logps.dtype, device=completion.device)
-            all_logps.append(per_token.scatter(1, slots, token_logps.masked_fill(~slot_scored, 0.0)))
+            per_token = torch.zeros(completion.shape, dtype=torch.float32, device=completion.device)
+            per_entropy = torch.zeros_like(per_token) if compute_entropy else None
+            for span, span_logits, slot, ok in zip(self._spans, logits, slots, slot_scored, strict=True):
+                targets = (completion.gather(1, slot) - span.vocab_range[0]).masked_fill(~ok, 0)
+                token_logps, entropy = _span_logps(
+                    span_logits, targets, span, self.rollout_config.top_k, compute_entropy
+                )
+                per_token = per_token.scatter(1, slot, token_logps.masked_fill(~ok, 0.0))
+                if compute_entropy:
+                    per_entropy = per_entropy.scatter(1, slot, entropy.masked_fill(~ok, 0.0))
+            all_logps.append(per_token)
             if compute_entropy:
-                with torch.no_grad():
-                    finite = logps.masked_fill(~allowed, 0.0)
-                    entropy = -(finite.exp() * finite).sum(-1)
-                    per_entropy = torch.zeros_like(per_token)
-                    all_entropies.append(per_entropy.scatter(1, slots, entropy.masked_fill(~slot_scored, 0.0)))
+                all_entropies.append(per_entropy)
         logps = torch.cat(all_logps, dim=0)
         entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
         return logps, entropies, None
 
+    def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+        """TRL's top-entropy token mask, with the quantile taken per modality: text entropies (over ~10^5 columns) and
+        image entropies (over the codebook) are on different scales, so one shared quantile would keep mostly one
+        modality."""
+        image = self._is_image_slot.to(mask.device)
+        text_mask = super().get_high_entropy_mask(entropies, mask * ~image, threshold)
+        return text_mask | super().get_high_entropy_mask(entropies, mask * image, threshold)
+
     # ------------------------------------------------------------------------------------------------- generation
-    def _row_seeds(self, global_rows: torch.Tensor) -> torch.Tensor:
+    def _row_seeds(self, global_rows: torch.Tensor, generation_round: int | None = None) -> torch.Tensor:
         """Deterministic per-rollout seeds from (args.seed, generation round, global row): resumable, rank-free."""
-        base = (self.args.seed * _SEED_MULTIPLIER + self._generation_round * _ROUND_MULTIPLIER) % (2**62)
+        generation_round = self._generation_round if generation_round is None else generation_round
+        base = (self.args.seed * _SEED_MULTIPLIER + generation_round * _ROUND_MULTIPLIER) % (2**62)
         return (base + (global_rows + 1) * _ROW_MULTIPLIER) % (2**62)
+
+    def evaluate(self, *args, **kwargs):
+        # Every evaluation decodes with the same noise (its own rounds, apart from training's), so an evaluation
+        # neither shifts the training noise nor differs from the previous one by its noise alone.
+        self._eval_round = 0
+        return super().evaluate(*args, **kwargs)
 
     def _rollout(self, prompts, images, tasks, record_steps, seeds) -> Trajectory:
         # ZeRO-3: gather the parameters once for the whole rollout, not once per denoising step.
@@ -289,6 +408,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped_model,
             torch.no_grad(),
+            # The precision the likelihood scores in (bf16 / fp16 under mixed precision), so both see the same policy.
+            self.accelerator.autocast(),
         ):
             decoder = ParallelDecoder(unwrapped_model, self.processor, self.rollout_config)
             return decoder.generate(prompts, images=images, tasks=tasks, record_steps=record_steps, seeds=seeds)
@@ -299,15 +420,22 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         prompts, images, tasks, columns = _split_rows(inputs)
+        images, input_images = self._input_images(images)
         if not self._normalizers_ready:
             self._prepare_reward_normalizers()
+        if mode == "train":
+            generation_round = self._generation_round
+            self._generation_round += 1
+        else:  # evaluation rounds never move the training noise (see `evaluate`)
+            generation_round = _EVAL_ROUND_OFFSET + self._eval_round
+            self._eval_round += 1
 
         # Steps per prompt group, drawn from a generator seeded identically on every rank, so the G rollouts of a
         # group share them even when the group spans processes.
         local_size, s = len(prompts), self.num_reward_steps
         process_index, num_processes = self.accelerator.process_index, self.accelerator.num_processes
         global_rows = process_index * local_size + torch.arange(local_size)
-        generator = torch.Generator().manual_seed(int(self._row_seeds(torch.tensor(-1))))
+        generator = torch.Generator().manual_seed(int(self._row_seeds(torch.tensor(-1), generation_round)))
         num_groups = local_size * num_processes // num_generations
         steps = self._loss_step_selector.select(num_groups, self.args.diffusion_steps, generator)
         steps = steps[global_rows // num_generations]  # (local_size, s)
@@ -324,9 +452,12 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
         with profiling_context(self, "rollout"):
             trajectory = self._rollout(
-                prompts, images, tasks, sorted(set(reward_steps.tolist())), self._row_seeds(global_rows)
+                prompts,
+                images,
+                tasks,
+                sorted(set(reward_steps.tolist())),
+                self._row_seeds(global_rows, generation_round),
             )
-        self._generation_round += 1
 
         # One row per (rollout, step): row = rollout * s + j.
         row_steps = steps.flatten().to(device)
@@ -341,17 +472,22 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             completion_mask = (step_map == row_steps.unsqueeze(1)).long()
         else:
             completion_ids = final
-            row_seeds = self._row_seeds(global_rows.repeat_interleave(s) * s + torch.arange(s).repeat(local_size))
+            row_ids = global_rows.repeat_interleave(s) * s + torch.arange(s).repeat(local_size)
+            row_seeds = self._row_seeds(row_ids, generation_round)
             completion_mask = self._random_masks(row_seeds.to(device))
         num_items_in_batch = self.accelerator.gather(completion_mask.sum()).sum()
 
         # Rewards of every scored state, gathered so that groups spanning ranks are normalised together.
         with profiling_context(self, "rewards"):
-            states = self._reward_states(trajectory, reward_rollouts, reward_steps, prompts, images, columns)
+            states = self._reward_states(
+                trajectory, reward_rollouts, reward_steps, prompts, input_images, columns, extras=self._reward_extras()
+            )
             local_rewards, reward_metrics = compute_rewards(self.rewards, states)
             local_rewards = local_rewards[reward_of_row]
         rewards_per_func = gather(local_rewards.to(device))
         advantages, is_std_zero = self._advantages(rewards_per_func, num_generations)
+        if mode == "train":
+            self._watch_rewards(rewards_per_func, num_generations)
         process_rows = local_size * s
         all_advantages = advantages
         advantages = advantages[process_index * process_rows : (process_index + 1) * process_rows]
@@ -364,10 +500,19 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         batch_size *= s
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             generate_every = self.args.steps_per_generation * self.num_iterations
-            old_per_token_logps = None
-            if self.args.gradient_accumulation_steps % generate_every != 0:
+            old_per_token_logps = importance_sampling_ratio = None
+            if self.args.gradient_accumulation_steps % generate_every != 0 or self._corrects_off_policy:
                 old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
                     self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size
+                )
+            sampling_per_token_logps = None
+            if self.args.likelihood == "trajectory":
+                # The sampler's own log-probs of the scored tokens: the behaviour policy.
+                sampling = trajectory.token_logprobs.to(device)[rollout_of_row]
+                sampling_per_token_logps = sampling * completion_mask
+            if self._corrects_off_policy:
+                importance_sampling_ratio = self._importance_sampling_ratio(
+                    old_per_token_logps, sampling_per_token_logps, completion_mask
                 )
             ref_per_token_logps = None
             if self.beta != 0.0:
@@ -383,8 +528,13 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                         )
 
         self._log_rewards(mode, rewards_per_func, is_std_zero, reward_metrics, steps)
-        self._log_tokens(mode, completion_mask, old_per_token_logps, trajectory.token_logprobs, rollout_of_row)
+        self._log_tokens(mode, completion_mask)
+        if old_per_token_logps is not None and sampling_per_token_logps is not None:
+            self._log_sampling(
+                mode, completion_mask, old_per_token_logps, sampling_per_token_logps, importance_sampling_ratio
+            )
         self._log_completions(rewards_per_func, all_advantages, states, reward_of_row)
+        self._flush_reward_logs(mode, len(states), reward_of_row)
         if self.accelerator.is_main_process:  # drawn at the next logging step
             self._last_trajectory = (trajectory.index_select(torch.tensor([0])).to("cpu"), prompts[:1])
         output = {
@@ -397,11 +547,94 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         }
         if old_per_token_logps is not None:
             output["old_per_token_logps"] = old_per_token_logps
+        if importance_sampling_ratio is not None:
+            output["importance_sampling_ratio"] = importance_sampling_ratio
+        if sampling_per_token_logps is not None:
+            output["sampling_per_token_logps"] = sampling_per_token_logps
         if ref_per_token_logps is not None:
             output["ref_per_token_logps"] = ref_per_token_logps
         return output
 
-    def _reward_states(self, trajectory, rollouts, steps, prompts, images, columns) -> RewardStates:
+    def _importance_sampling_ratio(
+        self, old_per_token_logps: torch.Tensor, sampling_per_token_logps: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """TRL's vLLM importance-sampling correction (same fields, same semantics), with the decoder's recorded
+        log-probs as the behaviour policy: `exp(old - sampling)` per token (`token_*`) or per row (`sequence_*`,
+        summed over the row's scored tokens), clamped (`*_truncate`) or zeroed outside [clip_min, clip_max]
+        (`*_mask`)."""
+        args = self.args
+        diff = torch.nan_to_num((old_per_token_logps - sampling_per_token_logps) * completion_mask, nan=0.0)
+        if args.vllm_importance_sampling_mode in ("sequence_mask", "sequence_truncate"):
+            diff = diff.sum(dim=-1, keepdim=True)
+        ratio = torch.exp(diff)
+        if args.vllm_importance_sampling_mode.endswith("_truncate"):
+            return torch.clamp(
+                ratio, min=args.vllm_importance_sampling_clip_min, max=args.vllm_importance_sampling_clip_max
+            )
+        low = args.vllm_importance_sampling_clip_min
+        high = args.vllm_importance_sampling_clip_max
+        low = -math.inf if low is None else low
+        high = math.inf if high is None else high
+        return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+
+    def _compute_loss(self, model, inputs):
+        if "importance_sampling_ratio" not in inputs:
+            return super()._compute_loss(model, inputs)
+        # TRL multiplies the per-token loss by `inputs["importance_sampling_ratio"]` only when `use_vllm`, the one
+        # place `_compute_loss` reads that flag: raise it for the call, so the correction is TRL's own code.
+        self.use_vllm = True
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self.use_vllm = False
+
+    def _input_images(self, images: list) -> tuple[list, list]:
+        """The batch's input images, each distinct one handled once (the G rollouts of a prompt carry copies): VQ code
+        grids for the rollout (PIL images encoded once each) and PIL images for the rewards (code grids from an
+        `image_codes` column decoded once each), the same object wherever an image repeats, so that rewards that
+        encode input images (CLIP image consistency) encode each once."""
+        keys: dict[tuple, int] = {}
+        distinct, owner = [], []
+        for image in images:
+            if image is None:
+                owner.append(None)
+                continue
+            if isinstance(image, Image.Image):
+                key = ("pil", image.mode, image.size, image.tobytes())
+            else:
+                grid = torch.as_tensor(image)
+                key = ("codes", tuple(grid.shape), str(grid.dtype), grid.cpu().numpy().tobytes())
+            if key not in keys:
+                keys[key] = len(distinct)
+                distinct.append(image)
+            owner.append(keys[key])
+        grids, pictures = list(distinct), list(distinct)
+        pil = [i for i, image in enumerate(distinct) if isinstance(image, Image.Image)]
+        if pil:
+            for i, grid in zip(pil, self.processor.image_tokenizer.encode([distinct[i] for i in pil])):
+                grids[i] = grid
+        grid_shape = tuple(self.processor.preset.image_grid)
+        codes = [
+            i
+            for i, image in enumerate(distinct)
+            if not isinstance(image, Image.Image) and torch.as_tensor(image).numel() == math.prod(grid_shape)
+        ]
+        if codes:  # a malformed grid stays as given: the rollout's encoder names it
+            stacked = torch.stack([torch.as_tensor(distinct[i]).long().view(grid_shape) for i in codes])
+            for i, picture in zip(codes, tensor_to_images(self.processor.decode_images(stacked))):
+                pictures[i] = picture
+        rollout_images = [None if j is None else grids[j] for j in owner]
+        return rollout_images, [None if j is None else pictures[j] for j in owner]
+
+    def _reward_extras(self) -> dict[str, Any]:
+        """What TRL 1.16 passes every reward callable besides the completions and the dataset columns."""
+        return {
+            "trainer_state": self.state,
+            "log_extra": self._log_completion_extra,
+            "log_metric": self._log_metric,
+        }
+
+    def _reward_states(self, trajectory, rollouts, steps, prompts, images, columns, extras=None) -> RewardStates:
         """The state of trajectory row `rollouts[n]` at `steps[n]`, with that rollout's prompt, image and columns."""
         rows = rollouts.tolist()
         return RewardStates.from_trajectory(
@@ -413,6 +646,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             input_images=[images[i] for i in rows],
             columns={key: [values[i] for i in rows] for key, values in columns.items()},
             grey_unrevealed=self.args.grey_unrevealed,
+            extras=extras,
         )
 
     def _random_masks(self, seeds: torch.Tensor) -> torch.Tensor:
@@ -450,6 +684,36 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         return advantages.reshape(-1), is_std_zero
 
     # ------------------------------------------------------------------------------------------------- rewards
+    def _watch_rewards(self, rewards_per_func: torch.Tensor, num_generations: int) -> None:
+        """Warns (once per reward) about a reward that has taught nothing for `_IDLE_REWARD_ROUNDS` generations in a
+        row: `None` for every state, or the same value for every rollout of every group at each step (a zero group
+        spread gives zero advantages)."""
+        grouped = rewards_per_func.view(-1, num_generations, self.num_reward_steps, rewards_per_func.size(1))
+        valid = ~torch.isnan(grouped)
+        high = grouped.masked_fill(~valid, -math.inf).amax(dim=1)
+        low = grouped.masked_fill(~valid, math.inf).amin(dim=1)
+        no_spread = ((high - low) <= 0) | (valid.sum(dim=1) < 2)  # (groups, s, functions)
+        all_none = (~valid).flatten(0, 2).all(dim=0).tolist()
+        flat = no_spread.flatten(0, 1).all(dim=0).tolist()
+        for name, none, constant in zip(self.reward_func_names, all_none, flat, strict=True):
+            rounds = self._idle_reward_rounds.get(name, 0) + 1 if (none or constant) else 0
+            self._idle_reward_rounds[name] = rounds
+            if rounds != _IDLE_REWARD_ROUNDS or name in self._warned_rewards:
+                continue
+            self._warned_rewards.add(name)
+            if none:
+                reason = (
+                    "returned None for every state, so it never applies: check the dataset columns and tasks it "
+                    "expects"
+                )
+            else:
+                reason = (
+                    "gave every rollout of a group the same value at each rewarded step, so its group-normalised "
+                    "advantage is 0 and it teaches nothing. A reward of the revealed amount alone does this (e.g. the "
+                    "word count of the partial text, or `text_revealed`): the reveal schedule fixes it per step"
+                )
+            warnings.warn(f"reward {name!r} {reason} (for the last {_IDLE_REWARD_ROUNDS} generations).", stacklevel=2)
+
     def _prepare_reward_normalizers(self) -> None:
         """Fits every unfitted reward normaliser: from `reward_mean`/`reward_std` if given, else by rolling out the
         policy on a random `reward_calibration_fraction` of the training prompts (paper: 1%)."""
@@ -457,13 +721,14 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         normalizers = [reward.normalizer for reward in self.rewards if getattr(reward, "normalizer", None) is not None]
         pending = [normalizer for normalizer in normalizers if not normalizer.is_fitted]
         for normalizer in normalizers:
-            normalizer.clip = self.args.reward_clip
+            if not normalizer.clip_given:  # a clip the user gave the normaliser is theirs
+                normalizer.clip = self.args.reward_clip
         if not pending:
             return
         if self.args.reward_mean is not None:
             for normalizer in pending:
                 normalizer.load_state_dict(
-                    {"mean": self.args.reward_mean, "std": self.args.reward_std, "clip": self.args.reward_clip}
+                    {"mean": self.args.reward_mean, "std": self.args.reward_std, "clip": normalizer.clip}
                 )
             return
         if self.train_dataset is None or self.args.reward_calibration_fraction == 0:
@@ -474,26 +739,51 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self._calibrate(pending)
 
     def _calibrate(self, pending) -> None:
+        """Rolls out a random `reward_calibration_fraction` of the training prompts (at least one) once and fits the
+        pending normalisers on their raw scores, gathered from every rank.
+
+        Every rank decodes the same number of batches of the per-device generation batch size, padding its last (or
+        only) batches with a stand-in prompt whose scores are dropped: the rollout's ZeRO-3 parameter gather is a
+        collective, so a rank with fewer (or no) calibration prompts must still enter it as often as the others.
+        Prompts, steps and noise depend on the calibration row, not on the rank or the number of processes."""
         dataset = self.train_dataset
-        num_prompts = max(self.num_generations, round(len(dataset) * self.args.reward_calibration_fraction))
+        num_prompts = max(1, round(len(dataset) * self.args.reward_calibration_fraction))
         generator = torch.Generator().manual_seed(self.args.seed)
         indices = torch.randperm(len(dataset), generator=generator)[:num_prompts].tolist()
-        # Each rank rolls out its share; the raw scores are gathered so that every rank fits the same statistics.
-        indices = indices[self.accelerator.process_index :: self.accelerator.num_processes]
-        rows = [dataset[i] for i in indices]
-        prompts, images, tasks, columns = _split_rows(rows) if rows else ([], [], [], {})
-        steps = self.step_selector.select(max(len(rows), 1), self.args.diffusion_steps, generator)[: len(rows)]
+        steps = self.step_selector.select(num_prompts, self.args.diffusion_steps, generator)  # (num_prompts, s)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = list(range(rank, num_prompts, world))  # this rank's calibration rows
+        share = -(-num_prompts // world)  # rows every rank decodes, padding included
+        chunk = max(1, self.args.generation_batch_size // world)
         raw = {id(normalizer): [] for normalizer in pending}
-        if rows:
-            seeds = 2**61 + torch.arange(len(rows)) + self.accelerator.process_index * num_prompts
-            trajectory = self._rollout(prompts, images, tasks, sorted(set(steps.flatten().tolist())), seeds)
-            s = steps.size(1)
-            rollout_of_row = torch.arange(len(rows)).repeat_interleave(s)
-            states = self._reward_states(trajectory, rollout_of_row, steps.flatten(), prompts, images, columns)
+        for start in range(0, share, chunk):
+            real = mine[start : start + chunk]
+            rows = real + [0] * (min(chunk, share - start) - len(real))  # stand-ins: calibration row 0
+            prompts, images, tasks, columns = _split_rows([dataset[indices[row]] for row in rows])
+            images, input_images = self._input_images(images)
+            chunk_steps = steps[rows]
+            trajectory = self._rollout(
+                prompts, images, tasks, sorted(set(chunk_steps.flatten().tolist())), 2**61 + torch.tensor(rows)
+            )
+            if not real:
+                continue
+            s = chunk_steps.size(1)
+            rollouts = torch.arange(len(real)).repeat_interleave(s)
+            states = self._reward_states(
+                trajectory,
+                rollouts,
+                chunk_steps[: len(real)].flatten(),
+                prompts,
+                input_images,
+                columns,
+                extras=self._reward_extras(),
+            )
             for reward in self.rewards:
                 normalizer = getattr(reward, "normalizer", None)
                 if normalizer is not None and id(normalizer) in raw:
-                    raw[id(normalizer)] = getattr(reward, "raw_scores", reward.score)(states)
+                    raw[id(normalizer)].extend(getattr(reward, "raw_scores", reward.score)(states))
+        self._pending_extra_logs.clear()  # calibration scores are not training rows
+        self._pending_metrics.clear()
         for normalizer in pending:
             values = [v for v in gather_object(raw[id(normalizer)]) if v is not None]
             normalizer.fit(values)
@@ -522,18 +812,50 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         all_steps = gather(steps.to(self.accelerator.device).float())
         metrics["reward_by_step/mean_step_fraction"].append((all_steps.mean() / self.args.diffusion_steps).item())
 
-    def _log_tokens(self, mode, completion_mask, old_per_token_logps, sampled_logprobs, rollout_of_row) -> None:
-        """Tokens trained on so far, and how far the recomputed old log-probs are from the sampler's own."""
-        metrics = self._metrics[mode]
+    def _log_tokens(self, mode, completion_mask) -> None:
+        """Tokens trained on so far (training only: evaluation tokens are not trained on)."""
         num_tokens = self.accelerator.gather(completion_mask.sum()).sum().item()
-        self.state.num_input_tokens_seen += num_tokens
-        metrics["num_tokens"] = [self.state.num_input_tokens_seen]
-        if old_per_token_logps is not None:
-            sampled = sampled_logprobs.to(old_per_token_logps.device)[rollout_of_row]
-            scored = completion_mask.bool()
-            delta = (old_per_token_logps - sampled).abs()[scored]
-            delta_mean = delta.mean() if delta.numel() else torch.zeros((), device=delta.device)
-            metrics["sampling/sampling_logp_difference/mean"].append(self.accelerator.gather(delta_mean).mean().item())
+        if mode == "train":
+            self.state.num_input_tokens_seen += num_tokens
+        self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
+
+    def _log_sampling(self, mode, completion_mask, old_per_token_logps, sampling_per_token_logps, ratio) -> None:
+        """How far the likelihood's log-probs are from the sampler's, and the correction's ratios: TRL's metrics."""
+        metrics, device = self._metrics[mode], old_per_token_logps.device
+        scored = completion_mask.bool()
+        delta = (old_per_token_logps - sampling_per_token_logps).abs()
+        delta = delta[scored & ~torch.isnan(delta)]
+        zero = torch.zeros((), device=device)
+        mean_delta = delta.mean() if delta.numel() else zero
+        max_delta = delta.max() if delta.numel() else zero
+        metrics["sampling/sampling_logp_difference/mean"].append(self.accelerator.gather(mean_delta).mean().item())
+        metrics["sampling/sampling_logp_difference/max"].append(self.accelerator.gather(max_delta).max().item())
+        if ratio is None:
+            return
+        flat = ratio.flatten() if ratio.size(1) == 1 else ratio[scored]
+        stats = [flat.min(), flat.mean(), flat.max()] if flat.numel() else [zero, zero, zero]
+        metrics["sampling/importance_sampling_ratio/min"].append(nanmin(self.accelerator.gather(stats[0])).item())
+        metrics["sampling/importance_sampling_ratio/mean"].append(self.accelerator.gather(stats[1]).nanmean().item())
+        metrics["sampling/importance_sampling_ratio/max"].append(nanmax(self.accelerator.gather(stats[2])).item())
+
+    def _flush_reward_logs(self, mode, num_states, reward_of_row) -> None:
+        """The completions-table columns (`log_extra`, one value per scored state, spread to the state's loss
+        rows) and scalar metrics (`log_metric`) that reward callables logged, gathered as TRL does."""
+        for column in sorted(set(gather_object(list(self._pending_extra_logs)))):
+            values = self._pending_extra_logs.get(column, [None] * num_states)
+            if len(values) != num_states:
+                raise ValueError(
+                    f"log_extra({column!r}, ...) got {len(values)} values for {num_states} scored states; log one "
+                    "value per state."
+                )
+            self._logs["extra"][column].extend(gather_object([values[i] for i in reward_of_row.tolist()]))
+        self._pending_extra_logs.clear()
+        for name in sorted(set(gather_object(list(self._pending_metrics)))):
+            values = self._pending_metrics.get(name, [])
+            local = torch.tensor([sum(values), len(values)], dtype=torch.float32, device=self.accelerator.device)
+            total, count = self.accelerator.gather(local).view(-1, 2).sum(dim=0).tolist()
+            self._metrics[mode][name].append(total / max(count, 1))
+        self._pending_metrics.clear()
 
     def _log_completions(self, rewards_per_func, advantages, states, reward_of_row) -> None:
         """The completions table: one row per (rollout, step) row of the loss, like the rewards and advantages."""
@@ -544,7 +866,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             self._logs["rewards"][name].extend(rewards_per_func[:, i].tolist())
         self._logs["advantages"].extend(advantages.tolist())
         self._logs["extra"]["step"].extend(gather_object(states.steps[reward_of_row].tolist()))
-        if self.log_multimodal:
+        if self.log_completions or self.log_multimodal:  # the table's image column: the partial output image
             self._logs["images"].extend(gather_object([[states.images[i]] for i in state_of_row]))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -588,15 +910,31 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
             state = {reward.name: reward.state_dict() for reward in self.rewards}
             with open(os.path.join(folder, _REWARD_STATE_FILE), "w") as f:
-                json.dump({"rewards": state, "generation_round": self._generation_round}, f, indent=2)
+                json.dump(
+                    {"rewards": state, "generation_round": self._generation_round, "micro_step": self._step},
+                    f,
+                    indent=2,
+                )
+        if self._mid_generation_window() and self._buffered_inputs is not None:
+            # The next steps train on rollouts of an earlier policy: keep them (each rank its own) so that a resume
+            # trains on the same rows instead of generating new ones from the current policy.
+            os.makedirs(folder, exist_ok=True)
+            tensors = {
+                f"{i}.{key}": value.detach().cpu().clone()
+                for i, batch in enumerate(self._buffered_inputs)
+                for key, value in batch.items()
+                if torch.is_tensor(value)
+            }
+            save_file(tensors, os.path.join(folder, _BUFFER_FILE.format(rank=self.accelerator.process_index)))
+
+    def _mid_generation_window(self) -> bool:
+        return self._step % (self.args.steps_per_generation * self.num_iterations) != 0
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Trainer resumes non-strictly (a PEFT adapter's missing keys would be dropped silently): check first.
@@ -617,6 +955,26 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 reward.load_state_dict(saved["rewards"][reward.name])
         self._generation_round = saved["generation_round"]
         self._normalizers_ready = True
+        # TRL restarts its micro-step counter at 0 on resume, which re-aligns generation windows to the resumed
+        # step; restore it, and the rollouts buffered mid-window, so the run continues exactly.
+        self._step = saved.get("micro_step", self._step)
+        if self._mid_generation_window():
+            buffer_path = os.path.join(checkpoint, _BUFFER_FILE.format(rank=self.accelerator.process_index))
+            if not os.path.exists(buffer_path):
+                window = self.args.steps_per_generation * self.num_iterations // self.args.gradient_accumulation_steps
+                raise ValueError(
+                    f"{checkpoint} was saved in the middle of a generation window (steps_per_generation="
+                    f"{self.args.steps_per_generation}, num_iterations={self.num_iterations}) and holds no buffered "
+                    f"rollouts for process {self.accelerator.process_index} ({os.path.basename(buffer_path)}); resume "
+                    f"with the number of processes it was saved with, or from a checkpoint saved with save_steps a "
+                    f"multiple of {window}."
+                )
+            tensors = load_file(buffer_path, device=str(self.accelerator.device))
+            buffer = [{} for _ in range(self.args.steps_per_generation)]
+            for name, value in tensors.items():
+                index, key = name.split(".", 1)
+                buffer[int(index)][key] = value
+            self._buffered_inputs = buffer
 
 
 def _named_stub(name: str) -> Callable:
@@ -646,3 +1004,43 @@ def _split_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list, list, 
     reserved = {"prompt"}
     columns = {key: [row.get(key) for row in rows] for key in rows[0] if key not in reserved} if rows else {}
     return prompts, images, tasks, columns
+
+
+@dataclass(frozen=True)
+class _LikelihoodSpan:
+    """One modality as the likelihood scores it: its output slots, its vocabulary columns, the column it never
+    samples (the text mask token), its temperature and the most tokens one row scores there."""
+
+    slots: torch.Tensor
+    vocab_range: tuple[int, int]
+    exclude: int | None
+    temperature: float
+    num_scored: int
+
+
+def _span_logps(
+    logits: torch.Tensor, targets: torch.Tensor, span: _LikelihoodSpan, top_k: int | None, compute_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of `targets (B, n)` under the sampling distribution of `logits (B, n, V)` (the decoder's
+    `sampling_logits`: excluded column, temperature, top-k), with one fp32 copy of the logits."""
+    logits = logits.float() / span.temperature
+    if span.exclude is not None:
+        logits[..., span.exclude] = float("-inf")
+    if top_k is not None and top_k < logits.size(-1):
+        with torch.no_grad():
+            drop = logits < logits.topk(top_k, dim=-1).values[..., -1:]
+            drop.scatter_(-1, targets.unsqueeze(-1), False)
+        logits = logits.masked_fill_(drop, float("-inf"))
+    normaliser = torch.logsumexp(logits, dim=-1)
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser
+    entropy = None
+    if compute_entropy:
+        with torch.no_grad():
+            logps = logits - normaliser.unsqueeze(-1)
+            entropy = -(logps.exp() * logps.nan_to_num(neginf=0.0)).sum(-1)
+    return token_logps, entropy
+
+
+def _column(token_id: int, vocab_range: tuple[int, int]) -> int | None:
+    start, end = vocab_range
+    return token_id - start if start <= token_id < end else None

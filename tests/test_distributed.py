@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("full", "lora")
 
 
-def launch(tmp: Path, launch_args: list[str], variants: list[str]) -> dict:
+def launch(tmp: Path, launch_args: list[str], variants: list[str], timeout: int = 600) -> dict:
     """Runs train_tiny.py on 2 processes (2 steps, beta > 0) and returns `{variant: [rank-0 summary, rank-1]}`."""
     command = [
         sys.executable,
@@ -36,7 +36,7 @@ def launch(tmp: Path, launch_args: list[str], variants: list[str]) -> dict:
         *variants,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     output = f"{result.stdout[-3000:]}\n{result.stderr[-8000:]}"
     assert result.returncode == 0, f"accelerate launch failed ({result.returncode}):\n{output}"
     summaries = {}
@@ -68,8 +68,8 @@ def check_common(ranks: list[dict]) -> None:
         assert summary["sharded"], "ZeRO-3 kept whole parameters on a rank"
         assert summary["steps"] == 2
         assert len(summary["losses"]) == 2 and all(math.isfinite(loss) for loss in summary["losses"])
-        assert set(summary["reward_means"]) == {"word_count", "image_brightness"}
         assert all(len(values) == 2 for values in summary["reward_means"].values())
+        assert set(summary["reward_means"]) <= {"word_count", "image_brightness", "normalized_brightness"}
         assert len(summary["rewards"]) == 2 and all(reward > 0 for reward in summary["rewards"])
         # KL is 0 at the first step (policy == reference) and positive once the policy has moved.
         assert summary["kl"][0] == pytest.approx(0.0, abs=1e-6) and summary["kl"][1] > 0
@@ -92,3 +92,24 @@ def test_zero3_lora(zero3_summaries):
     check_common(ranks)
     assert not any(summary["has_ref_model"] for summary in ranks)
     assert ranks[0]["num_trainable"] == 2 * 4 * 2  # lora_A and lora_B of 4 projections in 2 layers
+
+
+def zero3_config(tmp: Path) -> Path:
+    # The accelerate config names the DeepSpeed JSON relative to the repo root; make it absolute.
+    config = (REPO_ROOT / "ds_configs" / "zero3_cpu_test.yaml").read_text()
+    json_path = REPO_ROOT / "ds_configs" / "ds_zero3_cpu_test.json"
+    (tmp / "zero3.yaml").write_text(config.replace("ds_configs/ds_zero3_cpu_test.json", str(json_path)))
+    return tmp / "zero3.yaml"
+
+
+@pytest.mark.slow
+def test_zero3_calibration_with_a_rank_without_calibration_prompts(tmp_path):
+    # 1/16 of 16 prompts: one calibration prompt, on rank 0. Rank 1 must still enter the rollout's parameter gather
+    # (a collective under ZeRO-3), or rank 0 waits forever; the timeout turns such a hang into a failure.
+    ranks = launch(tmp_path, ["--config_file", str(zero3_config(tmp_path))], ["calibrate"], timeout=300)["calibrate"]
+    check_common(ranks)
+    calibration = [summary["calibration"] for summary in ranks]
+    assert [c["num_raw_before_fit"] for c in calibration] == [2, 0]  # one prompt x num_reward_steps = 2 states
+    # Both ranks fit the same statistics, from the gathered raw scores.
+    assert calibration[0]["normalizer"] == calibration[1]["normalizer"]
+    assert calibration[0]["normalizer"]["mean"] is not None

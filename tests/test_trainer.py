@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from peft import LoraConfig, PeftModel
 
 from pararl.config import DiffusionGRPOConfig
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
+from pararl.models.image_tokenizers import tensor_to_images
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset
 from pararl.trainer import DiffusionGRPOTrainer
@@ -635,10 +638,12 @@ def test_unfitted_normalizer_is_calibrated_before_the_first_step(processor, data
         processing_class=processor,
     )
     trainer.train()
-    (calibration, fitted_before), *training = reward.raw_calls
-    assert not fitted_before and all(fitted for _, fitted in training)
-    # 50% of 16 prompts, one rollout each, scored at num_reward_steps = 3 steps.
-    assert len(calibration) == 8 * 3
+    # 50% of 16 prompts, one rollout each, scored at num_reward_steps = 3 steps, decoded in batches of the per-device
+    # generation batch (4 rollouts) like training, before any training step.
+    (first, fitted_first), (second, fitted_second), *training = reward.raw_calls
+    assert not fitted_first and not fitted_second and all(fitted for _, fitted in training)
+    assert len(first) == len(second) == 4 * 3
+    calibration = first + second
     values = torch.tensor(calibration, dtype=torch.float64)
     assert reward.normalizer.mean == pytest.approx(values.mean().item())
     assert reward.normalizer.std == pytest.approx(values.std(correction=0).item())
@@ -686,3 +691,490 @@ def test_to_rollout_config_carries_every_decoder_setting(tmp_path):
     assert (config.top_k, config.remasking, config.order) == (5, "random", "text_then_image")
     assert (config.text_guidance_scale, config.image_guidance_scale, config.guidance_drop) == (1.5, 2.0, "prompt")
     assert grpo_config(tmp_path).to_rollout_config().top_k is None  # TRL's top_k=0 means "off"
+
+
+# ------------------------------------------------------------------------------------------- on-policy or corrected
+def likelihood(trainer, out) -> torch.Tensor:
+    """The trainer's per-token log-probs of a generation output, recomputed with the current policy."""
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(
+        trainer.model,
+        torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1),
+        torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1),
+        out["completion_ids"].shape[1],
+    )
+    return logps.detach()
+
+
+def sampler_logps(trajectory, out, s: int = 3) -> torch.Tensor:
+    """The decoder's recorded log-probs, spread to the (rollout, step) rows and kept at the scored tokens."""
+    rows = out["completion_ids"].shape[0]
+    return trajectory.token_logprobs[torch.arange(rows) // s] * out["completion_mask"]
+
+
+def test_top_k_rollouts_are_scored_with_the_same_filter(processor, dataset, tmp_path):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, top_k=3)
+    trajectories = record_trajectories(trainer)
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    (trajectory,) = trajectories
+    scored = out["completion_mask"].bool()
+    # The likelihood replays the top-k filter: the same numbers as the sampler (no correction needed).
+    torch.testing.assert_close(
+        likelihood(trainer, out)[scored], sampler_logps(trajectory, out)[scored], atol=1e-5, rtol=0
+    )
+    assert "importance_sampling_ratio" not in out
+
+
+@pytest.mark.parametrize(
+    "mode, clip_min, clip_max", [("sequence_mask", None, 3.0), ("token_truncate", 0.8, 1.1), ("token_mask", 0.9, 1.1)]
+)
+def test_guided_rollouts_are_corrected_with_trls_importance_sampling(
+    processor, dataset, tmp_path, mode, clip_min, clip_max
+):
+    trainer, _ = scoring_trainer(
+        processor,
+        dataset,
+        tmp_path,
+        text_guidance_scale=3.0,
+        image_guidance_scale=3.0,
+        loss_type="grpo",
+        vllm_importance_sampling_mode=mode,
+        vllm_importance_sampling_clip_min=clip_min,
+        vllm_importance_sampling_clip_max=clip_max,
+    )
+    trajectories = record_trajectories(trainer)
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    (trajectory,) = trajectories
+    mask = out["completion_mask"]
+    sampling = sampler_logps(trajectory, out)
+    torch.testing.assert_close(out["sampling_per_token_logps"], sampling)
+    old = likelihood(trainer, out)
+    torch.testing.assert_close(out["old_per_token_logps"], old, atol=1e-6, rtol=0)
+    diff = (old - sampling) * mask
+    assert diff.abs().max() > 1e-2  # guidance really moved the sampler off the policy
+    # TRL's semantics, written out.
+    if mode == "sequence_mask":
+        ratio = diff.sum(-1, keepdim=True).exp()
+        expected = ratio.masked_fill(ratio > clip_max, 0.0)
+    elif mode == "token_truncate":
+        expected = diff.exp().clamp(clip_min, clip_max)
+    else:
+        ratio = diff.exp()
+        expected = ratio.masked_fill((ratio < clip_min) | (ratio > clip_max), 0.0)
+    torch.testing.assert_close(out["importance_sampling_ratio"], expected)
+    metrics = trainer._metrics["train"]
+    scored = mask.bool()
+    assert metrics["sampling/sampling_logp_difference/max"][-1] == pytest.approx(diff.abs()[scored].max().item())
+    assert metrics["sampling/sampling_logp_difference/mean"][-1] == pytest.approx(diff.abs()[scored].mean().item())
+    flat = expected.flatten() if expected.size(1) == 1 else expected[scored]
+    for stat in ("min", "mean", "max"):
+        value = getattr(flat, stat)().item()
+        assert metrics[f"sampling/importance_sampling_ratio/{stat}"][-1] == pytest.approx(value, rel=1e-5)
+
+    # The loss is TRL's, each token weighted by the ratio: with old = current, per-token loss = -A * ratio.
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer._compute_loss(trainer.model, out)
+    per_token = -out["advantages"].unsqueeze(1) * expected.expand_as(mask) * mask
+    expected_loss = (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    uncorrected = ((-out["advantages"].unsqueeze(1) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-4, abs=1e-7)
+    assert abs(expected_loss.item() - uncorrected.item()) > 1e-4
+
+
+def test_guidance_without_the_correction_warns(processor, dataset, tmp_path):
+    with pytest.warns(UserWarning, match="off-policy.*uncorrected"):
+        scoring_trainer(
+            processor, dataset, tmp_path, text_guidance_scale=2.0, vllm_importance_sampling_correction=False
+        )
+
+
+def test_rollouts_run_under_the_likelihoods_autocast(processor, dataset, tmp_path):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, bf16=True)
+    seen = []
+    hook = trainer.model.model.register_forward_pre_hook(
+        lambda module, args: seen.append(torch.is_autocast_enabled("cpu"))
+    )
+    rollouts = record_trajectories(trainer)
+    try:
+        trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    finally:
+        hook.remove()
+    assert rollouts and len(seen) > 1
+    assert all(seen), "a backbone forward (rollout or likelihood) ran outside the bf16 autocast"
+
+
+# -------------------------------------------------------------------------------------------- the right reference
+def test_prewrapped_peft_adapter_is_its_own_reference(processor, dataset, tmp_path):
+    from peft import get_peft_model
+
+    def sft_adapter():
+        model = get_peft_model(tiny_model(processor), LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
+        with torch.no_grad():  # a trained adapter: not the identity
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 0.5)
+        return model
+
+    args = grpo_config(tmp_path, beta=0.1, per_device_train_batch_size=2 * G)
+    trainer = DiffusionGRPOTrainer(
+        model=sft_adapter(), reward_funcs=[word_count], args=args, train_dataset=dataset, processing_class=processor
+    )
+    assert args.beta == 0.1 and trainer.args is args and trainer.beta == 0.1
+    assert "ref" in trainer.model.peft_config  # TRL's frozen copy of the SFT adapter
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    scored = out["completion_mask"].bool()
+    # The reference is the SFT adapter, so KL is 0 at step 0 (the base model without it would not be).
+    torch.testing.assert_close(out["ref_per_token_logps"][scored], likelihood(trainer, out)[scored], atol=1e-6, rtol=0)
+    with pytest.raises(NotImplementedError, match="sync_ref_model=True.*PEFT"):
+        DiffusionGRPOTrainer(
+            model=sft_adapter(),
+            reward_funcs=[word_count],
+            args=grpo_config(tmp_path, beta=0.1, sync_ref_model=True),
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+
+
+def test_sync_ref_model_with_full_fine_tuning(processor, dataset, tmp_path):
+    args = grpo_config(
+        tmp_path, beta=0.1, sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=1.0, max_steps=2
+    )
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[word_count],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    assert args.beta == 0.1 and args.sync_ref_model
+    trainer.train()
+    ref = dict(trainer.ref_model.named_parameters())
+    for name, param in trainer.model.named_parameters():  # alpha = 1: the reference became the step-2 policy
+        torch.testing.assert_close(ref[name], param.detach())
+    assert logged_steps(trainer)[2]["kl"] > 0
+
+
+def test_full_fine_tune_reference_is_loaded_from_the_policy_folder(processor, dataset, tmp_path):
+    folder = tmp_path / "policy"
+    tiny_model(processor, seed=3).save_pretrained(folder)
+
+    def make(model):
+        return DiffusionGRPOTrainer(
+            model=model,
+            reward_funcs=[word_count],
+            args=grpo_config(tmp_path / "out", beta=0.1),
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+
+    # A policy whose parameters ZeRO-3 has partitioned (marked as DeepSpeed marks them): never copied from memory.
+    policy = MaskedDiffusionLM.from_pretrained(folder)
+    for param in policy.parameters():
+        param.ds_id = 0
+    trainer = make(policy)  # loaded from the folder instead
+    saved = dict(MaskedDiffusionLM.from_pretrained(folder).named_parameters())
+    for name, param in trainer.ref_model.named_parameters():
+        torch.testing.assert_close(param, saved[name])
+        assert not param.requires_grad
+    in_memory = tiny_model(processor)
+    for param in in_memory.parameters():
+        param.ds_id = 0
+    with pytest.raises(ValueError, match=r"save it with `model.save_pretrained\(path\)`"):
+        make(in_memory)
+
+
+# --------------------------------------------------------------------------------------- resumable, eval apart
+def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, dataset, tmp_path):
+    def make_trainer(output_dir):
+        args = grpo_config(
+            output_dir,
+            per_device_train_batch_size=2,
+            steps_per_generation=2,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=1,
+        )
+        return DiffusionGRPOTrainer(
+            model=tiny_model(processor),
+            reward_funcs=[word_count, ImageBrightness()],
+            args=args,
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+
+    uninterrupted = make_trainer(tmp_path / "a")
+    uninterrupted.train()
+    expected = logged_steps(uninterrupted)
+    for start in (1, 3):  # mid-window checkpoints: the next step trains on rollouts of an earlier policy
+        resumed = make_trainer(tmp_path / f"b{start}")
+        resumed.train(resume_from_checkpoint=str(tmp_path / "a" / f"checkpoint-{start}"))
+        actual = logged_steps(resumed)
+        assert resumed._generation_round == uninterrupted._generation_round == 2
+        for step in range(start + 1, 5):
+            assert ("reward" in actual[step]) == ("reward" in expected[step]) == (step % 2 == 1)  # generation steps
+            for key in ("loss", "entropy", "grad_norm") + (("reward",) if step % 2 else ()):
+                assert actual[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-7), (start, step, key)
+        final = dict(resumed.model.named_parameters())
+        for name, param in uninterrupted.model.named_parameters():
+            torch.testing.assert_close(final[name], param, atol=1e-6, rtol=1e-5)
+    # Only mid-window checkpoints carry rollouts; each process saves its own. Without them, resuming is refused.
+    assert (tmp_path / "a" / "checkpoint-1" / "rollout_buffer-rank0.safetensors").is_file()
+    assert not (tmp_path / "a" / "checkpoint-2" / "rollout_buffer-rank0.safetensors").exists()
+    (tmp_path / "a" / "checkpoint-3" / "rollout_buffer-rank0.safetensors").unlink()
+    with pytest.raises(ValueError, match="save_steps a multiple of 2"):
+        make_trainer(tmp_path / "c").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+
+
+def test_evaluation_does_not_move_the_training_noise(processor, dataset, tmp_path):
+    eval_dataset = build_toy_dataset("test", num_samples=2, seed=1)
+
+    def run(output_dir, **kwargs):
+        trainer = DiffusionGRPOTrainer(
+            model=tiny_model(processor),
+            reward_funcs=[word_count, ImageBrightness()],
+            args=grpo_config(output_dir, max_steps=2, per_device_eval_batch_size=G, **kwargs),
+            train_dataset=dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processor,
+        )
+        trainer.train()
+        return trainer
+
+    plain = run(tmp_path / "a")
+    evaluated = run(tmp_path / "b", eval_strategy="steps", eval_steps=1)
+    assert any("eval_reward" in entry for entry in evaluated.state.log_history)
+    assert evaluated._generation_round == plain._generation_round == 2
+    assert evaluated.state.num_input_tokens_seen == plain.state.num_input_tokens_seen  # eval tokens are not trained
+    for step, entry in logged_steps(plain).items():
+        assert logged_steps(evaluated)[step]["loss"] == pytest.approx(entry["loss"], rel=1e-6, abs=1e-9)
+    final = dict(evaluated.model.named_parameters())
+    for name, param in plain.model.named_parameters():
+        torch.testing.assert_close(final[name], param)
+    # Every evaluation decodes with the same noise: the same policy gets the same evaluation.
+    first, second = evaluated.evaluate(), evaluated.evaluate()
+    assert first["eval_reward"] == second["eval_reward"]
+
+
+# ------------------------------------------------------------------------------------------ rewards as TRL passes
+def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(processor, dataset, tmp_path):
+    seen_steps = []
+
+    def staged(completions, trainer_state, log_metric, log_extra, **kwargs):
+        seen_steps.append(trainer_state.global_step)
+        log_metric("staged/words", float(sum(len(text.split()) for text in completions)))
+        log_extra("num_words", [len(text.split()) for text in completions])
+        return [len(text.split()) / 10 for text in completions]
+
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[staged],
+        args=grpo_config(tmp_path, max_steps=2, log_completions=True),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    assert seen_steps == [0, 1]
+    assert all("staged/words" in entry for entry in logged_steps(trainer).values())
+    # The completions table keeps every (rollout, step) row of a generation, with the partial image.
+    rows = G * 3
+    assert len(trainer._logs["prompt"]) == len(trainer._logs["advantages"]) == rows
+    assert len(trainer._logs["extra"]["num_words"]) == len(trainer._logs["images"]) == rows
+    assert trainer._logs["extra"]["num_words"][0] == len(trainer._logs["completion"][0].split())
+
+
+def test_a_reward_that_teaches_nothing_is_named_in_a_warning(processor, dataset, tmp_path):
+    def revealed_only(completions, text_revealed, **kwargs):  # the schedule fixes it per step
+        return list(text_revealed)
+
+    def never(completions, **kwargs):
+        return [None] * len(completions)
+
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[word_count, revealed_only, never],
+        args=grpo_config(tmp_path, max_steps=3),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    with pytest.warns(UserWarning) as record:
+        trainer.train()
+    messages = [str(warning.message) for warning in record]
+    assert sum("'revealed_only'" in m and "same value" in m and "reveal schedule" in m for m in messages) == 1
+    assert sum("'never'" in m and "None for every state" in m for m in messages) == 1
+    assert not any("'word_count'" in m for m in messages)
+
+
+# ------------------------------------------------------------------------------------------------------ smaller
+def test_dr_grpo_divides_by_the_scored_tokens_of_a_row(processor, dataset, tmp_path):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, loss_type="dr_grpo")
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    mask = out["completion_mask"]
+    plan = trainer.reveal_plan
+    most = max(text + image for text, image in zip(plan.text_counts, plan.image_counts))
+    assert trainer.max_completion_length == most < processor.output_length
+    assert int(mask.sum(-1).max()) <= most
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer._compute_loss(trainer.model, out)  # old = current: per-token loss -A
+    expected = (-out["advantages"].unsqueeze(1) * mask).sum() / (mask.size(0) * trainer.max_completion_length)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
+
+
+def test_top_entropy_quantile_is_taken_per_modality(processor, dataset, tmp_path):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path)
+    length = processor.output_length
+    image = torch.zeros(length, dtype=torch.bool)
+    image[processor.image_positions] = True
+    text = torch.zeros(length, dtype=torch.bool)
+    text[processor.text_positions] = True
+    # Text entropies (a large vocabulary) all exceed image entropies (the codebook).
+    entropies = torch.where(image, torch.rand(length), 10 + torch.rand(length)).unsqueeze(0)
+    mask = (image | text).long().unsqueeze(0)
+    kept = trainer.get_high_entropy_mask(entropies, mask, threshold=0.5)[0]
+    for modality in (image, text):
+        share = kept[modality].float().mean().item()
+        assert 0.4 < share < 0.6, share  # the top half of each modality, not the text alone
+
+
+def test_mask_truncated_completions_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="mask_truncated_completions=True"):
+        grpo_config(tmp_path, mask_truncated_completions=True)
+
+
+def test_a_user_given_normalizer_clip_is_kept(processor, dataset, tmp_path):
+    given, default = NormalizedLength(RewardNormalizer(clip=2.0)), NormalizedLength(RewardNormalizer())
+    default.name = "default_clip"
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[given, default],
+        args=grpo_config(tmp_path, max_steps=1, reward_mean=3.0, reward_std=0.5, reward_clip=1.5),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    assert given.normalizer.clip == 2.0 and default.normalizer.clip == 1.5
+
+
+class InputImages(Reward):
+    """Keeps the input images every batch of states carried."""
+
+    def __init__(self):
+        self.batches = []
+
+    def score(self, states):
+        self.batches.append(list(states.input_images))
+        return [0.0] * len(states)
+
+
+def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(processor, dataset, tmp_path, monkeypatch):
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path)
+    recorder = InputImages()
+    trainer.rewards.append(recorder)
+    trainer.reward_func_names.append("input_images")
+    trainer.reward_weights = torch.tensor([1.0, 1.0, 0.0])
+    encoded = []
+    encode = processor.image_tokenizer.encode
+    monkeypatch.setattr(
+        processor.image_tokenizer, "encode", lambda images: encoded.append(len(images)) or encode(images)
+    )
+    batch = generation_batch(dataset, 2)  # 2 prompts x G rollouts, each row a fresh copy of its image
+    with_images = sum(dataset[i]["image"] is not None for i in range(2))
+    trainer._generate_and_score_completions(batch)
+    assert sum(encoded) == with_images  # once per distinct image, not once per rollout
+    (images,) = recorder.batches
+    for group in range(2):
+        rows = images[group * G * 3 : (group + 1) * G * 3]
+        assert len({id(image) for image in rows}) == 1  # one object for the group's rollouts and steps
+
+    # An `image_codes` column: the rollout reads the codes, the rewards get the decoded picture.
+    codes = [
+        processor.image_tokenizer.encode([row["image"]])[0] if row["image"] is not None else None for row in batch
+    ]
+    coded = [{**{k: v for k, v in row.items() if k != "image"}, "image_codes": c} for row, c in zip(batch, codes)]
+    recorder.batches.clear()
+    trainer._generate_and_score_completions(coded)
+    (pictures,) = recorder.batches
+    for row, picture in zip(batch, pictures[::3]):
+        if row["image"] is None:
+            assert picture is None
+        else:
+            expected = processor.decode_images(processor.image_tokenizer.encode([row["image"]]))
+            assert isinstance(picture, PIL.Image.Image)
+            assert torch.equal(
+                torch.as_tensor(np.asarray(picture)), torch.as_tensor(np.asarray(tensor_to_images(expected)[0]))
+            )
+
+
+# ------------------------------------------------------------------------------------------------ what is exact
+def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, dataset, tmp_path):
+    from pararl.rollout import ParallelDecoder, RolloutConfig
+
+    # Which slots a step reveals: under random remasking a function of the seed alone (so its probability,
+    # prod_k 1 / C(masked_k, count_k) per modality, is a constant of the policy); under low_confidence it depends on
+    # the drawn values and so on the policy, and the likelihood does not score it.
+    rows = generation_batch(dataset, 2)
+    prompts, images = [row["prompt"] for row in rows], [row["image"] for row in rows]
+    seeds = torch.arange(len(rows))
+    for remasking, same in (("random", True), ("low_confidence", False)):
+        config = RolloutConfig(num_steps=8, remasking=remasking)
+        maps = [
+            ParallelDecoder(tiny_model(processor, seed), processor, config)
+            .generate(prompts, images, seeds=seeds)
+            .step_map
+            for seed in (0, 1)
+        ]
+        assert torch.equal(*maps) == same, remasking
+
+    # The values: every token is scored once, at its step, given the state before it, under the sampling
+    # distribution, so the rows' log-probs sum to the trajectory's sampling log-prob of its values.
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, remasking="random", reward_step_selection="all")
+    trajectories = record_trajectories(trainer)
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    (trajectory,) = trajectories
+    s = trainer.num_reward_steps
+    assert s == 8 and int(out["completion_mask"].view(-1, s, out["completion_mask"].size(1)).sum(1).max()) == 1
+    per_rollout = likelihood(trainer, out).view(-1, s, out["completion_ids"].size(1)).sum(dim=(1, 2))
+    maskable = processor.maskable_mask
+    torch.testing.assert_close(per_rollout, trajectory.token_logprobs[:, maskable].sum(-1), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ likelihood at scale
+def test_likelihood_forward_columns_mask_and_chunks(processor, dataset, tmp_path, monkeypatch):
+    import pararl.trainer as trainer_module
+
+    trainer, _ = scoring_trainer(processor, dataset, tmp_path, likelihood="random_mask")
+    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    calls = []
+    hook = trainer.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    keep = out["completion_ids"].shape[1]
+    try:
+        with torch.no_grad():
+            whole, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+            # Each modality's slots over its own columns, as the decoder does.
+            preset = processor.preset
+            assert calls[-1]["vocab_range"] == [preset.text_vocab_range, preset.image_vocab_range]
+            # No attention mask when nothing is padded (faster attention kernels), the key mask otherwise.
+            padded = bool((out["prompt_mask"] == 0).any())
+            assert (calls[-1]["attention_mask"] is None) == (not padded)
+            unpadded = mask.clone()
+            unpadded[:, : out["prompt_ids"].shape[1]] = 1
+            trainer._get_per_token_logps_and_entropies(trainer.model, ids, unpadded, keep)
+            assert calls[-1]["attention_mask"] is None
+            # Passes without a graph split their rows so that the logits stay within the budget.
+            calls.clear()
+            columns = sum(span.num_scored * (span.vocab_range[1] - span.vocab_range[0]) for span in trainer._spans)
+            monkeypatch.setattr(trainer_module, "_NO_GRAD_LOGITS_BUDGET", 3 * columns)
+            chunked, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+    finally:
+        hook.remove()
+    assert padded
+    assert [call["input_ids"].shape[0] for call in calls] == [3] * (ids.shape[0] // 3) + [ids.shape[0] % 3] * bool(
+        ids.shape[0] % 3
+    )
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_random_mask_likelihood_refuses_the_importance_sampling_correction(processor, dataset, tmp_path):
+    with pytest.raises(ValueError, match="needs likelihood='trajectory'"):
+        scoring_trainer(processor, dataset, tmp_path, likelihood="random_mask", image_guidance_scale=2.0)

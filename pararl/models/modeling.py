@@ -450,7 +450,9 @@ class MaskedDiffusionLM(MaskedDiffusionPreTrainedModel):
             logits_positions (`torch.LongTensor` of shape `(B, K)` or `(K,)`, *optional*):
                 Only compute logits at these positions.
             vocab_range (`tuple[int, int]`, *optional*):
-                Only compute logits for vocabulary columns `[start, end)`.
+                Only compute logits for vocabulary columns `[start, end)`. A *list* of ranges, with a list of as many
+                `logits_positions`, computes each group of positions over its own columns in the same forward (e.g.
+                text slots over the text vocabulary, image slots over the codebook); `logits` is then a tuple.
             labels (`torch.LongTensor` of shape `(B, K)` or `(B, L)`, *optional*):
                 Target token ids (full-vocabulary ids, `-100` = ignored), aligned with the returned logits; with
                 `logits_positions`, labels of shape `(B, L)` are gathered at those positions. The loss is the mean
@@ -462,6 +464,14 @@ class MaskedDiffusionLM(MaskedDiffusionPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         hidden_states = self.backbone(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        if isinstance(vocab_range, list):
+            if labels is not None or not isinstance(logits_positions, list | tuple):
+                raise ValueError("A list of `vocab_range`s needs a list of `logits_positions` and no `labels`.")
+            logits = tuple(
+                self.lm_logits(hidden_states, positions=positions, vocab_range=columns)
+                for positions, columns in zip(logits_positions, vocab_range, strict=True)
+            )
+            return MaskedDiffusionLMOutput(logits=logits) if return_dict else (logits,)
         logits = self.lm_logits(hidden_states, positions=logits_positions, vocab_range=vocab_range)
         loss = self._loss(logits, labels, logits_positions, vocab_range) if labels is not None else None
         if not return_dict:

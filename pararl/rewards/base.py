@@ -316,7 +316,9 @@ class FunctionReward(Reward):
     - `step` (`list[int]`), `num_steps` (`int`), `text_revealed` and `image_revealed` (`list[float]`);
     - every dataset column (e.g. `task`, `category`, `answer`), each a list; a column named like one of the
       arguments above is not passed (a warning says so);
-    - the batch's `extras` (e.g. `trainer_state`).
+    - the batch's `extras`: in the trainer, what TRL passes its reward callables: `trainer_state` (the
+      `TrainerState`), `log_metric(name, value)` (a scalar averaged into the logs) and `log_extra(column, values)`
+      (a completions-table column, one value per state).
 
     So TRL-style `def reward(completions, **kwargs)` callables work unchanged; always accept `**kwargs`.
     """

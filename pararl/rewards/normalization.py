@@ -28,7 +28,8 @@ class RewardNormalizer:
         mean (`float` or `None`, defaults to `None`): Centre μ. `None` until given or fitted.
         std (`float` or `None`, defaults to `None`): Scale σ >= 0. `std = 0` is the limit σ -> 0: 0.5 at `x == mean`,
             0 below and 1 above (a step function), so a degenerate calibration still gives a defined reward.
-        clip (`float`, defaults to `1.0`): Clip constant `c > 0`, in units of σ.
+        clip (`float` or `None`, defaults to `None`): Clip constant `c > 0`, in units of σ. `None` leaves it to the
+            trainer (its `reward_clip`) and is 1.0 until then; a value given here is kept by the trainer.
 
     `None` and NaN values pass through unchanged ("not applicable" stays "not applicable").
 
@@ -41,8 +42,9 @@ class RewardNormalizer:
     ```
     """
 
-    def __init__(self, mean: float | None = None, std: float | None = None, clip: float = 1.0):
-        self.clip = float(clip)
+    def __init__(self, mean: float | None = None, std: float | None = None, clip: float | None = None):
+        self.clip_given = clip is not None
+        self.clip = 1.0 if clip is None else float(clip)
         if not self.clip > 0 or math.isinf(self.clip):
             raise ValueError(f"clip must be a finite number > 0, got {clip}.")
         self.mean: float | None = None
@@ -106,7 +108,7 @@ class RewardNormalizer:
         if not clip > 0 or math.isinf(clip):
             raise ValueError(f"state_dict clip must be a finite number > 0, got {clip}.")
         self._set(state_dict["mean"], state_dict["std"])
-        self.clip = clip
+        self.clip, self.clip_given = clip, True
 
     def __repr__(self) -> str:
         return f"RewardNormalizer(mean={self.mean}, std={self.std}, clip={self.clip})"

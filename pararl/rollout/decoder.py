@@ -112,6 +112,15 @@ class RolloutConfig:
         """Whether unconditional rows are needed (some guidance scale > 0)."""
         return self.text_guidance_scale > 0 or self.image_guidance_scale > 0
 
+    @property
+    def off_policy(self) -> bool:
+        """Whether the sampler draws from a distribution the trainer's likelihood cannot replay: the policy's own
+        forward with the temperatures and `top_k` (a filter the likelihood applies too). Guidance (it needs the
+        unconditional rows) and greedy decoding are off-policy; a faster sampler that approximates the forward
+        (threshold reveals, caches) says so here, and the trainer then corrects with the sampler's recorded log-probs
+        as the behaviour policy (TRL's importance-sampling correction)."""
+        return self.guided or self.text_temperature == 0 or self.image_temperature == 0
+
 
 class ParallelDecoder:
     """Parallel multimodal decoding (MMaDA-Parallel): text and image written together by iterative unmasking.

@@ -14,7 +14,7 @@ from peft import LoraConfig
 
 from pararl.config import DiffusionGRPOConfig
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.rewards import Reward, RewardStates
+from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset, toy_processor
 from pararl.trainer import DiffusionGRPOTrainer
 
@@ -28,6 +28,22 @@ class ImageBrightness(Reward):
         return states.image_tensors.mean(dim=(1, 2, 3)).tolist()
 
 
+class NormalizedBrightness(Reward):
+    """A reward with an unfitted normaliser (calibrated before the first step); counts the raw scores it computed."""
+
+    def __init__(self):
+        self.normalizer = RewardNormalizer()
+        self.num_raw_before_fit = 0
+
+    def raw_scores(self, states: RewardStates) -> list[float]:
+        if not self.normalizer.is_fitted:
+            self.num_raw_before_fit += len(states)
+        return states.image_tensors.mean(dim=(1, 2, 3)).tolist()
+
+    def score(self, states: RewardStates) -> list[float]:
+        return self.normalizer(self.raw_scores(states))
+
+
 def full_parameters(model: torch.nn.Module, trainable_only: bool = True) -> dict[str, torch.Tensor]:
     """Full (gathered under ZeRO-3) copies of the parameters."""
     import deepspeed
@@ -39,7 +55,8 @@ def full_parameters(model: torch.nn.Module, trainable_only: bool = True) -> dict
 
 
 def train(variant: str, args: argparse.Namespace) -> dict:
-    """One run: `full` (full fine-tuning, reference model when beta > 0) or `lora` (adapters only)."""
+    """One run: `full` (full fine-tuning, reference model when beta > 0), `lora` (adapters only) or `calibrate` (full
+    fine-tuning with a normalised reward calibrated on a single prompt, so that rank 1 has no calibration prompt)."""
     processor = toy_processor()
     preset = processor.preset
     config = MaskedDiffusionConfig(
@@ -72,11 +89,12 @@ def train(variant: str, args: argparse.Namespace) -> dict:
         learning_rate=0.05,
         beta=args.beta,
         seed=0,
+        reward_calibration_fraction=1 / 16,
     )
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "attn_out"])
     trainer = DiffusionGRPOTrainer(
         model=model,
-        reward_funcs=[word_count, ImageBrightness()],
+        reward_funcs=[word_count, NormalizedBrightness() if variant == "calibrate" else ImageBrightness()],
         args=training_args,
         train_dataset=build_toy_dataset("train", num_samples=16, seed=0),
         processing_class=processor,
@@ -110,6 +128,12 @@ def train(variant: str, args: argparse.Namespace) -> dict:
         "num_trainable": len(before),
         "num_changed": sum(not torch.equal(before[name], after[name]) for name in before),
     }
+    if variant == "calibrate":
+        reward = trainer.rewards[1]
+        summary["calibration"] = {
+            "num_raw_before_fit": reward.num_raw_before_fit,
+            "normalizer": reward.normalizer.state_dict(),
+        }
     trainer.accelerator.free_memory()
     return summary
 
@@ -118,7 +142,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--summary_dir", required=True)
-    parser.add_argument("--variants", nargs="+", default=["full"], choices=["full", "lora"])
+    parser.add_argument("--variants", nargs="+", default=["full"], choices=["full", "lora", "calibrate"])
     parser.add_argument("--max_steps", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.0)
     args = parser.parse_args()
