@@ -269,7 +269,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self._idle_reward_rounds: dict[str, int] = {}
         self._warned_rewards: set[str] = set()
         self._normalizers_ready = False
-        self._last_trajectory: tuple[Trajectory, list[str]] | None = None
+        self._last_trajectory: tuple[Trajectory, list[str], dict[int, float]] | None = None
 
     def _build_reference_model(self, model_path: str | None):
         """The frozen reference of full fine-tuning, built as TRL builds it: loaded from the policy's folder with the
@@ -535,8 +535,15 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             )
         self._log_completions(rewards_per_func, all_advantages, states, reward_of_row)
         self._flush_reward_logs(mode, len(states), reward_of_row)
-        if self.accelerator.is_main_process:  # drawn at the next logging step
-            self._last_trajectory = (trajectory.index_select(torch.tensor([0])).to("cpu"), prompts[:1])
+        if self.accelerator.is_main_process:  # drawn at the next logging step, each panel with its reward
+            first = reward_rollouts == 0
+            weighted = (local_rewards[: s if not self.output_level else 1] * self.reward_weights.cpu()).nansum(dim=1)
+            panel_rewards = dict(zip(reward_steps[first].tolist(), weighted.tolist()))
+            self._last_trajectory = (
+                trajectory.index_select(torch.tensor([0])).to("cpu"),
+                prompts[:1],
+                panel_rewards,
+            )
         output = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
@@ -882,9 +889,16 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     def _log_trajectory_picture(self) -> None:
         from .rollout.visualize import draw_trajectory
 
-        trajectory, prompts = self._last_trajectory
+        trajectory, prompts, rewards = self._last_trajectory
         self._last_trajectory = None
-        picture = draw_trajectory(trajectory, self.processor, index=0)
+        picture = draw_trajectory(
+            trajectory,
+            self.processor,
+            index=0,
+            prompt=prompts[0],
+            grey_unknown=self.args.grey_unrevealed,
+            rewards=rewards,
+        )
         folder = os.path.join(self.args.output_dir, "trajectories")
         os.makedirs(folder, exist_ok=True)
         picture.save(os.path.join(folder, f"step_{self.state.global_step:05d}.png"))

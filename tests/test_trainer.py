@@ -437,6 +437,27 @@ def test_row_logps_equal_the_rebuilt_state_and_the_rollout(processor, dataset, t
     assert scored_images > 0 and scored_text > 0
 
 
+@pytest.mark.parametrize("selection", ["fixed", "final"])
+def test_trajectory_picture_panels_carry_the_rewards_of_their_step(processor, dataset, tmp_path, selection):
+    steps = [0, 3, 7]
+    trainer, reward = scoring_trainer(
+        processor,
+        dataset,
+        tmp_path,
+        reward_step_selection=selection,
+        reward_steps=steps if selection == "fixed" else None,
+    )
+    trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    ((states, values),) = reward.batches
+    _, prompts, panel_rewards = trainer._last_trajectory
+    # Rollout 0's reward states come first: its weighted reward (RecordingReward + word_count) at each rewarded step.
+    first = range(len(steps) if selection == "fixed" else 1)
+    expected = {int(states.steps[i]): values[i] + word_count([states.texts[i]])[0] for i in first}
+    assert panel_rewards == pytest.approx(expected, abs=1e-6)
+    assert list(panel_rewards) == (steps if selection == "fixed" else [trainer.args.diffusion_steps - 1])
+    assert prompts == [generation_batch(dataset, 2)[0]["prompt"]]
+
+
 def test_advantages_on_a_crafted_reward_matrix(processor, dataset, tmp_path):
     trainer, _ = scoring_trainer(processor, dataset, tmp_path, reward_weights=[1.0, 0.5])
     s = 3
