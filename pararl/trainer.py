@@ -35,12 +35,14 @@ import copy
 import json
 import math
 import os
+import random
 import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import gather, gather_object, is_peft_model
 from datasets import Dataset, IterableDataset
@@ -394,9 +396,18 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
     def evaluate(self, *args, **kwargs):
         # Every evaluation decodes with the same noise (its own rounds, apart from training's), so an evaluation
-        # neither shifts the training noise nor differs from the previous one by its noise alone.
+        # neither shifts the training noise nor differs from the previous one by its noise alone. The global RNGs are
+        # given back too: the evaluation dataloader draws its base seed from torch's (as may a reward), and TRL
+        # shuffles the next generation batch with it, so an evaluation would otherwise reorder training's rows.
         self._eval_round = 0
-        return super().evaluate(*args, **kwargs)
+        device = self.accelerator.device
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
 
     def _rollout(self, prompts, images, tasks, record_steps, seeds) -> Trajectory:
         # ZeRO-3: gather the parameters once for the whole rollout, not once per denoising step.

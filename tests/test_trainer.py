@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import random
 from pathlib import Path
 
 import datasets
@@ -966,14 +967,21 @@ def test_evaluation_does_not_move_the_training_noise(processor, dataset, tmp_pat
     assert any("eval_reward" in entry for entry in evaluated.state.log_history)
     assert evaluated._generation_round == plain._generation_round == 2
     assert evaluated.state.num_input_tokens_seen == plain.state.num_input_tokens_seen  # eval tokens are not trained
+    # The batch after an evaluation is shuffled (TRL's `shuffle_sequence_dict`, the global torch RNG) as without it.
+    for key in ("completion_ids", "completion_mask", "advantages"):
+        assert torch.equal(evaluated._buffered_inputs[0][key], plain._buffered_inputs[0][key]), key
     for step, entry in logged_steps(plain).items():
         assert logged_steps(evaluated)[step]["loss"] == pytest.approx(entry["loss"], rel=1e-6, abs=1e-9)
     final = dict(evaluated.model.named_parameters())
     for name, param in plain.model.named_parameters():
         torch.testing.assert_close(final[name], param)
     # Every evaluation decodes with the same noise: the same policy gets the same evaluation.
+    torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
     first, second = evaluated.evaluate(), evaluated.evaluate()
     assert first["eval_reward"] == second["eval_reward"]
+    # An evaluation draws nothing from the RNGs training reads (its dataloader's base seed is given back).
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
+    assert all(np.array_equal(now, then) for now, then in zip(np.random.get_state(), numpy_state))
 
 
 # ------------------------------------------------------------------------------------------ rewards as TRL passes
