@@ -81,12 +81,11 @@ EXACT_CASES = [
 @pytest.mark.parametrize("case", EXACT_CASES)
 def test_thresholds_above_one_with_schedule_floor_are_the_exact_engine(model, processor, image, case):
     images = [image, None]  # an edit (input image) and a generation, so the inputs are padded
-    _, exact = decode(model, processor, images=images, record_steps=[0, 3, 6], **case)
+    with CountingBackbone(model) as exact_calls:
+        _, exact = decode(model, processor, images=images, record_steps=[0, 3, 6], **case)
     fast_config = {"text_threshold": 1.5, "image_threshold": 3.0, "threshold_floor": "schedule"}
     with CountingBackbone(model) as fast_calls:
         _, fast = decode(model, processor, images=images, record_steps=[0, 3, 6], **case, **fast_config)
-    with CountingBackbone(model) as exact_calls:
-        decode(model, processor, images=images, record_steps=[0, 3, 6], **case)
     assert_same(fast, exact)
     assert [c[0] for c in fast_calls.calls] == [c[0] for c in exact_calls.calls]  # the same forwards
     # One modality thresholded, the other on its schedule: still exact.
@@ -263,7 +262,15 @@ def test_chunked_draw_gives_the_same_tokens(model, processor, fast):
         model, processor, RolloutConfig(num_steps=8, **{k: v for k, v in kwargs.items() if k != "record_steps"})
     )
     decoder.max_draw_elements = 1  # one slot per chunk
-    chunked = decoder.generate(PROMPTS, seeds=torch.tensor([11, 12]), record_steps=[2])
+    widths, lm_logits = [], model.lm_logits
+    model.lm_logits = lambda hidden, positions=None, **kw: (
+        widths.append(positions.shape[1]) or lm_logits(hidden, positions=positions, **kw)
+    )
+    try:
+        chunked = decoder.generate(PROMPTS, seeds=torch.tensor([11, 12]), record_steps=[2])
+    finally:
+        del model.lm_logits
+    assert set(widths) == {1}  # the logits of one slot at a time, never a (rows, slots, vocabulary) block
     assert_same(chunked, whole)
 
 

@@ -196,10 +196,11 @@ class RolloutConfig:
         (the unconditional rows are not scored) or filters with top-k. When True, the recorded `token_logprobs` are
         the behaviour policy and the trainer should apply the importance-sampling correction.
 
-        Threshold decoding alone is not off-policy: it changes *which* slots a step reveals and how many (as
-        low-confidence remasking already does, and that choice is not scored either way), not the distribution a
-        revealed value was drawn from, which is still the full forward on the very state the likelihood rebuilds
-        from the step map. Finished rows leaving the batch only change floating-point rounding.
+        Threshold decoding alone is not off-policy in this sense: it changes *which* slots a step reveals and how
+        many, a choice that depends on the drawn values exactly as low-confidence remasking's already does and that
+        the likelihood does not score in either case; every value is still drawn from the full forward on the very
+        state the likelihood rebuilds from the step map. Finished rows leaving the batch only change floating-point
+        rounding.
         """
         return self.guided or self.top_k is not None or not self.exact_forward
 
@@ -219,6 +220,13 @@ class ParallelDecoder:
     Noise is a hash of (row seed, step, slot, stream) (see :mod:`pararl.rollout.sampling`): a sample's result does
     not depend on the rest of the batch (padding included) nor on the device, up to floating-point differences of the
     model's forward itself.
+
+    Fast decoding (`RolloutConfig`'s `text_threshold` / `image_threshold` / `input_cache_refresh`) runs another loop:
+    rows reveal different numbers of slots, end at different steps and leave the batch, so each of its steps costs
+    one small host sync (per-row masked counts), which on a CPU and for large forwards is far cheaper than the rows
+    it removes. Steps stay on the one shared axis (`num_steps` is the budget; see `Trajectory.row_num_steps`);
+    `record_steps` are axis steps, and a row that has ended keeps its final output as state and x0. The step
+    callback is called at the start of each step the loop runs (it stops once every row has ended).
 
     Under DeepSpeed ZeRO-3 the caller gathers the parameters once around the whole rollout (TRL's
     `unwrap_model_for_generation`, as the trainer does); the decoder only calls plain module forwards
