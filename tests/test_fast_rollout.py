@@ -88,6 +88,7 @@ def test_thresholds_above_one_with_schedule_floor_are_the_exact_engine(model, pr
         _, fast = decode(model, processor, images=images, record_steps=[0, 3, 6], **case, **fast_config)
     assert_same(fast, exact)
     assert [c[0] for c in fast_calls.calls] == [c[0] for c in exact_calls.calls]  # the same forwards
+    assert (exact.row_num_steps == 8).all()
     # One modality thresholded, the other on its schedule: still exact.
     _, text_only = decode(
         model, processor, images=images, record_steps=[0, 3, 6], text_threshold=2.0, threshold_floor="schedule", **case
@@ -202,7 +203,14 @@ def test_cap_bounds_reveals_per_step(model, processor):
 
 
 # ------------------------------------------------------------------------------------------------- input cache
-@pytest.mark.parametrize("case", [{}, {"text_threshold": 0.5, "image_threshold": 0.5, "image_guidance_scale": 2.0}])
+@pytest.mark.parametrize(
+    "case",
+    [
+        {},
+        {"text_threshold": 0.5, "image_threshold": 0.5, "image_guidance_scale": 2.0},
+        {"order": "image_then_text", "block_length": 13},  # the cache supports every decode order
+    ],
+)
 def test_cache_refreshed_every_forward_equals_no_cache(model, processor, image, case):
     images = [image, None]
     _, plain = decode(model, processor, images=images, record_steps=[1, 5], **case)

@@ -293,7 +293,11 @@ class ParallelDecoder:
         """The most output slots (both modalities) one step of this decoder can reveal in a row."""
         cfg, plan = self.config, self.plan
         block = cfg.block_length or self.num_text_tokens
-        text = [min(cfg.threshold_cap or block, block)] * plan.num_steps if cfg.text_threshold else plan.text_counts
+        text = (
+            [min(cfg.threshold_cap or block, block)] * plan.num_steps
+            if cfg.text_threshold is not None
+            else plan.text_counts
+        )
         image = plan.image_counts
         if cfg.image_threshold is not None:
             image = [min(cfg.threshold_cap or self.num_image_tokens, self.num_image_tokens)] * plan.num_steps
