@@ -20,7 +20,7 @@ Reports, on one random model and one batch of inputs:
 
 Examples:
 
-    python benchmarks/rollout.py --frontier                        # fast decoding frontier (~10 min on one core)
+    python benchmarks/rollout.py --frontier                        # fast decoding frontier (~12 CPU-min, one core)
     python benchmarks/rollout.py --threads 1                       # small random model on CPU (CPU-time clock)
     python benchmarks/rollout.py --threads 1 --guidance 4 --text-guidance 2.5 --json   # guided, JSON output
     python benchmarks/rollout.py --device cuda --preset-shape llada8b --seq 1536 --batch 4 --steps 8
