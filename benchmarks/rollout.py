@@ -11,8 +11,16 @@ Reports, on one random model and one batch of inputs:
    reads and per-slot writes): its time per rollout against the engine's, and whether both give identical tokens
    for a fixed seed where their semantics agree (greedy, and sampled with the same counter-based noise).
 
+3. with `--frontier`, the speed/quality frontier of fast decoding (`RolloutConfig`'s confidence thresholds and input
+   key/value cache) on the shipped toy policy: forwards per rollout, rollout CPU time and the six ParaBench axes of
+   the exact evaluator on held-out tasks, for the exact engine at 16 and 64 steps (and a second rollout seed of each,
+   the yardstick of what a score difference means) and for each fast option; a markdown table, a JSON file and a
+   PNG plot in `benchmarks/results/`; then forward counts and rollout times at the LLaDA-8B shape with random
+   weights (CPU: reduced width).
+
 Examples:
 
+    python benchmarks/rollout.py --frontier                        # fast decoding frontier (~12 CPU-min, one core)
     python benchmarks/rollout.py --threads 1                       # small random model on CPU (CPU-time clock)
     python benchmarks/rollout.py --threads 1 --guidance 4 --text-guidance 2.5 --json   # guided, JSON output
     python benchmarks/rollout.py --device cuda --preset-shape llada8b --seq 1536 --batch 4 --steps 8
@@ -246,8 +254,323 @@ def flops_per_forward(
     return rows * (2 * params * length + 4 * layers * d * length * length + head)
 
 
+# ------------------------------------------------------------------------------------------- fast decoding frontier
+EXACT_16, EXACT_64 = {"num_steps": 16}, {"num_steps": 64}
+# (name, RolloutConfig overrides, rollout seed). The exact engine runs at two seeds: their difference is the noise a
+# score difference has to be read against.
+FRONTIER = [
+    ("exact 16", EXACT_16, 0),
+    ("exact 16 (seed 1)", EXACT_16, 1),
+    ("exact 64", EXACT_64, 0),
+    ("exact 64 (seed 1)", EXACT_64, 1),
+    ("cache r=2, 64", {**EXACT_64, "input_cache_refresh": 2}, 0),
+    ("cache r=4, 64", {**EXACT_64, "input_cache_refresh": 4}, 0),
+    ("tau 0.99, 64", {**EXACT_64, "text_threshold": 0.99, "image_threshold": 0.99}, 0),
+    ("tau 0.9, 64", {**EXACT_64, "text_threshold": 0.9, "image_threshold": 0.9}, 0),
+    ("tau 0.7, 64", {**EXACT_64, "text_threshold": 0.7, "image_threshold": 0.7}, 0),
+    ("tau 0.9 floor=schedule, 64", {**EXACT_64, "text_threshold": 0.9, "image_threshold": 0.9, "threshold_floor": "schedule"}, 0),
+    ("tau 0.9 cap 4, 64", {**EXACT_64, "text_threshold": 0.9, "image_threshold": 0.9, "threshold_cap": 4}, 0),
+    ("tau 0.7 cap 4, 64", {**EXACT_64, "text_threshold": 0.7, "image_threshold": 0.7, "threshold_cap": 4}, 0),
+    ("tau 0.7 cap 5, 64", {**EXACT_64, "text_threshold": 0.7, "image_threshold": 0.7, "threshold_cap": 5}, 0),
+    ("tau 0.7 cap 5 + cache r=4, 64", {**EXACT_64, "text_threshold": 0.7, "image_threshold": 0.7, "threshold_cap": 5, "input_cache_refresh": 4}, 0),
+    ("cache r=4, 16", {**EXACT_16, "input_cache_refresh": 4}, 0),
+    ("tau 0.9, 16", {**EXACT_16, "text_threshold": 0.9, "image_threshold": 0.9}, 0),
+    ("tau 0.9 floor=schedule, 16", {**EXACT_16, "text_threshold": 0.9, "image_threshold": 0.9, "threshold_floor": "schedule"}, 0),
+    ("tau 0.7 floor=schedule, 16", {**EXACT_16, "text_threshold": 0.7, "image_threshold": 0.7, "threshold_floor": "schedule"}, 0),
+    ("tau 0.9 floor=schedule + cache r=4, 16", {**EXACT_16, "text_threshold": 0.9, "image_threshold": 0.9, "threshold_floor": "schedule", "input_cache_refresh": 4}, 0),
+]  # fmt: skip
+
+
+class ForwardCounter:
+    """Counts the backbone forwards of a model and the rows they run on (the decoder calls `model.backbone`)."""
+
+    def __init__(self, model):
+        self.model, self.calls, self.rows = model, 0, 0
+        self.original = model.backbone
+
+    def __enter__(self):
+        def backbone(input_ids, *args, **kwargs):
+            self.calls += 1
+            self.rows += input_ids.shape[0]
+            return self.original(input_ids, *args, **kwargs)
+
+        self.model.backbone = backbone
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.backbone
+
+
+def toy_frontier(args) -> list[dict]:
+    """Every FRONTIER configuration on the shipped toy policy over held-out tasks (process CPU time, 1 thread)."""
+    from pararl.toy import build_toy_dataset, toy_policy_path, toy_processor
+    from pararl.toy.evaluate import evaluate, generate_predictions
+    from pararl.toy.policy import scores_of
+
+    model = MaskedDiffusionLM.from_pretrained(toy_policy_path()).eval()
+    processor = toy_processor()
+    dataset = build_toy_dataset("test", args.toy_tasks)
+    results = []
+    for name, overrides, seed in FRONTIER:
+        config = RolloutConfig(**overrides)
+        with ForwardCounter(model) as counter:
+            start = time.process_time()
+            predictions = generate_predictions(model, processor, dataset, config, batch_size=args.toy_batch, seed=seed)
+            seconds = time.process_time() - start
+        scores = scores_of(evaluate(predictions, dataset))
+        results.append(
+            {
+                "name": name,
+                "config": overrides,
+                "seed": seed,
+                "exact": not config.fast,
+                "off_policy": config.off_policy,
+                "forward_calls": counter.calls,
+                "forwards_per_rollout": counter.rows / len(dataset),
+                "rollout_cpu_s": seconds,
+                "scores": scores,
+            }
+        )
+        row = results[-1]
+        print(
+            f"  {name:<40} {row['forwards_per_rollout']:6.1f} forwards/rollout  {seconds:7.1f} s  "
+            + " ".join(f"{axis[:8]} {value:5.1f}" for axis, value in scores.items() if value is not None),
+            flush=True,
+        )
+    return results
+
+
+def frontier_verdict(results: list[dict], tolerance: float = 1.0) -> dict:
+    """Per budget (16, 64): each fast option against the exact engine at the same budget and seed, and the best one.
+
+    "Within tolerance" = every six-axis score at least the exact engine's minus `tolerance` points. The best option is
+    the one with the fewest forwards among those within tolerance.
+    """
+    verdict = {}
+    for steps in (16, 64):
+        exact = next(r for r in results if r["exact"] and r["config"]["num_steps"] == steps and r["seed"] == 0)
+        spread = next(r for r in results if r["exact"] and r["config"]["num_steps"] == steps and r["seed"] == 1)
+        options = []
+        for r in results:
+            if r["exact"] or r["config"]["num_steps"] != steps:
+                continue
+            drops = {a: exact["scores"][a] - v for a, v in r["scores"].items() if a != "overall" and v is not None}
+            options.append(
+                {
+                    "name": r["name"],
+                    "forward_reduction": exact["forwards_per_rollout"] / r["forwards_per_rollout"],
+                    "time_reduction": exact["rollout_cpu_s"] / r["rollout_cpu_s"],
+                    "largest_drop": max(drops.values()),
+                    "largest_drop_axis": max(drops, key=drops.get),
+                    "within_tolerance": max(drops.values()) <= tolerance,
+                }
+            )
+        seed_spread = {
+            a: abs(exact["scores"][a] - spread["scores"][a]) for a in exact["scores"] if exact["scores"][a] is not None
+        }
+        within = [o for o in options if o["within_tolerance"]]
+        best = max(within, key=lambda o: o["forward_reduction"]) if within else None
+        verdict[steps] = {"options": options, "best_within_tolerance": best, "exact_seed_spread": seed_spread}
+    return verdict
+
+
+def frontier_table(results: list[dict], verdict: dict) -> str:
+    from pararl.toy.evaluate import AXES, AXIS_HEADERS
+
+    reductions = {o["name"]: o for v in verdict.values() for o in v["options"]}
+    header = ["option", "forwards / rollout", "rollout CPU s", *(AXIS_HEADERS[a] for a in AXES), "Overall", "vs exact"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in results:
+        o = reductions.get(r["name"])
+        versus = (
+            f"{o['forward_reduction']:.1f}x fewer forwards, {o['time_reduction']:.1f}x less time, worst axis "
+            f"{-o['largest_drop']:+.1f} ({AXIS_HEADERS[o['largest_drop_axis']]})"
+            if o
+            else "-"
+        )
+        scores = [r["scores"][a] for a in AXES] + [r["scores"]["overall"]]
+        cells = [
+            r["name"],
+            f"{r['forwards_per_rollout']:.1f}",
+            f"{r['rollout_cpu_s']:.1f}",
+            *("-" if v is None else f"{v:.1f}" for v in scores),
+            versus,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def frontier_plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for ax, (key, label) in zip(
+        axes, (("overall", "overall (mean of the six axes)"), ("output_alignment", "output alignment"))
+    ):
+        for r in results:
+            steps = r["config"]["num_steps"]
+            colour = (
+                ("tab:blue" if steps == 16 else "tab:red")
+                if r["exact"]
+                else ("tab:cyan" if steps == 16 else "tab:orange")
+            )
+            marker = "s" if r["exact"] else ("^" if "input_cache_refresh" in r["config"] else "o")
+            ax.scatter(r["forwards_per_rollout"], r["scores"][key], c=colour, marker=marker, s=46, zorder=3)
+            ax.annotate(
+                r["name"],
+                (r["forwards_per_rollout"], r["scores"][key]),
+                fontsize=6.5,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("forwards per rollout (log scale)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("toy policy, held-out tasks: squares = exact engine (red 64, blue 16 steps)", fontsize=9)
+    axes[1].set_title(
+        "circles = thresholds, triangles = with input cache (orange 64, cyan 16-step budget)", fontsize=9
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+
+
+def llada_shape_fast(args) -> dict:
+    """Fast options at the LLaDA-8B shape with random weights (reduced width on CPU).
+
+    Random weights give near-uniform predictions over a 126k-token vocabulary, so no threshold fires and the rollout
+    forward counts show the floor's. At a reduced width the sliced heads (full width in the vocabulary dimension)
+    dominate a rollout's time, unlike at 8B, so the input cache's effect is also measured on the backbone alone: a
+    full forward against an output-part forward on a cached input part, and their FLOPs at the full 8B width.
+    """
+    shape = argparse.Namespace(**{**vars(args), "preset_shape": "llada8b", "batch": args.llada_batch})
+    model, processor = build(shape)
+    full_width = argparse.Namespace(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_hidden_size=12288)
+    runs, forwards = [], []
+    for seq in (1536, 2560):
+        shape.seq = seq
+        prompts, images = make_inputs(shape, processor)
+        for name, overrides in (
+            ("exact", {}),
+            ("cache r=4", {"input_cache_refresh": 4}),
+            ("tau 0.9", {"text_threshold": 0.9, "image_threshold": 0.9}),
+        ):
+            config = RolloutConfig(num_steps=args.llada_steps, image_start=0.25, **overrides)
+            decoder = ParallelDecoder(model, processor, config)
+            with ForwardCounter(model) as counter:
+                start = time.process_time()
+                decoder.generate(prompts, images, seeds=torch.arange(shape.batch))
+                seconds = time.process_time() - start
+            runs.append(
+                {
+                    "sequence": seq,
+                    "name": name,
+                    "forward_calls": counter.calls,
+                    "forwards_per_rollout": counter.rows / shape.batch,
+                    "rollout_cpu_s": seconds,
+                }
+            )
+            print(f"  seq {seq} {name:<10} {counter.calls} forwards  rollout {seconds:7.2f} s", flush=True)
+        # The backbone alone: full forward vs output-part forward on the cached input part.
+        inputs = processor.encode_prompts(prompts, images)
+        ids = torch.cat([inputs["input_ids"], processor.masked_outputs(shape.batch)], 1)
+        input_length = inputs["input_ids"].shape[1]
+        with torch.inference_mode():
+            _, key_values = model.backbone(ids, use_cache=True)
+            prefix = [
+                (k[:, :, :input_length].contiguous(), v[:, :, :input_length].contiguous()) for k, v in key_values
+            ]
+            best = interleaved(
+                {
+                    "full": lambda ids=ids: model.backbone(ids),
+                    "cached": lambda ids=ids[:, input_length:], prefix=prefix: model.backbone(
+                        ids, past_key_values=prefix
+                    ),
+                },
+                "cpu",
+                args.repeats,
+                "cpu",
+            )
+        length, output_length = ids.shape[1], ids.shape[1] - input_length
+        full_flops = flops_per_forward(full_width, 1, length, 0, 0, (0, 0))
+        d, layers = full_width.d_model, full_width.n_layers
+        params = layers * (4 * d * d + 3 * d * full_width.mlp_hidden_size)
+        cached_flops = 2 * params * output_length + 4 * layers * d * output_length * length
+        forwards.append(
+            {
+                "sequence": seq,
+                "input_length": input_length,
+                "full_forward_s": best["full"],
+                "cached_forward_s": best["cached"],
+                "measured_ratio": best["full"] / best["cached"],
+                "flop_ratio_at_8b_width": full_flops / cached_flops,
+            }
+        )
+        print(
+            f"  seq {seq}: input part {input_length} tokens; backbone forward {best['full'] * 1e3:.0f} ms full, "
+            f"{best['cached'] * 1e3:.0f} ms on a cached input part ({best['full'] / best['cached']:.2f}x; "
+            f"{full_flops / cached_flops:.2f}x fewer FLOPs at the 8B width)",
+            flush=True,
+        )
+    return {"rollouts": runs, "backbone_forwards": forwards}
+
+
+def run_frontier(args) -> None:
+    import os
+
+    torch.set_num_threads(1)
+    print(f"toy frontier: shipped policy, {args.toy_tasks} held-out tasks, process CPU time, 1 thread", flush=True)
+    results = toy_frontier(args)
+    verdict = frontier_verdict(results)
+    print("\n" + frontier_table(results, verdict) + "\n")
+    for steps, v in verdict.items():
+        spread = ", ".join(f"{a} {d:.1f}" for a, d in v["exact_seed_spread"].items())
+        best = v["best_within_tolerance"]
+        print(f"{steps} steps: exact engine, seed 0 vs seed 1 differ by: {spread}")
+        if best is None:
+            print(f"{steps} steps: no fast option keeps every axis within 1 point of the exact engine")
+        else:
+            print(
+                f"{steps} steps: best within 1 point: {best['name']} ({best['forward_reduction']:.1f}x fewer forwards, "
+                f"{best['time_reduction']:.1f}x less CPU time)"
+            )
+    print(f"\nLLaDA-8B shape, random weights, width {args.width}, {args.n_layers} layers, {args.llada_steps} steps:")
+    llada = llada_shape_fast(args)
+    os.makedirs(args.results_dir, exist_ok=True)
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, 1 thread, process CPU time",
+        "toy_tasks": args.toy_tasks,
+        "toy_batch": args.toy_batch,
+        "toy": results,
+        "verdict": {str(k): v for k, v in verdict.items()},
+        "llada8b_shape": {
+            "width": args.width,
+            "n_layers": args.n_layers,
+            "steps": args.llada_steps,
+            "batch": args.llada_batch,
+            **llada,
+        },
+    }
+    with open(os.path.join(args.results_dir, "rollout_fast_toy_cpu.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    frontier_plot(results, os.path.join(args.results_dir, "rollout_fast_frontier.png"))
+    print(f"wrote {args.results_dir}/rollout_fast_toy_cpu.json and rollout_fast_frontier.png")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--frontier", action="store_true", help="the fast decoding frontier (toy policy + LLaDA shape)"
+    )
+    parser.add_argument("--toy-tasks", type=int, default=192, help="--frontier: held-out toy tasks")
+    parser.add_argument("--toy-batch", type=int, default=32, help="--frontier: prompts per rollout")
+    parser.add_argument("--llada-steps", type=int, default=8, help="--frontier: steps at the LLaDA-8B shape")
+    parser.add_argument("--llada-batch", type=int, default=1, help="--frontier: batch at the LLaDA-8B shape")
+    parser.add_argument("--results-dir", default="benchmarks/results")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 on CUDA"
@@ -281,6 +604,13 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.frontier:
+        if args.width is None:
+            args.width = 256
+        if args.n_layers is None:
+            args.n_layers = 2
+        run_frontier(args)
+        return
 
     model, processor = build(args)
     prompts, images = make_inputs(args, processor)

@@ -176,8 +176,18 @@ class MaskedDiffusionBlock(GradientCheckpointingLayer):
         self.ff_out = nn.Linear(config.mlp_hidden_size, config.d_model, bias=bias)
 
     def attention(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention output and this call's own (rotated, ungrouped) keys and values, `(B, n_kv_heads, L, head_dim)`.
+
+        `past_key_value` holds the keys and values of positions before `x` (a cached prefix): the queries of `x` also
+        attend to them.
+        """
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -186,21 +196,33 @@ class MaskedDiffusionBlock(GradientCheckpointingLayer):
         # different dtype than the float32 rotation, and SDPA needs them equal.
         q = apply_rotary(q, cos, sin).to(v.dtype)
         k = apply_rotary(k, cos, sin).to(v.dtype)
+        key_value = (k, v)
+        if past_key_value is not None:
+            k = torch.cat([past_key_value[0].to(v.dtype), k], dim=2)
+            v = torch.cat([past_key_value[1].to(v.dtype), v], dim=2)
         if self.n_kv_heads != self.n_heads:
             # Query head h reads key/value head h // group (LLaDA's repeat_interleave layout).
             group = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
-        return self.attn_out(out.transpose(1, 2).reshape(batch, length, -1))
+        return self.attn_out(out.transpose(1, 2).reshape(batch, length, -1)), key_value
 
     def forward(
-        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
-    ) -> torch.Tensor:
-        hidden_states = hidden_states + self.attention(self.attn_norm(hidden_states), attn_mask, cos, sin)
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The block's output; with `use_cache`, also its own keys and values (see :meth:`attention`)."""
+        attended, key_value = self.attention(self.attn_norm(hidden_states), attn_mask, cos, sin, past_key_value)
+        hidden_states = hidden_states + attended
         x = self.ff_norm(hidden_states)
         x = self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x))
-        return hidden_states + x
+        return (hidden_states + x, key_value) if use_cache else hidden_states + x
 
 
 class MaskedDiffusionBackbone(nn.Module):
@@ -223,14 +245,19 @@ class MaskedDiffusionBackbone(nn.Module):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
+        past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         batch, length = input_ids.shape
+        # A cached prefix (`past_key_values`, one (keys, values) pair per layer) stands for the first `past` positions:
+        # `input_ids` are the positions after it, and `attention_mask` covers both.
+        past = past_key_values[0][0].shape[2] if past_key_values is not None else 0
         attn_mask = None
         if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
+            if attention_mask.shape != (batch, past + length):
                 raise ValueError(
-                    f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
-                    f"got {tuple(attention_mask.shape)}."
+                    f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}"
+                    f"{f' plus the {past} cached positions' if past else ''}, got {tuple(attention_mask.shape)}."
                 )
             keys = attention_mask.bool()
             # A row without any real token would give SDPA nothing to attend to (NaN); let it attend everywhere
@@ -239,9 +266,9 @@ class MaskedDiffusionBackbone(nn.Module):
             attn_mask = keys[:, None, None, :]
         if position_ids is None:
             if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
-                position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
+                position_ids = torch.arange(past, past + length, device=input_ids.device).expand(batch, length)
         elif position_ids.shape != input_ids.shape:
             raise ValueError(
                 f"`position_ids` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
@@ -252,10 +279,19 @@ class MaskedDiffusionBackbone(nn.Module):
         cos, sin = rotary_cos_sin(
             position_ids, self.config.d_model // self.config.n_heads, self.config.rope_theta, hidden_states.device
         )
-        for block in self.transformer.blocks:
-            # Positional arguments: reentrant gradient checkpointing only tracks gradients of positional inputs.
-            hidden_states = block(hidden_states, attn_mask, cos, sin)
-        return self.transformer.ln_f(hidden_states)
+        if past_key_values is None and not use_cache:
+            for block in self.transformer.blocks:
+                # Positional arguments: reentrant gradient checkpointing only tracks gradients of positional inputs.
+                hidden_states = block(hidden_states, attn_mask, cos, sin)
+            return self.transformer.ln_f(hidden_states)
+        # Inference with a key/value cache (the rollout's approximate cache of the input part).
+        key_values = []
+        for i, block in enumerate(self.transformer.blocks):
+            past_key_value = past_key_values[i] if past_key_values is not None else None
+            hidden_states, key_value = block(hidden_states, attn_mask, cos, sin, past_key_value, True)
+            key_values.append(key_value)
+        hidden_states = self.transformer.ln_f(hidden_states)
+        return (hidden_states, key_values) if use_cache else hidden_states
 
 
 class MaskedDiffusionPreTrainedModel(PreTrainedModel):
@@ -385,9 +421,20 @@ class MaskedDiffusionLM(MaskedDiffusionPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
-        """Final-normed hidden states (B, L, d_model). See [`MaskedDiffusionLM.forward`] for the arguments."""
-        return self.model(input_ids, attention_mask, position_ids)
+        past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """
+        Final-normed hidden states (B, L, d_model). See [`MaskedDiffusionLM.forward`] for the first arguments.
+
+        The key/value seam of the rollout's input cache (inference only): with `use_cache`, also returns every layer's
+        rotated keys and values `(B, n_kv_heads, L, head_dim)`; `past_key_values` (one `(keys, values)` pair per
+        layer, of `P` earlier positions) makes `input_ids` the positions after those `P`, whose queries attend to the
+        cached keys as well (`attention_mask`, when given, then covers all `P + L` keys; default positions continue
+        after the prefix). Under bidirectional attention a cached prefix is exact only while the rest of the sequence
+        is unchanged.
+        """
+        return self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
 
     def lm_logits(
         self,

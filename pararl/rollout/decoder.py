@@ -1,5 +1,6 @@
 """The parallel decoder: writes reasoning text and image together by iterative unmasking on one shared step axis."""
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ __all__ = ["RolloutConfig", "ParallelDecoder"]
 
 REMASKING = ("low_confidence", "random")
 GUIDANCE_DROP = ("prompt", "image", "both")
+THRESHOLD_FLOORS = ("one", "schedule")
 
 
 @dataclass
@@ -61,6 +63,25 @@ class RolloutConfig:
         order (`str`, defaults to `"parallel"`): `"parallel"` decodes both modalities on the whole axis;
             `"text_then_image"` / `"image_then_text"` (the paper's sequential baselines) run the first modality's
             schedule on the first `num_steps // 2` steps and the other's on the rest.
+        text_threshold / image_threshold (`float` or `None`, default `None`): Fast decoding (Fast-dLLM style
+            confidence thresholds, per modality): at each step the modality reveals every masked slot of its current
+            block (text; a row's current block is its first one with a masked slot) or span whose drawn value has
+            probability >= the threshold, never fewer than `threshold_floor` and never more than `threshold_cap`.
+            A row ends when all its slots are revealed and leaves the batch (the forward shrinks; one small host
+            sync per step decides which rows run); `num_steps` is the step budget. `None` = the modality follows its
+            schedule (today's engine). A threshold above 1 reveals only the floor: with `threshold_floor="schedule"`
+            that is today's engine token for token.
+        threshold_floor (`str`, defaults to `"one"`): The fewest slots a thresholded modality reveals per step:
+            `"one"` = at least one while its span has masked slots (on the steps where the plan runs the modality),
+            and never fewer than needed to stay level with its schedule, so that every row ends within
+            `num_steps`; `"schedule"` = at least the schedule's count for the step.
+        threshold_cap (`int` or `None`, defaults to `None`): The most slots a thresholded modality reveals per step
+            (`None` = no cap). It must be at least the largest count of the thresholded schedules (the floor).
+        input_cache_refresh (`int` or `None`, defaults to `None`): Approximate cache of the input part's keys and
+            values: a full forward every `input_cache_refresh` forwards stores them, and the forwards in between
+            run on the output part only, attending to the stored keys/values. The input part is never masked, but
+            under bidirectional attention its states drift as the output fills in, so this approximates the full
+            forward (1 = refresh at every forward, exactly the full forward; `None` = no cache).
     """
 
     num_steps: int = 64
@@ -76,6 +97,11 @@ class RolloutConfig:
     image_guidance_scale: float = 0.0
     guidance_drop: str = "both"
     order: str = "parallel"
+    text_threshold: float | None = None
+    image_threshold: float | None = None
+    threshold_floor: str = "one"
+    threshold_cap: int | None = None
+    input_cache_refresh: int | None = None
 
     def __post_init__(self):
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -106,6 +132,36 @@ class RolloutConfig:
             raise ValueError(f"unknown order {self.order!r}; use one of {list(DECODE_ORDERS)}.")
         if self.order != "parallel" and self.num_steps < 2:
             raise ValueError(f"order {self.order!r} needs num_steps >= 2 (one half of the axis per modality).")
+        for name in ("text_threshold", "image_threshold"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise ValueError(
+                    f"{name} must be a probability > 0 (above 1 = reveal only the floor) or None (follow the "
+                    f"schedule), got {value!r}."
+                )
+        if self.threshold_floor not in THRESHOLD_FLOORS:
+            raise ValueError(f"unknown threshold_floor {self.threshold_floor!r}; use one of {list(THRESHOLD_FLOORS)}.")
+        if self.threshold_cap is not None and (
+            isinstance(self.threshold_cap, bool) or not isinstance(self.threshold_cap, int) or self.threshold_cap < 1
+        ):
+            raise ValueError(
+                f"threshold_cap must be a positive int (>= the floor of one reveal per step) or None (no cap), got "
+                f"{self.threshold_cap!r}."
+            )
+        if self.thresholded and self.remasking != "low_confidence":
+            raise ValueError(
+                "confidence thresholds (text_threshold / image_threshold) rank slots by the probability of their drawn "
+                f"value; they need remasking='low_confidence', got {self.remasking!r}."
+            )
+        if self.input_cache_refresh is not None and (
+            isinstance(self.input_cache_refresh, bool)
+            or not isinstance(self.input_cache_refresh, int)
+            or self.input_cache_refresh < 1
+        ):
+            raise ValueError(
+                f"input_cache_refresh must be a positive int (refresh every r forwards; 1 = exact) or None (no "
+                f"cache), got {self.input_cache_refresh!r}."
+            )
 
     @property
     def guided(self) -> bool:
@@ -113,13 +169,42 @@ class RolloutConfig:
         return self.text_guidance_scale > 0 or self.image_guidance_scale > 0
 
     @property
+    def thresholded(self) -> bool:
+        """Whether some modality reveals by confidence threshold instead of following its schedule."""
+        return self.text_threshold is not None or self.image_threshold is not None
+
+    @property
+    def fast(self) -> bool:
+        """Whether the fast decoding loop runs (thresholds or the input cache); otherwise the scheduled engine."""
+        return self.thresholded or self.input_cache_refresh is not None
+
+    @property
+    def exact_forward(self) -> bool:
+        """Whether every step's values are drawn from the policy's full forward on the step's state.
+
+        True for the scheduled engine and for threshold decoding; False for an input cache refreshed less often than
+        every forward (its forwards are approximations of the full one, so its values come from another distribution).
+        """
+        return self.input_cache_refresh is None or self.input_cache_refresh == 1
+
+    @property
     def off_policy(self) -> bool:
-        """Whether the sampler draws from a distribution the trainer's likelihood cannot replay: the policy's own
-        forward with the temperatures and `top_k` (a filter the likelihood applies too). Guidance (it needs the
-        unconditional rows) and greedy decoding are off-policy; a faster sampler that approximates the forward
-        (threshold reveals, caches) says so here, and the trainer then corrects with the sampler's recorded log-probs
-        as the behaviour policy (TRL's importance-sampling correction)."""
-        return self.guided or self.text_temperature == 0 or self.image_temperature == 0
+        """Whether the sampler's value distribution differs from what the trainer's likelihood scores.
+
+        The likelihood is the policy's full forward on `state_at(k)` with the sampling temperatures and `top_k` (a
+        filter the likelihood applies too). A rollout differs from it when its forward is approximate (an input
+        cache, see :attr:`exact_forward`), when it guides (the unconditional rows are not scored) or decodes greedily.
+        When True, the recorded `token_logprobs` are the behaviour policy and the trainer applies the
+        importance-sampling correction (TRL's `vllm_importance_sampling_*` fields).
+
+        Threshold decoding alone is not off-policy in this sense: it changes *which* slots a step reveals and how
+        many, a choice that depends on the drawn values exactly as low-confidence remasking's already does and that
+        the likelihood does not score in either case; every value is still drawn from the full forward on the very
+        state the likelihood rebuilds from the step map. Finished rows leaving the batch only change floating-point
+        rounding.
+        """
+        greedy = self.text_temperature == 0 or self.image_temperature == 0
+        return self.guided or greedy or not self.exact_forward
 
 
 class ParallelDecoder:
@@ -137,6 +222,13 @@ class ParallelDecoder:
     Noise is a hash of (row seed, step, slot, stream) (see :mod:`pararl.rollout.sampling`): a sample's result does
     not depend on the rest of the batch (padding included) nor on the device, up to floating-point differences of the
     model's forward itself.
+
+    Fast decoding (`RolloutConfig`'s `text_threshold` / `image_threshold` / `input_cache_refresh`) runs another loop:
+    rows reveal different numbers of slots, end at different steps and leave the batch, so each of its steps costs
+    one small host sync (per-row masked counts), which on a CPU and for large forwards is far cheaper than the rows
+    it removes. Steps stay on the one shared axis (`num_steps` is the budget; see `Trajectory.row_num_steps`);
+    `record_steps` are axis steps, and a row that has ended keeps its final output as state and x0. The step
+    callback is called at the start of each step the loop runs (it stops once every row has ended).
 
     Under DeepSpeed ZeRO-3 the caller gathers the parameters once around the whole rollout (TRL's
     `unwrap_model_for_generation`, as the trainer does); the decoder only calls plain module forwards
@@ -177,6 +269,41 @@ class ParallelDecoder:
         self.text_vocab_range, self.image_vocab_range = preset.text_vocab_range, preset.image_vocab_range
         self._text_exclude = _column(preset.mask_token_id, self.text_vocab_range)
         self._image_exclude = _column(preset.mask_token_id, self.image_vocab_range)
+        if cfg.threshold_cap is not None:
+            floors = [
+                (max(counts), name)
+                for name, counts, threshold in (
+                    ("text", self.plan.text_counts, cfg.text_threshold),
+                    ("image", self.plan.image_counts, cfg.image_threshold),
+                )
+                if threshold is not None
+            ]
+            largest, name = max(floors)
+            if cfg.threshold_cap < largest:
+                raise ValueError(
+                    f"threshold_cap={cfg.threshold_cap} is below the floor: the {name} schedule reveals up to {largest} "
+                    f"slots in one step over num_steps={cfg.num_steps}, and a thresholded modality never falls behind "
+                    "its schedule (so that rows end within num_steps); raise threshold_cap or num_steps."
+                )
+
+    # Logits alive at once while drawing values (per chunk of slots): the text vocabulary is large (126k columns at
+    # 8B) and a draw needs several buffers of the logits' size, so slots are drawn in chunks of this many elements.
+    max_draw_elements: int = 1 << 26
+
+    @property
+    def max_reveals_per_step(self) -> int:
+        """The most output slots (both modalities) one step of this decoder can reveal in a row."""
+        cfg, plan = self.config, self.plan
+        block = cfg.block_length or self.num_text_tokens
+        text = (
+            [min(cfg.threshold_cap or block, block)] * plan.num_steps
+            if cfg.text_threshold is not None
+            else plan.text_counts
+        )
+        image = plan.image_counts
+        if cfg.image_threshold is not None:
+            image = [min(cfg.threshold_cap or self.num_image_tokens, self.num_image_tokens)] * plan.num_steps
+        return max(t + i for t, i in zip(text, image))
 
     # -------------------------------------------------------------------------------------------------- inputs
     def generate(
@@ -361,24 +488,27 @@ class ParallelDecoder:
         x0 = torch.empty(batch, len(record), output_length, dtype=torch.long, device=device)
 
         bar = tqdm(total=plan.num_steps, desc="decoding", disable=not progress, leave=False)
-        for step in range(plan.num_steps):
-            if step_callback is not None:
-                step_callback(step, state)
-            recorded = step in record_index
-            if not recorded and all(span.counts[step] == 0 for span in spans):
-                bar.update(1)
-                continue  # nothing changes at this step: skip its forward
-            active = [span for span in spans if span.counts[step] > 0 or recorded]
-            rows = len(rows_ids) if any(span.guidance_scale > 0 for span in active) else batch
-            hidden = self.model.backbone(sequence[:rows], attention_mask=forward_masks[rows])
-            estimate = state.clone() if recorded else None
-            for span in active:
-                x0_tokens = self._span_step(span, hidden, sequence, seeds, step, groups)
+        if cfg.fast:
+            self._fast_loop(spans, sequence, full_mask, state, seeds, record_index, x0, groups, step_callback, bar)
+        else:  # the scheduled engine
+            for step in range(plan.num_steps):
+                if step_callback is not None:
+                    step_callback(step, state)
+                recorded = step in record_index
+                if not recorded and all(span.counts[step] == 0 for span in spans):
+                    bar.update(1)
+                    continue  # nothing changes at this step: skip its forward
+                active = [span for span in spans if span.counts[step] > 0 or recorded]
+                rows = len(rows_ids) if any(span.guidance_scale > 0 for span in active) else batch
+                hidden = self.model.backbone(sequence[:rows], attention_mask=forward_masks[rows])
+                estimate = state.clone() if recorded else None
+                for span in active:
+                    x0_tokens = self._span_step(span, hidden, sequence, seeds, step, groups)
+                    if recorded:
+                        estimate.index_copy_(1, span.slots, x0_tokens)
                 if recorded:
-                    estimate.index_copy_(1, span.slots, x0_tokens)
-            if recorded:
-                x0[:, record_index[step]] = estimate
-            bar.update(1)
+                    x0[:, record_index[step]] = estimate
+                bar.update(1)
         bar.close()
 
         output_ids = state.clone()
@@ -420,15 +550,7 @@ class ParallelDecoder:
             still_masked = span.tokens == mask_id
             candidates = torch.sort((~still_masked).to(torch.uint8), dim=1, stable=True).indices[:, :masked_count]
         rows = batch * groups if span.guidance_scale > 0 else batch
-        positions = span.columns[candidates]
-        if rows > batch:
-            positions = positions.repeat(rows // batch, 1)
-        logits = self.model.lm_logits(hidden[:rows], positions=positions, vocab_range=span.vocab_range)
-        logits = sampling_logits(guide(logits, batch, span.guidance_scale), span.temperature, cfg.top_k, span.exclude)
-        counters = slot_counters(candidates, logits.shape[-1]) if span.temperature > 0 else None
-        drawn, drawn_logprobs = draw(logits, span.temperature, seeds, step, span.value_stream, counters)
-        del logits, counters
-        drawn = drawn + span.vocab_range[0]
+        drawn, drawn_logprobs = self._draw(span, hidden[:rows], span.columns, candidates, seeds, step)
 
         count = span.counts[step]
         if count > 0:
@@ -446,6 +568,191 @@ class ParallelDecoder:
             span.logprobs.scatter_(1, slots, drawn_logprobs.gather(1, chosen))
             sequence.index_copy_(1, span.columns, span.tokens.repeat(groups, 1))
         return span.tokens.scatter(1, candidates, drawn)
+
+    def _draw(
+        self,
+        span: "_Span",
+        hidden: torch.Tensor,
+        columns: torch.Tensor,
+        candidates: torch.Tensor,
+        seeds: torch.Tensor,
+        step: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws values (token ids) and their log-probs for the slots `candidates (B, n)` of `span`.
+
+        `hidden` holds the B conditional rows, then the unconditional ones when the span is guided; `columns` maps a
+        slot to its position in `hidden`. The slots are drawn in chunks of at most `max_draw_elements` logits;
+        noise is keyed by (slot, column), so chunking changes no value.
+        """
+        batch, num_candidates = candidates.shape
+        groups = hidden.shape[0] // batch
+        width = span.vocab_range[1] - span.vocab_range[0]
+        chunk = max(1, self.max_draw_elements // (hidden.shape[0] * width))
+        drawn, logprobs = [], []
+        for start in range(0, num_candidates, chunk):
+            part = candidates[:, start : start + chunk]
+            positions = columns[part]
+            if groups > 1:
+                positions = positions.repeat(groups, 1)
+            logits = self.model.lm_logits(hidden, positions=positions, vocab_range=span.vocab_range)
+            logits = guide(logits, batch, span.guidance_scale)
+            logits = sampling_logits(logits, span.temperature, self.config.top_k, span.exclude)
+            counters = slot_counters(part, width) if span.temperature > 0 else None
+            values, values_logprobs = draw(logits, span.temperature, seeds, step, span.value_stream, counters)
+            del logits, counters
+            drawn.append(values)
+            logprobs.append(values_logprobs)
+        drawn, logprobs = (torch.cat(x, 1) if len(x) > 1 else x[0] for x in (drawn, logprobs))
+        return drawn + span.vocab_range[0], logprobs
+
+    # ---------------------------------------------------------------------------------------------- fast decoding
+    def _fast_loop(self, spans, sequence, full_mask, state, seeds, record_index, x0, groups, step_callback, bar):
+        """The step loop of fast decoding (thresholds, input cache); writes the spans' state, `sequence` and `x0`.
+
+        Rows differ in how many slots are still masked, so each step starts with ONE small host sync: the per-row
+        masked counts, from which the rows that run this step's forward (finished and idle rows leave the batch) and
+        the number of candidate slots (the most masked in a running row; shorter rows are padded) follow. With
+        thresholds above 1, the floor `"schedule"` and no cache every row runs every forward with the same counts,
+        so the computation is the scheduled engine's.
+        """
+        cfg, plan, mask_id = self.config, self.plan, self.preset.mask_token_id
+        batch, input_length = state.shape[0], sequence.shape[1] - state.shape[1]
+        device = sequence.device
+        text, image = spans
+        text.threshold, image.threshold = cfg.text_threshold, cfg.image_threshold
+        text.active_steps, image.active_steps = plan.text_steps, plan.image_steps
+        for span in spans:
+            span.cumulative = torch.tensor(span.counts).cumsum(0).tolist()  # revealed by the end of each step
+            span.blocks = 1
+        if cfg.block_length is not None:
+            text.blocks = self.num_text_tokens // cfg.block_length
+        # The forward passes no attention mask where its rows have no padding (fast attention kernels).
+        padded = {False: not bool(full_mask[:batch].all()), True: not bool(full_mask.all())}
+        refresh_every = cfg.input_cache_refresh
+        cache = cache_rows = None
+        since_refresh = 0
+        finished_at = plan.num_steps
+        for step in range(plan.num_steps):
+            recorded = step in record_index
+            reveals = [self._reveals(span, step) for span in spans]
+            # The one host sync of the step: masked slots per row and modality.
+            masked_counts = torch.stack([(span.tokens == mask_id).sum(1) for span in spans], 1).cpu()
+            if not bool(masked_counts.any()):
+                finished_at = step
+                break
+            if step_callback is not None:
+                step_callback(step, state)
+            used = torch.tensor([r or recorded for r in reveals])
+            rows = ((masked_counts > 0) & used).any(1).nonzero()[:, 0]
+            if rows.numel() == 0:
+                bar.update(1)
+                continue  # nothing changes at this step: skip its forward
+            widths = masked_counts[rows].max(0).values.tolist()
+            guided = any(span.guidance_scale > 0 and u for span, u in zip(spans, used.tolist()))
+            forward_rows = torch.cat([rows + g * batch for g in range(groups)]) if guided else rows
+            index, forward_index = rows.to(device), forward_rows.to(device)
+            ids = sequence.index_select(0, forward_index)
+            mask = full_mask.index_select(0, forward_index) if padded[guided] else None
+            columns = {span.name: span.columns for span in spans}
+            if refresh_every is None:
+                hidden = self.model.backbone(ids, attention_mask=mask)
+            else:
+                where = None
+                if cache is not None and since_refresh < refresh_every:
+                    lookup = torch.full((batch * groups,), -1, dtype=torch.long)
+                    lookup[cache_rows] = torch.arange(len(cache_rows))
+                    where = lookup[forward_rows]
+                if where is None or bool((where < 0).any()):  # refresh (or a row the cache does not hold)
+                    hidden, key_values = self.model.backbone(ids, attention_mask=mask, use_cache=True)
+                    cache = [
+                        (k[:, :, :input_length].contiguous(), v[:, :, :input_length].contiguous())
+                        for k, v in key_values
+                    ]
+                    cache_rows, since_refresh = forward_rows, 1
+                else:
+                    if not torch.equal(where, torch.arange(len(cache_rows))):
+                        where = where.to(device)
+                        cache = [(k.index_select(0, where), v.index_select(0, where)) for k, v in cache]
+                        cache_rows = forward_rows
+                    hidden = self.model.backbone(ids[:, input_length:], attention_mask=mask, past_key_values=cache)
+                    columns = {span.name: span.slots for span in spans}
+                    since_refresh += 1
+            row_seeds = seeds.index_select(0, index)
+            estimates = []
+            for span, reveal, width in zip(spans, reveals, widths):
+                if not (reveal or recorded) or width == 0:
+                    continue
+                estimates.append(
+                    self._fast_span_step(span, hidden, columns[span.name], index, row_seeds, step, width, reveal)
+                )
+                sequence.index_copy_(1, span.columns, span.tokens.repeat(groups, 1))
+            if recorded:
+                estimate = state.clone()
+                for span, tokens in estimates:
+                    estimate[index.unsqueeze(1), span.slots] = tokens
+                x0[:, record_index[step]] = estimate
+            bar.update(1)
+        for step, i in record_index.items():
+            if step >= finished_at:  # rows had all ended: x0 is the final output
+                x0[:, i] = state
+
+    def _reveals(self, span: "_Span", step: int) -> bool:
+        """Whether `span` may reveal slots at `step` (a host bool): its schedule's count, or its plan's steps."""
+        start, end = span.active_steps
+        if span.threshold is None or (self.config.threshold_floor == "schedule" and span.threshold > 1):
+            return span.counts[step] > 0
+        return start <= step < end
+
+    def _fast_span_step(self, span, hidden, columns, index, seeds, step, width, reveal):
+        """One fast step of one modality on the running rows `index`; returns `(span, x0 tokens of those rows)`.
+
+        Candidates are each row's masked slots in ascending order, padded to `width` (the most masked in a row).
+        """
+        cfg, mask_id = self.config, self.preset.mask_token_id
+        tokens = span.tokens.index_select(0, index)
+        masked = tokens == mask_id
+        candidates = torch.sort((~masked).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+        valid = masked.gather(1, candidates)
+        rows = index.shape[0]
+        drawn, drawn_logprobs = self._draw(
+            span, hidden if span.guidance_scale > 0 else hidden[:rows], columns, candidates, seeds, step
+        )
+        current = tokens.gather(1, candidates)
+        if reveal:
+            selectable = valid
+            if span.blocks > 1:  # text blocks: a row's current block is its first one with a masked slot
+                block_length = masked.shape[1] // span.blocks
+                current_block = masked.view(rows, span.blocks, block_length).any(-1).int().argmax(1, keepdim=True)
+                selectable = selectable & (candidates // block_length == current_block)
+            confidence = drawn_logprobs.masked_fill(~selectable, float("-inf"))
+            # The floor: the schedule's count, or (floor "one") at least one and never behind the schedule, which
+            # keeps every row within the step budget.
+            count = torch.full((rows,), span.counts[step], dtype=torch.long, device=index.device)
+            if span.threshold is not None:
+                if cfg.threshold_floor == "one":
+                    revealed = masked.shape[1] - masked.sum(1)
+                    count = (span.cumulative[step] - revealed).clamp(min=1)
+                if span.threshold <= 1:
+                    above = selectable & (drawn_logprobs >= math.log(span.threshold))
+                    count = torch.maximum(count, above.sum(1))
+                if cfg.threshold_cap is not None:
+                    count = count.clamp(max=cfg.threshold_cap)
+            # Stable sort, not topk: ties go to the lowest slot on every device.
+            order = torch.sort(confidence, dim=1, descending=True, stable=True).indices
+            chosen = torch.arange(width, device=index.device) < torch.minimum(count, selectable.sum(1)).unsqueeze(1)
+            chosen = torch.zeros_like(chosen).scatter(1, order, chosen)
+            current = torch.where(chosen, drawn, current)
+            span.tokens.index_copy_(0, index, tokens.scatter(1, candidates, current))
+            steps = span.steps.index_select(0, index)
+            steps = steps.scatter(1, candidates, torch.where(chosen, step, steps.gather(1, candidates)))
+            span.steps.index_copy_(0, index, steps)
+            logprobs = span.logprobs.index_select(0, index)
+            logprobs = logprobs.scatter(
+                1, candidates, torch.where(chosen, drawn_logprobs, logprobs.gather(1, candidates))
+            )
+            span.logprobs.index_copy_(0, index, logprobs)
+            tokens = span.tokens.index_select(0, index)
+        return span, tokens.scatter(1, candidates, torch.where(valid, drawn, current))
 
 
 class _Span:

@@ -52,6 +52,17 @@ class Trajectory:
     def __len__(self) -> int:
         return self.batch_size
 
+    @property
+    def row_num_steps(self) -> torch.Tensor:
+        """`LongTensor (B,)`: the steps each row ran (its last reveal + 1); `num_steps` for scheduled rollouts.
+
+        Under fast decoding rows end at different steps. Steps stay on the one shared axis (every row starts at step
+        0, so a row's own step k is axis step k); from `row_num_steps[i]` on, row i's state and x0 are its final
+        output and no token of it is revealed. A trainer that picks reward steps over each row's own steps picks
+        them in `[0, row_num_steps[i])`.
+        """
+        return self.step_map.max(dim=1).values.clamp(min=-1) + 1
+
     # ---------------------------------------------------------------------------------------------------- states
     def _step_column(self, step: int | torch.Tensor, upper: int) -> int | torch.Tensor:
         """Validates a step (int, or `LongTensor (B,)` one per sample) and shapes it to broadcast over positions."""
