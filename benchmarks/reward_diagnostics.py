@@ -11,20 +11,15 @@ reports:
   alignment, image quality and image alignment (exact evaluator), and how many groups have zero reward spread at
   step k (identical rewards: no signal at all).
 
-A judge worth training against shows clearly positive correlations at the steps it rewards. Measured on this
-project's 2-core CPU with the shipped assets and the defaults (32 prompts x 8 rollouts, x0 images, about a minute):
-with low-confidence remasking every colour word is revealed in the last 6 of 16 steps and 92% of the object cells
-in the last 2, so text and picture settle their content together at the end, and the intermediate states hold
-little to judge. The tiny CLIP's correlation with final output alignment lies between -0.10 and +0.11 at steps 0-14
-and is +0.16 at the last, which is why ParaRL moves the toy world's held-out scores so little (README, "What the toy
-world shows so far"). The exact judge (`--reward exact`, 1.00 at the last step by construction) has zero spread in
-every group up to step 12: a claim only counts once its sentence is complete. `--remasking random` spreads the
-content over the trajectory (the exact judge's correlation is +0.24..+0.58 at steps 9-14) but the tiny CLIP still
-sees nothing (-0.09..+0.07 at every step), and the policy decodes worse that way (held-out OutA 22.1 vs 26.3).
+A judge worth training against shows clearly positive correlations at the steps it rewards. It also prints, per
+step, the share of the final reasoning's claims already readable in the partial text and in the revealed cells. The
+measurements on the shipped assets are in the README ("What the toy world shows so far") and
+`benchmarks/results/premises_toy_cpu.json`.
 
     python benchmarks/reward_diagnostics.py                       # shipped policy and tiny CLIP, ~2 CPU-minutes
     python benchmarks/reward_diagnostics.py --reward exact --grey_unrevealed
     python benchmarks/reward_diagnostics.py --reward exact --remasking random
+    python benchmarks/reward_diagnostics.py --reward exact --categories open_edit open_generation --prompts 16
 """
 
 import argparse
