@@ -38,7 +38,8 @@ class DiffusionGRPOConfig(GRPOConfig):
       and `vllm_importance_sampling_clip_max` keep TRL's meaning but apply to pararl's own sampler: when the rollout
       is off-policy (`RolloutConfig.off_policy`: classifier-free guidance, or `input_cache_refresh` > 1), the
       decoder's recorded log-probs are the behaviour policy and each row's loss is weighted by TRL's ratio
-      `exp(old - sampling)` (per token or per row, truncated or masked). Logged as `sampling/importance_sampling_ratio/*` and `sampling/sampling_logp_difference/*`.
+      `exp(old - sampling)` (per token or per row, truncated or masked). Logged as
+      `sampling/importance_sampling_ratio/*` and `sampling/sampling_logp_difference/*`.
     - `top_entropy_quantile` takes its quantile per modality (text and image entropies have different scales).
     - `mask_truncated_completions` must stay `False`: outputs have a fixed length and are never truncated.
     - `beta`, `epsilon`, `loss_type`, `num_iterations`, `scale_rewards`, `reward_weights` and
@@ -348,12 +349,12 @@ class DiffusionGRPOConfig(GRPOConfig):
             return
         if self.remasking != "low_confidence":
             raise ValueError(
-                "confidence thresholds (text_threshold / image_threshold) rank slots by the probability of their drawn "
-                f"value; they need remasking='low_confidence', got {self.remasking!r}."
+                "confidence thresholds (text_threshold / image_threshold) rank slots by the probability of their "
+                f"drawn value; they need remasking='low_confidence', got {self.remasking!r}."
             )
         if self.reward_step_selection in ("fixed", "all"):
             raise ValueError(
-                f"reward_step_selection={self.reward_step_selection!r} names axis steps ahead of the rollout, but with "
-                "confidence thresholds rows end at different steps, possibly before them; use 'uniform', "
+                f"reward_step_selection={self.reward_step_selection!r} names axis steps ahead of the rollout, but "
+                "with confidence thresholds rows end at different steps, possibly before them; use 'uniform', "
                 "'stratified' or 'final' (their steps are drawn within each group's shortest row)."
             )
