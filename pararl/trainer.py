@@ -823,9 +823,12 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             prompts, images, tasks, columns = _split_rows([dataset[indices[row]] for row in rows])
             images, input_images = self._input_images(images)
             chunk_steps = steps[rows]
-            trajectory = self._rollout(
-                prompts, images, tasks, sorted(set(chunk_steps.flatten().tolist())), 2**61 + torch.tensor(rows)
-            )
+            thresholded = self.rollout_config.thresholded
+            record = range(self.args.diffusion_steps) if thresholded else sorted(set(chunk_steps.flatten().tolist()))
+            trajectory = self._rollout(prompts, images, tasks, record, 2**61 + torch.tensor(rows))
+            if thresholded:  # rows end early: the drawn steps are read on each row's own steps (a normalised axis)
+                ends = trajectory.row_num_steps.cpu().unsqueeze(1)
+                chunk_steps = chunk_steps * ends // self.args.diffusion_steps
             if not real:
                 continue
             s = chunk_steps.size(1)

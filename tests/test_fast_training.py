@@ -6,7 +6,7 @@ import torch
 
 from pararl.config import DiffusionGRPOConfig
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.rewards import Reward, RewardStates
+from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.rollout import ParallelDecoder
 from pararl.toy import build_toy_dataset
 from pararl.trainer import DiffusionGRPOTrainer
@@ -214,3 +214,38 @@ def test_a_short_training_run_on_the_fast_sampler(processor, dataset, tmp_path):
         assert all(key in entry for entry in logs), key
     changed = [name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])]
     assert changed
+
+
+class NormalizedStepReward(StepReward):
+    """A reward with an unfitted normaliser, so the trainer calibrates it by rolling out first."""
+
+    def __init__(self):
+        super().__init__()
+        self.normalizer = RewardNormalizer()
+
+    def raw_scores(self, states: RewardStates) -> list[float]:
+        return super().score(states)
+
+    def score(self, states: RewardStates) -> list[float]:
+        return self.normalizer(self.raw_scores(states))
+
+
+def test_calibration_reads_its_steps_on_each_rows_own_steps(processor, dataset, tmp_path):
+    reward = NormalizedStepReward()
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(processor),
+        reward_funcs=[reward],
+        args=grpo_config(tmp_path, **FAST, reward_calibration_fraction=0.5),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trajectories = []
+    rollout = trainer._rollout
+    trainer._rollout = lambda *args: trajectories.append(rollout(*args)) or trajectories[-1]
+    trainer._prepare_reward_normalizers()
+    assert reward.normalizer.is_fitted and len(trajectories) == len(reward.batches) == 1
+    (trajectory,), (states,) = trajectories, reward.batches
+    ends = trajectory.row_num_steps
+    assert int(ends.min()) < 8  # rows ended early, so axis steps would often lie past them
+    rows = torch.arange(trajectory.batch_size).repeat_interleave(3)
+    assert (states.steps < ends[rows]).all()
