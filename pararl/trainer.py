@@ -39,7 +39,7 @@ import random
 import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -593,8 +593,12 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             first = reward_rollouts == 0
             weighted = (local_rewards[: s if not self.output_level else 1] * self.reward_weights.cpu()).nansum(dim=1)
             panel_rewards = dict(zip(reward_steps[first].tolist(), weighted.tolist()))
+            pictured = trajectory.index_select(torch.tensor([0])).to("cpu")
+            if late_steps and not self.output_level:  # x0 of every step: picture the rewarded ones
+                keep = torch.tensor(sorted(set(reward_steps.tolist())))
+                pictured = replace(pictured, recorded_steps=keep, x0=pictured.x0[:, keep])
             self._last_trajectory = (
-                trajectory.index_select(torch.tensor([0])).to("cpu"),
+                pictured,
                 prompts[:1],
                 panel_rewards,
             )

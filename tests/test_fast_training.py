@@ -169,7 +169,7 @@ def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(proce
 
 @pytest.mark.parametrize("selection", ["uniform", "final"])
 def test_thresholds_above_one_with_schedule_floor_train_as_the_exact_engine(processor, dataset, tmp_path, selection):
-    outputs, rewards = [], []
+    outputs, rewards, pictures = [], [], []
     fast = dict(text_threshold=1.5, image_threshold=1.5, threshold_floor="schedule")
     for kwargs in ({}, fast):
         trainer, reward, _ = trainer_and_rollouts(
@@ -177,12 +177,16 @@ def test_thresholds_above_one_with_schedule_floor_train_as_the_exact_engine(proc
         )
         outputs.append(trainer._generate_and_score_completions(batch(dataset)))
         rewards.append(reward.batches[0])
+        pictures.append(trainer._last_trajectory)
     exact, thresholded = outputs
     assert exact.keys() == thresholded.keys()
     for key, value in exact.items():
         assert torch.equal(value, thresholded[key]), key
     assert torch.equal(rewards[0].steps, rewards[1].steps) and rewards[0].texts == rewards[1].texts
     assert torch.equal(rewards[0].image_tensors, rewards[1].image_tensors)
+    (exact_picture, *exact_rest), (picture, *rest) = pictures  # the trajectory picture shows the same panels
+    assert torch.equal(exact_picture.recorded_steps, picture.recorded_steps) and exact_rest == rest
+    assert torch.equal(exact_picture.x0, picture.x0)
 
 
 def test_stale_input_cache_is_corrected_by_importance_sampling(processor, dataset, tmp_path):
