@@ -29,6 +29,9 @@ depends on the drawn values and so on the policy, and its probability is left ou
 is not followed). What the likelihood cannot replay, classifier-free guidance (it needs the unconditional rows) or a
 faster approximate sampler (`RolloutConfig.off_policy`), is corrected: the decoder's recorded log-probs are the
 behaviour policy and TRL's vLLM importance-sampling correction applies with TRL's own fields and metrics.
+Confidence-threshold decoding stays on-policy (every value is drawn from the full forward the likelihood replays),
+but its rows end at different steps: the decoder then records x0 at every step and each group's steps are drawn
+after the rollout within its shortest row, and the likelihood is sized by the decoder's own per-step bound.
 """
 
 import copy
