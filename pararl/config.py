@@ -14,6 +14,7 @@ _SCHEDULES = ("linear", "cosine")
 _REMASKING = ("low_confidence", "random")
 _GUIDANCE_DROPS = ("prompt", "image", "both")
 _DECODE_ORDERS = ("parallel", "text_then_image", "image_then_text")
+_THRESHOLD_FLOORS = ("one", "schedule")
 
 
 @dataclass
@@ -35,9 +36,10 @@ class DiffusionGRPOConfig(GRPOConfig):
       constant normaliser (TRL's `max_completion_length`) is the most tokens one (rollout, step) row scores.
     - `vllm_importance_sampling_correction`, `vllm_importance_sampling_mode`, `vllm_importance_sampling_clip_min`
       and `vllm_importance_sampling_clip_max` keep TRL's meaning but apply to pararl's own sampler: when the rollout
-      is off-policy (`RolloutConfig.off_policy`: classifier-free guidance), the decoder's recorded log-probs are the
-      behaviour policy and each row's loss is weighted by TRL's ratio `exp(old - sampling)` (per token or per row,
-      truncated or masked). Logged as `sampling/importance_sampling_ratio/*` and `sampling/sampling_logp_difference/*`.
+      is off-policy (`RolloutConfig.off_policy`: classifier-free guidance, or `input_cache_refresh` > 1), the
+      decoder's recorded log-probs are the behaviour policy and each row's loss is weighted by TRL's ratio
+      `exp(old - sampling)` (per token or per row, truncated or masked). Logged as
+      `sampling/importance_sampling_ratio/*` and `sampling/sampling_logp_difference/*`.
     - `top_entropy_quantile` takes its quantile per modality (text and image entropies have different scales).
     - `mask_truncated_completions` must stay `False`: outputs have a fixed length and are never truncated.
     - `beta`, `epsilon`, `loss_type`, `num_iterations`, `scale_rewards`, `reward_weights` and
@@ -77,6 +79,24 @@ class DiffusionGRPOConfig(GRPOConfig):
         What the unconditional rows drop: `"prompt"`, `"image"` or `"both"`.
     decode_order (`str`, *optional*, defaults to `"parallel"`):
         `"parallel"` or the sequential baselines `"text_then_image"` / `"image_then_text"`.
+    text_threshold (`float` or `None`, *optional*, defaults to `None`):
+        Fast decoding (Fast-dLLM style confidence threshold) of the text: each step reveals every masked slot of the
+        row's current block whose drawn value has probability >= the threshold, within `threshold_floor` and
+        `threshold_cap`; rows end when fully revealed (`diffusion_steps` is the budget). `None` follows the schedule.
+        Stays on-policy (the values are still drawn from the full forward the likelihood replays); reward and loss
+        steps are then drawn after the rollout within each group's shortest row (see `reward_step_selection`).
+    image_threshold (`float` or `None`, *optional*, defaults to `None`):
+        The same for the image span.
+    threshold_floor (`str`, *optional*, defaults to `"one"`):
+        The fewest slots a thresholded modality reveals per step: `"one"` (at least one, and never behind its
+        schedule, so every row ends within `diffusion_steps`) or `"schedule"` (at least the schedule's count).
+    threshold_cap (`int` or `None`, *optional*, defaults to `None`):
+        The most slots a thresholded modality reveals per step (`None` = no cap); at least the schedules' largest
+        count.
+    input_cache_refresh (`int` or `None`, *optional*, defaults to `None`):
+        Approximate cache of the input part's keys and values, refreshed by a full forward every
+        `input_cache_refresh` forwards (1 = every forward, exact; `None` = no cache). Above 1 the sampler is
+        off-policy and the loss is corrected by TRL's importance sampling (`vllm_importance_sampling_*`).
 
     > Parameters that control the ParaRL objective
 
@@ -87,7 +107,9 @@ class DiffusionGRPOConfig(GRPOConfig):
         (one per equal segment), `"final"` (output-level RL, the paper's baseline: every rollout is rewarded once,
         on its final output, and that reward is given to `num_reward_steps` stratified loss steps, one per equal
         segment, so both variants train on the same number of rows across the whole trajectory), `"fixed"`
-        (`reward_steps`) or `"all"` (every step).
+        (`reward_steps`) or `"all"` (every step). With confidence thresholds (`text_threshold` / `image_threshold`)
+        rows end at different steps: the steps are then drawn after the rollout, each group's within its shortest
+        row's steps (`"fixed"` and `"all"` are refused there).
     reward_steps (`list[int]` or `None`, *optional*, defaults to `None`):
         The steps for `reward_step_selection="fixed"` (0-based).
     advantage_mode (`str`, *optional*, defaults to `"per_step"`):
@@ -154,6 +176,36 @@ class DiffusionGRPOConfig(GRPOConfig):
     decode_order: str = field(
         default="parallel", metadata={"help": "Decoding order.", "choices": list(_DECODE_ORDERS)}
     )
+    text_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fast decoding: reveal every masked text slot of the current block whose drawn value has "
+            "probability >= this (within threshold_floor and threshold_cap); rows end early. None follows the "
+            "schedule. On-policy; reward/loss steps are drawn within each group's shortest row."
+        },
+    )
+    image_threshold: float | None = field(
+        default=None, metadata={"help": "Fast decoding: the same confidence threshold for the image span."}
+    )
+    threshold_floor: str = field(
+        default="one",
+        metadata={
+            "help": "Fewest slots a thresholded modality reveals per step: 'one' (and never behind its schedule) "
+            "or 'schedule' (the schedule's count).",
+            "choices": list(_THRESHOLD_FLOORS),
+        },
+    )
+    threshold_cap: int | None = field(
+        default=None,
+        metadata={"help": "Most slots a thresholded modality reveals per step (None = no cap)."},
+    )
+    input_cache_refresh: int | None = field(
+        default=None,
+        metadata={
+            "help": "Approximate input-part key/value cache refreshed every r forwards (1 = exact, None = off); "
+            "above 1 the rollouts are off-policy and corrected by importance sampling."
+        },
+    )
 
     # ParaRL objective
     num_reward_steps: int = field(default=3, metadata={"help": "Steps per rollout at which rewards are computed."})
@@ -193,6 +245,7 @@ class DiffusionGRPOConfig(GRPOConfig):
             "remasking": _REMASKING,
             "guidance_drop": _GUIDANCE_DROPS,
             "decode_order": _DECODE_ORDERS,
+            "threshold_floor": _THRESHOLD_FLOORS,
             "reward_step_selection": _STEP_SELECTIONS,
             "advantage_mode": _ADVANTAGE_MODES,
             "likelihood": _LIKELIHOODS,
@@ -213,6 +266,7 @@ class DiffusionGRPOConfig(GRPOConfig):
                     f"{name}={value}: ParaRL scores the rollout's own sampling distribution, which greedy decoding "
                     "(temperature 0) does not have; use a temperature > 0."
                 )
+        self._check_fast_decoding()
         if self.reward_step_selection == "all":
             self.num_reward_steps = self.diffusion_steps
         elif self.reward_step_selection == "fixed":
@@ -261,4 +315,46 @@ class DiffusionGRPOConfig(GRPOConfig):
             image_guidance_scale=self.image_guidance_scale,
             guidance_drop=self.guidance_drop,
             order=self.decode_order,
+            text_threshold=self.text_threshold,
+            image_threshold=self.image_threshold,
+            threshold_floor=self.threshold_floor,
+            threshold_cap=self.threshold_cap,
+            input_cache_refresh=self.input_cache_refresh,
         )
+
+    @property
+    def thresholded(self) -> bool:
+        """Whether some modality decodes by confidence threshold (rows then end at different steps)."""
+        return self.text_threshold is not None or self.image_threshold is not None
+
+    def _check_fast_decoding(self) -> None:
+        for name in ("text_threshold", "image_threshold"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise ValueError(
+                    f"{name} must be a probability > 0 (above 1 = reveal only the floor) or None (follow the "
+                    f"schedule), got {value!r}."
+                )
+        for name in ("threshold_cap", "input_cache_refresh"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                meaning = "no cap" if name == "threshold_cap" else "no cache; 1 = refresh every forward"
+                raise ValueError(f"{name} must be a positive int or None ({meaning}), got {value!r}.")
+        if not self.thresholded:
+            if self.threshold_cap is not None or self.threshold_floor != "one":
+                raise ValueError(
+                    "threshold_cap / threshold_floor only act with a confidence threshold: set text_threshold and/or "
+                    "image_threshold, or leave them at their defaults."
+                )
+            return
+        if self.remasking != "low_confidence":
+            raise ValueError(
+                "confidence thresholds (text_threshold / image_threshold) rank slots by the probability of their "
+                f"drawn value; they need remasking='low_confidence', got {self.remasking!r}."
+            )
+        if self.reward_step_selection in ("fixed", "all"):
+            raise ValueError(
+                f"reward_step_selection={self.reward_step_selection!r} names axis steps ahead of the rollout, but "
+                "with confidence thresholds rows end at different steps, possibly before them; use 'uniform', "
+                "'stratified' or 'final' (their steps are drawn within each group's shortest row)."
+            )

@@ -29,6 +29,9 @@ depends on the drawn values and so on the policy, and its probability is left ou
 is not followed). What the likelihood cannot replay, classifier-free guidance (it needs the unconditional rows) or a
 faster approximate sampler (`RolloutConfig.off_policy`), is corrected: the decoder's recorded log-probs are the
 behaviour policy and TRL's vLLM importance-sampling correction applies with TRL's own fields and metrics.
+Confidence-threshold decoding stays on-policy (every value is drawn from the full forward the likelihood replays),
+but its rows end at different steps: the decoder then records x0 at every step and each group's steps are drawn
+after the rollout within its shortest row, and the likelihood is sized by the decoder's own per-step bound.
 """
 
 import copy
@@ -39,7 +42,7 @@ import random
 import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -200,7 +203,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         preset = processing_class.preset
         self.rollout_config = args.to_rollout_config()
         # Fails early, with the decoder's message, on schedules that do not fit the preset (e.g. block_length).
-        self.reveal_plan = ParallelDecoder(self.model, processing_class, self.rollout_config).plan
+        decoder = ParallelDecoder(self.model, processing_class, self.rollout_config)
+        self.reveal_plan = decoder.plan
         self.step_selector = step_selector or get_step_selector(
             args.reward_step_selection, args.num_reward_steps, args.reward_steps
         )
@@ -211,11 +215,12 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.num_reward_steps = args.num_reward_steps
 
         # The likelihood's two modalities: which output slots, which vocabulary columns, and the largest number of
-        # tokens one row scores there (known ahead from the schedules, so the likelihood needs no host sync).
+        # tokens one row scores there (known ahead from the decoder's own bound per step: the schedules' counts, or a
+        # thresholded modality's block / span and cap; so the likelihood needs no host sync).
         is_image_slot = torch.zeros(processing_class.output_length, dtype=torch.bool)
         is_image_slot[processing_class.image_positions] = True
         self._is_image_slot = is_image_slot
-        plan = self.reveal_plan
+        text_bound, image_bound = decoder.max_reveals_per_modality
         trajectory = args.likelihood == "trajectory"
         text_range, image_range = preset.text_vocab_range, preset.image_vocab_range
         self._spans = (
@@ -224,18 +229,18 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 vocab_range=text_range,
                 exclude=_column(preset.mask_token_id, text_range),
                 temperature=args.text_temperature,
-                num_scored=max(plan.text_counts) if trajectory else len(processing_class.text_positions),
+                num_scored=max(text_bound) if trajectory else len(processing_class.text_positions),
             ),
             _LikelihoodSpan(
                 slots=processing_class.image_positions,
                 vocab_range=image_range,
                 exclude=_column(preset.mask_token_id, image_range),
                 temperature=args.image_temperature,
-                num_scored=max(plan.image_counts) if trajectory else len(processing_class.image_positions),
+                num_scored=max(image_bound) if trajectory else len(processing_class.image_positions),
             ),
         )
         if trajectory:
-            self._max_scored_tokens = max(text + image for text, image in zip(plan.text_counts, plan.image_counts))
+            self._max_scored_tokens = decoder.max_reveals_per_step
         else:
             self._max_scored_tokens = int(processing_class.maskable_mask.sum())
 
@@ -243,19 +248,21 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         # for a (rollout, step) row that is the most tokens one row scores, not the whole output length (which would
         # make gradients diffusion_steps-times smaller than TRL users expect).
         self.max_completion_length = self._max_scored_tokens
-        # Off-policy rollouts (guidance; a faster sampler) are corrected with the sampler's log-probs as behaviour
+        # Off-policy rollouts (guidance; a stale input cache) are corrected with the sampler's log-probs as behaviour
         # policy, with TRL's vLLM importance-sampling settings.
         off_policy = self.rollout_config.off_policy
         self._corrects_off_policy = off_policy and args.vllm_importance_sampling_correction
         if self._corrects_off_policy and args.likelihood != "trajectory":
             raise ValueError(
-                "The importance-sampling correction of an off-policy rollout (guidance) needs likelihood='trajectory' "
+                "The importance-sampling correction of an off-policy rollout (guidance, an input cache) needs "
+                "likelihood='trajectory' "
                 "(the sampler's log-probs are per revealed token at its step); use it, or set "
                 "vllm_importance_sampling_correction=False."
             )
         if off_policy and not args.vllm_importance_sampling_correction:
             warnings.warn(
-                "The rollout samples off-policy (classifier-free guidance) and vllm_importance_sampling_correction="
+                "The rollout samples off-policy (classifier-free guidance or input_cache_refresh > 1) and "
+                "vllm_importance_sampling_correction="
                 "False: the loss treats the rollouts as the policy's own samples, uncorrected.",
                 stacklevel=2,
             )
@@ -425,6 +432,39 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             decoder = ParallelDecoder(unwrapped_model, self.processor, self.rollout_config)
             return decoder.generate(prompts, images=images, tasks=tasks, record_steps=record_steps, seeds=seeds)
 
+    def _reward_steps_of(self, steps: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """The rewarded steps of the loss steps `steps (rollouts, s)`: the steps themselves, or each rollout's final
+        step once (output-level RL); and the list of them to record."""
+        if self.output_level:
+            reward_steps = torch.full((steps.size(0),), self.args.diffusion_steps - 1)
+        else:
+            reward_steps = steps.flatten()
+        return reward_steps, reward_steps.tolist()
+
+    def _group_steps(self, group_num_steps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Loss steps `(groups, s)` of threshold-decoded rollouts, each group's within its shortest row.
+
+        `group_num_steps[g]` is the fewest steps a row of group g ran (`Trajectory.row_num_steps`). A group whose
+        shortest row ran as long as the schedule does draws over the whole axis, exactly as the scheduled engine
+        (so thresholds above 1 with `threshold_floor="schedule"` give the same steps from the same generator); the
+        others over `[0, max(shortest, s))`, so no step lies past the end of any of the group's rows, unless the
+        row ran fewer than s steps (then its last steps score no token and reward its final output). Groups of the
+        same length are drawn together, shortest first.
+        """
+        num_steps, s = self.args.diffusion_steps, self.num_reward_steps
+        lengths = torch.where(group_num_steps >= self._schedule_num_steps, num_steps, group_num_steps.clamp(min=s))
+        steps = torch.empty(len(lengths), s, dtype=torch.long)
+        for length in sorted(set(lengths.tolist())):
+            groups = (lengths == length).nonzero()[:, 0]
+            steps[groups] = self._loss_step_selector.select(len(groups), length, generator)
+        return steps
+
+    @property
+    def _schedule_num_steps(self) -> int:
+        """The steps a scheduled rollout's rows run (the last step the reveal plan reveals at, + 1)."""
+        plan = self.reveal_plan
+        return max(k for k, counts in enumerate(zip(plan.text_counts, plan.image_counts)) if sum(counts)) + 1
+
     @profiling_decorator
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
         device = self.accelerator.device
@@ -442,33 +482,39 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             self._eval_round += 1
 
         # Steps per prompt group, drawn from a generator seeded identically on every rank, so the G rollouts of a
-        # group share them even when the group spans processes.
+        # group share them even when the group spans processes. With confidence thresholds rows end at different
+        # steps, known only after the rollout: x0 is then recorded at every step and the steps are drawn afterwards
+        # (same generator), each group's within its shortest row (see `_group_steps`).
         local_size, s = len(prompts), self.num_reward_steps
         process_index, num_processes = self.accelerator.process_index, self.accelerator.num_processes
         global_rows = process_index * local_size + torch.arange(local_size)
         generator = torch.Generator().manual_seed(int(self._row_seeds(torch.tensor(-1), generation_round)))
         num_groups = local_size * num_processes // num_generations
-        steps = self._loss_step_selector.select(num_groups, self.args.diffusion_steps, generator)
-        steps = steps[global_rows // num_generations]  # (local_size, s)
+        late_steps = self.rollout_config.thresholded
+        if late_steps:
+            record_steps = [self.args.diffusion_steps - 1] if self.output_level else range(self.args.diffusion_steps)
+        else:
+            steps = self._loss_step_selector.select(num_groups, self.args.diffusion_steps, generator)
+            steps = steps[global_rows // num_generations]  # (local_size, s)
+            record_steps = self._reward_steps_of(steps)[1]
+        with profiling_context(self, "rollout"):
+            trajectory = self._rollout(
+                prompts, images, tasks, sorted(set(record_steps)), self._row_seeds(global_rows, generation_round)
+            )
+        if late_steps:
+            row_num_steps = self.accelerator.gather(trajectory.row_num_steps.to(device)).cpu()
+            self._metrics[mode]["rollout/steps_per_row"].append(row_num_steps.float().mean().item())
+            group_steps = row_num_steps.view(num_groups, num_generations).min(dim=1).values
+            steps = self._group_steps(group_steps, generator)[global_rows // num_generations]
         # ParaRL scores the state of every (rollout, step) row; output-level RL scores each rollout's final output
         # once and gives that reward to all of its rows.
+        reward_steps, _ = self._reward_steps_of(steps)
         if self.output_level:
-            reward_steps = torch.full((local_size,), self.args.diffusion_steps - 1)
             reward_rollouts = torch.arange(local_size)
             reward_of_row = torch.arange(local_size).repeat_interleave(s)
         else:
-            reward_steps = steps.flatten()
             reward_rollouts = torch.arange(local_size).repeat_interleave(s)
             reward_of_row = torch.arange(local_size * s)
-
-        with profiling_context(self, "rollout"):
-            trajectory = self._rollout(
-                prompts,
-                images,
-                tasks,
-                sorted(set(reward_steps.tolist())),
-                self._row_seeds(global_rows, generation_round),
-            )
 
         # One row per (rollout, step): row = rollout * s + j.
         row_steps = steps.flatten().to(device)
@@ -550,8 +596,12 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             first = reward_rollouts == 0
             weighted = (local_rewards[: s if not self.output_level else 1] * self.reward_weights.cpu()).nansum(dim=1)
             panel_rewards = dict(zip(reward_steps[first].tolist(), weighted.tolist()))
+            pictured = trajectory.index_select(torch.tensor([0])).to("cpu")
+            if late_steps and not self.output_level:  # x0 of every step: picture the rewarded ones
+                keep = torch.tensor(sorted(set(reward_steps.tolist())))
+                pictured = replace(pictured, recorded_steps=keep, x0=pictured.x0[:, keep])
             self._last_trajectory = (
-                trajectory.index_select(torch.tensor([0])).to("cpu"),
+                pictured,
                 prompts[:1],
                 panel_rewards,
             )
@@ -780,9 +830,12 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             prompts, images, tasks, columns = _split_rows([dataset[indices[row]] for row in rows])
             images, input_images = self._input_images(images)
             chunk_steps = steps[rows]
-            trajectory = self._rollout(
-                prompts, images, tasks, sorted(set(chunk_steps.flatten().tolist())), 2**61 + torch.tensor(rows)
-            )
+            thresholded = self.rollout_config.thresholded
+            record = range(self.args.diffusion_steps) if thresholded else sorted(set(chunk_steps.flatten().tolist()))
+            trajectory = self._rollout(prompts, images, tasks, record, 2**61 + torch.tensor(rows))
+            if thresholded:  # rows end early: the drawn steps are read on each row's own steps (a normalised axis)
+                ends = trajectory.row_num_steps.cpu().unsqueeze(1)
+                chunk_steps = chunk_steps * ends // self.args.diffusion_steps
             if not real:
                 continue
             s = chunk_steps.size(1)

@@ -291,19 +291,25 @@ class ParallelDecoder:
     max_draw_elements: int = 1 << 26
 
     @property
-    def max_reveals_per_step(self) -> int:
-        """The most output slots (both modalities) one step of this decoder can reveal in a row."""
+    def max_reveals_per_modality(self) -> tuple[list[int], list[int]]:
+        """Per step, the most text and the most image slots one step of this decoder can reveal in a row.
+
+        The schedule's counts for a modality that follows its schedule; for a thresholded one, its block (text) or
+        span (image), capped by `threshold_cap`. A trainer sizes its per-modality likelihood with these.
+        """
         cfg, plan = self.config, self.plan
-        block = cfg.block_length or self.num_text_tokens
-        text = (
-            [min(cfg.threshold_cap or block, block)] * plan.num_steps
-            if cfg.text_threshold is not None
-            else plan.text_counts
-        )
-        image = plan.image_counts
+        text, image = list(plan.text_counts), list(plan.image_counts)
+        if cfg.text_threshold is not None:
+            block = cfg.block_length or self.num_text_tokens
+            text = [min(cfg.threshold_cap or block, block)] * plan.num_steps
         if cfg.image_threshold is not None:
             image = [min(cfg.threshold_cap or self.num_image_tokens, self.num_image_tokens)] * plan.num_steps
-        return max(t + i for t, i in zip(text, image))
+        return text, image
+
+    @property
+    def max_reveals_per_step(self) -> int:
+        """The most output slots (both modalities) one step of this decoder can reveal in a row."""
+        return max(t + i for t, i in zip(*self.max_reveals_per_modality))
 
     # -------------------------------------------------------------------------------------------------- inputs
     def generate(
