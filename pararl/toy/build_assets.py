@@ -77,6 +77,7 @@ def build_policy(
 
     from . import build_toy_dataset, toy_processor
     from .policy import SFT_STAGES, record_policy_metrics
+    from .world import CATEGORIES, ORIGINAL_CATEGORIES
 
     output_dir = Path(output_dir)
     processor = toy_processor()
@@ -110,7 +111,8 @@ def build_policy(
     for stage in stages:
         stage = dict(stage)
         stage.pop("model_size", None)
-        train = build_toy_dataset("train", stage.pop("toy_train_samples"), seed=stage.pop("toy_seed"))
+        world = ORIGINAL_CATEGORIES if stage.pop("toy_world", "full") == "original" else CATEGORIES
+        train = build_toy_dataset("train", stage.pop("toy_train_samples"), seed=stage.pop("toy_seed"), world=world)
         if "toy_extra" in stage:  # more samples of some categories, mixed in (e.g. to teach new task families)
             extra = stage.pop("toy_extra")
             more = build_toy_dataset("train", extra["samples"], seed=extra["seed"], categories=extra["categories"])

@@ -42,6 +42,7 @@ from .evaluate import Claim, claim_holds, reasoning_claims, split_words
 from .palette import TOY_CELL_SIZE, TOY_COLOURS, TOY_PALETTE
 from .world import (
     COL_WORDS,
+    ORIGINAL_CATEGORIES,
     ROW_WORDS,
     SHAPE_CELLS,
     SHAPE_PLURALS,
@@ -430,7 +431,7 @@ class ToyClipBatches:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.pool = [
             (split_words(s.reasoning), tuple(s.output_objects), reasoning_claims(s.reasoning))
-            for s in generate_samples(split, config.num_train_samples, seed=config.seed)
+            for s in generate_samples(split, config.num_train_samples, seed=config.seed, world=ORIGINAL_CATEGORIES)
         ]
 
     def _text(self, index: int) -> tuple[list[str], list[Claim]]:
@@ -577,7 +578,8 @@ def heldout_metrics(
     batch_size: int = 32,
     seed: int = 0,
 ) -> dict:
-    """Retrieval on fixed samples of a split (deterministic in `seed`).
+    """Retrieval on fixed samples of a split (deterministic in `seed`), drawn from the six-category world's streams
+    the tiny CLIP was trained on (its texts cover the open-ended categories' too).
 
     - `image_to_text_top1`: within consecutive batches of `batch_size`, each target picture retrieves the reasoning
       with the highest cosine; correct when that reasoning is true of the picture (all its claims hold, see
@@ -588,7 +590,7 @@ def heldout_metrics(
       claims fails (:func:`negative_objects`).
     - `matched_cosine` / `mismatched_cosine`: mean cosine of matching pairs and of the other pairs of each batch.
     """
-    samples = generate_samples(split, num_samples, seed=seed)
+    samples = generate_samples(split, num_samples, seed=seed, world=ORIGINAL_CATEGORIES)
     texts = [s.reasoning for s in samples]
     codes = torch.stack([scene_codes(s.output_objects) for s in samples])
     rng = random.Random(f"pararl-toy-clip-eval:{seed}")

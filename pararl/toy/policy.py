@@ -11,19 +11,19 @@ POLICY_EVAL = {"split": "test", "num_samples": 24, "dataset_seed": 1, "diffusion
 
 # The SFT recipe of the shipped policy (`examples/sft.py` with these arguments): a 4-layer, 128-wide model trained
 # from scratch for 6 epochs on 4,000 train-split samples, 400 more steps on 5,000 fresh samples (toy seed 1),
-# 1,000 steps at a constant rate on 16,000 fresh samples (toy seed 2), then 2,000 steps decayed to 0 (cosine) on
-# 32,000 fresh samples (toy seed 3); then 800 steps (cosine) on 16,000 fresh samples of all eight categories (toy
-# seed 4), which teaches the open-ended ones (their free choice drawn uniformly). About 4,700 steps of 32 samples in
-# all, about 75 minutes of one CPU core; it stops well short of convergence (the loss still falls): decent, clearly
-# imperfect, room for RL.
+# 1,000 steps at a constant rate on 16,000 fresh samples (toy seed 2), 2,000 steps decayed to 0 (cosine) on 32,000
+# fresh samples (toy seed 3) — these four on the six-category world's streams (`"toy_world": "original"`), as they
+# were first trained — then 800 steps on 16,000 samples of all eight categories (toy seed 4) and 1,600 steps on
+# 16,000 more plus 8,000 open-ended ones (toy seeds 5, 6), which teach the open-ended categories. About 6,300 steps
+# of 32 samples in all; it stops well short of convergence: decent, clearly imperfect, room for RL.
 SFT_STAGES = (
-    {"model_size": "small", "num_train_epochs": 6, "toy_train_samples": 4000, "toy_seed": 0, "learning_rate": 2e-3,
-     "per_device_train_batch_size": 32, "seed": 0},
-    {"num_train_epochs": 5, "max_steps": 400, "toy_train_samples": 5000, "toy_seed": 1, "learning_rate": 1.5e-3,
-     "per_device_train_batch_size": 32, "warmup_steps": 20, "seed": 1},
-    {"max_steps": 1000, "toy_train_samples": 16000, "toy_seed": 2, "learning_rate": 1e-3,
+    {"model_size": "small", "num_train_epochs": 6, "toy_train_samples": 4000, "toy_seed": 0, "toy_world": "original",
+     "learning_rate": 2e-3, "per_device_train_batch_size": 32, "seed": 0},
+    {"num_train_epochs": 5, "max_steps": 400, "toy_train_samples": 5000, "toy_seed": 1, "toy_world": "original",
+     "learning_rate": 1.5e-3, "per_device_train_batch_size": 32, "warmup_steps": 20, "seed": 1},
+    {"max_steps": 1000, "toy_train_samples": 16000, "toy_seed": 2, "toy_world": "original", "learning_rate": 1e-3,
      "lr_scheduler_type": "constant_with_warmup", "per_device_train_batch_size": 32, "warmup_steps": 50, "seed": 2},
-    {"max_steps": 2000, "toy_train_samples": 32000, "toy_seed": 3, "learning_rate": 1e-3,
+    {"max_steps": 2000, "toy_train_samples": 32000, "toy_seed": 3, "toy_world": "original", "learning_rate": 1e-3,
      "per_device_train_batch_size": 32, "warmup_steps": 50, "seed": 3},
     {"max_steps": 800, "toy_train_samples": 16000, "toy_seed": 4, "learning_rate": 5e-4,
      "per_device_train_batch_size": 32, "warmup_steps": 50, "seed": 4},

@@ -54,6 +54,7 @@ __all__ = [
     "KNOWLEDGE",
     "MAX_PROMPT_WORDS",
     "MAX_REASONING_WORDS",
+    "ORIGINAL_CATEGORIES",
     "SHAPES",
     "SLOT_NAMES",
     "ToyObject",
@@ -82,6 +83,9 @@ CATEGORIES: tuple[str, ...] = (
     "open_edit",
     "open_generation",
 )
+# The six categories of the first toy world, before the open-ended ones: `world=ORIGINAL_CATEGORIES` draws its exact
+# streams (the shipped tiny CLIP and the policy's SFT stages 1-4 were trained on them; rebuilds stay identical).
+ORIGINAL_CATEGORIES: tuple[str, ...] = CATEGORIES[:6]
 SHAPES: tuple[str, ...] = ("dot", "bar", "pole", "square")
 SHAPE_PLURALS: dict[str, str] = {"dot": "dots", "bar": "bars", "pole": "poles", "square": "squares"}
 # Cells of each shape relative to its slot's top-left cell.
@@ -845,11 +849,11 @@ BUILDERS: dict[str, tuple[Builder, ...]] = {
 }
 
 
-def _make_sample(split: str, seed: int, index: int) -> ToySample:
+def _make_sample(split: str, seed: int, index: int, cycle: Sequence[str] = CATEGORIES) -> ToySample:
     # One RNG per sample (string seeds hash with SHA-512, not Python's salted hash): datasets of different sizes
     # share their prefix, and train/test never reuse a stream.
     rng = random.Random(f"pararl-toy:{seed}:{split}:{index}")
-    category = CATEGORIES[index % len(CATEGORIES)]
+    category = cycle[index % len(cycle)]
     want_test = split == "test"
     for _ in range(100):
         # Pick the template first and retry within it, so the split's rejection does not skew the template mix.
@@ -862,29 +866,43 @@ def _make_sample(split: str, seed: int, index: int) -> ToySample:
 
 
 def generate_samples(
-    split: str = "train", num_samples: int = 1000, seed: int = 0, categories: Sequence[str] | None = None
+    split: str = "train",
+    num_samples: int = 1000,
+    seed: int = 0,
+    categories: Sequence[str] | None = None,
+    world: Sequence[str] = CATEGORIES,
 ) -> list[ToySample]:
-    """Draws `num_samples` tasks of one split; categories cycle in the order of :data:`CATEGORIES`.
+    """Draws `num_samples` tasks of one split; categories cycle in the order of `world`.
 
-    `categories` keeps only those categories (the same samples as the full stream has at their indices)."""
+    `categories` keeps only those categories (the same samples as the full stream has at their indices). `world`
+    is the cycle itself: all of :data:`CATEGORIES` by default, or :data:`ORIGINAL_CATEGORIES` to draw exactly the
+    streams of the six-category world (what the shipped tiny CLIP and the policy's first SFT stages were trained on).
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}.")
+    world = tuple(world)
+    for name, chosen in (("world", world), ("categories", categories)):
+        if chosen is not None and (not chosen or set(chosen) - set(CATEGORIES)):
+            raise ValueError(f"{name} must be a non-empty subset of {CATEGORIES}, got {list(chosen)}.")
     if categories is None:
-        return [_make_sample(split, seed, i) for i in range(num_samples)]
-    unknown = sorted(set(categories) - set(CATEGORIES))
-    if unknown or not categories:
-        raise ValueError(f"categories must be a non-empty subset of {CATEGORIES}, got {list(categories)}.")
-    kept = [i for i, category in enumerate(CATEGORIES) if category in categories]
-    indices = [len(CATEGORIES) * (n // len(kept)) + kept[n % len(kept)] for n in range(num_samples)]
-    return [_make_sample(split, seed, i) for i in indices]
+        return [_make_sample(split, seed, i, world) for i in range(num_samples)]
+    kept = [i for i, category in enumerate(world) if category in categories]
+    if not kept:
+        raise ValueError(f"categories {list(categories)} are not in the world {list(world)}.")
+    indices = [len(world) * (n // len(kept)) + kept[n % len(kept)] for n in range(num_samples)]
+    return [_make_sample(split, seed, i, world) for i in indices]
 
 
 def build_toy_dataset(
-    split: str = "train", num_samples: int = 1000, seed: int = 0, categories: Sequence[str] | None = None
+    split: str = "train",
+    num_samples: int = 1000,
+    seed: int = 0,
+    categories: Sequence[str] | None = None,
+    world: Sequence[str] = CATEGORIES,
 ):
-    """The toy world as a `datasets.Dataset` (`categories`: only those, as in :func:`generate_samples`).
+    """The toy world as a `datasets.Dataset` (`categories`, `world`: as in :func:`generate_samples`).
 
     Columns: `prompt`, `image` (input PIL image, None for generation), `task` ("edit"/"generate"), `category`,
     `reasoning`, `output_image` (PIL), `answer` (JSON: target objects, facts and keywords the reasoning must
@@ -892,7 +910,7 @@ def build_toy_dataset(
     """
     import datasets
 
-    rows = [sample.to_row() for sample in generate_samples(split, num_samples, seed, categories)]
+    rows = [sample.to_row() for sample in generate_samples(split, num_samples, seed, categories, world)]
     features = datasets.Features(
         {
             "prompt": datasets.Value("string"),
