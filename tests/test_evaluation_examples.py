@@ -1,5 +1,3 @@
-
-
 """examples/generate.py: any processor, no silent random weights, warnings for prompt words the tokenizer lacks."""
 
 import importlib.util
