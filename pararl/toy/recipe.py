@@ -118,8 +118,10 @@ def save_reward_curve(log_history: list[dict], path: str, title: str = "ParaRL o
         sum(rewards[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(rewards))
     ]
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=120)
-    ax.plot(steps, rewards, color="#9bb7d4", linewidth=1, label="reward (logged per step)")
-    ax.plot(steps, running, color="#1f4e79", linewidth=2, label=f"running mean over {window} logs")
+    ax.plot(steps, rewards, color="#1f4e79" if window == 1 else "#9bb7d4", marker="o", markersize=3,
+            linewidth=2 if window == 1 else 1, label="reward (each logged step)")  # fmt: skip
+    if window > 1:
+        ax.plot(steps, running, color="#1f4e79", linewidth=2, label=f"running mean over {window} logged steps")
     ax.set_xlabel("training step")
     ax.set_ylabel("mean reward of the step's rollouts")
     ax.set_title(title)
