@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from pararl.cli import check_flags, given_options
+from pararl.cli import announce_defaults, check_flags, given_options
 from pararl.config import DiffusionGRPOConfig
 from pararl.toy.recipe import TOY_GRPO_DEFAULTS, TOY_LORA, TOY_REWARDS
 
@@ -272,11 +272,6 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     parser, toy_defaults = make_parser(argv)
     check_flags(parser, argv)
-    if int(os.environ.get("RANK", "0")) == 0:
-        if toy_defaults:
-            applied = ", ".join(f"{key}={value}" for key, value in toy_defaults.items())
-            print(f"Toy world (no --model_name_or_path / --dataset_name): toy defaults applied: {applied}")
-        else:
-            print("Real run (--model_name_or_path or --dataset_name given): TRL's defaults for every flag not given.")
+    announce_defaults(toy_defaults)
     script_args, training_args, model_args = parser.parse_args_and_config(argv)
     main(script_args, training_args, model_args)

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 import datasets
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from pararl.cli import check_flags, given_options
+from pararl.cli import announce_defaults, check_flags, given_options
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.processing import ParallelProcessor, load_processor
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
@@ -216,11 +216,6 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     parser, toy_defaults = make_parser(argv)
     check_flags(parser, argv)
-    if int(os.environ.get("RANK", "0")) == 0:
-        if toy_defaults:
-            applied = ", ".join(f"{key}={value}" for key, value in toy_defaults.items())
-            print(f"Toy world (no --model_name_or_path / --dataset_name): toy defaults applied: {applied}")
-        else:
-            print("Real run (--model_name_or_path or --dataset_name given): TRL's defaults for every flag not given.")
+    announce_defaults(toy_defaults)
     script_args, training_args, model_args = parser.parse_args_and_config(argv)
     main(script_args, training_args, model_args)

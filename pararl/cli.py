@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 
 
-__all__ = ["check_flags", "given_options"]
+__all__ = ["announce_defaults", "check_flags", "given_options"]
 
 
 def _long_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -77,3 +77,15 @@ def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[s
         elif name in flags:
             given.add(flags[name])
     return given
+
+
+def announce_defaults(toy_defaults: dict) -> None:
+    """Says (on the main process only) whether a script's toy defaults applied, and which, or that a real run keeps
+    TRL's defaults for every flag it does not give."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if toy_defaults:
+        applied = ", ".join(f"{key}={value}" for key, value in toy_defaults.items())
+        print(f"Toy world (no --model_name_or_path / --dataset_name): toy defaults applied: {applied}")
+    else:
+        print("Real run (--model_name_or_path or --dataset_name given): TRL's defaults for every flag not given.")

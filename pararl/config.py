@@ -266,7 +266,6 @@ class DiffusionGRPOConfig(GRPOConfig):
                     f"{name}={value}: ParaRL scores the rollout's own sampling distribution, which greedy decoding "
                     "(temperature 0) does not have; use a temperature > 0."
                 )
-        self._check_fast_decoding()
         if self.reward_step_selection == "all":
             self.num_reward_steps = self.diffusion_steps
         elif self.reward_step_selection == "fixed":
@@ -298,6 +297,7 @@ class DiffusionGRPOConfig(GRPOConfig):
             self.text_temperature = self.temperature
         if self.image_temperature is None:
             self.image_temperature = self.temperature
+        self._check_fast_decoding()
 
     def to_rollout_config(self) -> RolloutConfig:
         """The decoder settings of the training rollouts (also what evaluations should decode with)."""
@@ -328,18 +328,7 @@ class DiffusionGRPOConfig(GRPOConfig):
         return self.text_threshold is not None or self.image_threshold is not None
 
     def _check_fast_decoding(self) -> None:
-        for name in ("text_threshold", "image_threshold"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-                raise ValueError(
-                    f"{name} must be a probability > 0 (above 1 = reveal only the floor) or None (follow the "
-                    f"schedule), got {value!r}."
-                )
-        for name in ("threshold_cap", "input_cache_refresh"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                meaning = "no cap" if name == "threshold_cap" else "no cache; 1 = refresh every forward"
-                raise ValueError(f"{name} must be a positive int or None ({meaning}), got {value!r}.")
+        self.to_rollout_config()  # the decoder's own checks of every rollout field (thresholds, cap, floor, cache)
         if not self.thresholded:
             if self.threshold_cap is not None or self.threshold_floor != "one":
                 raise ValueError(
