@@ -8,7 +8,7 @@ anything subtler. It prints the logged reward per step for each seed and whether
 Results (numbers, machine) are in the README and `benchmarks/results/easy_reward_toy_cpu.json`.
 
     python benchmarks/easy_reward.py                      # seeds 0-4 at the main job's settings
-    python benchmarks/easy_reward.py --seeds 0 --max_steps 20 --learning_rate 1e-2 --use_peft
+    python benchmarks/easy_reward.py --seeds 0 --no-use_peft --learning_rate 3e-4   # every weight instead of LoRA
 """
 
 import argparse
@@ -42,7 +42,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--max_steps", type=int, default=TOY_GRPO_DEFAULTS["max_steps"])
     parser.add_argument("--learning_rate", type=float, default=TOY_GRPO_DEFAULTS["learning_rate"])
-    parser.add_argument("--use_peft", action="store_true", help="Train the toy LoRA adapter instead of all weights.")
+    parser.add_argument(
+        "--use_peft",
+        action=argparse.BooleanOptionalAction,
+        default=TOY_GRPO_DEFAULTS["use_peft"],
+        help="Train the toy LoRA adapter (default: as the main job) or, with --no-use_peft, every weight.",
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="The reward a seed must climb above.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None, help="Also write the per-seed curves as JSON here.")
