@@ -11,9 +11,9 @@ minutes, scoring the partial reasoning against the partial image with the shippe
 on held-out toy tasks before and after (ParaBench's six axes, computed exactly by rule), saves the adapter and a
 trajectory picture in the output folder and prints a summary table.
 
-The toy world's defaults (`TOY_DEFAULTS` below; overridable): LoRA r=16 on the attention projections, 30 steps of 2
-prompts x 8 rollouts, 16 denoising steps, lr 1e-3, beta 0, `--reward_step_selection stratified` (one reward step
-drawn per third of the trajectory), no checkpoints. They apply only when neither `--model_name_or_path` nor
+The toy world's defaults (`TOY_DEFAULTS` below, from `pararl.toy.recipe`; overridable): LoRA r=16 on the attention
+projections, 30 steps of 2 prompts x 8 rollouts, 16 denoising steps, lr 1e-3, beta 0, `--reward_step_selection
+stratified` (one reward step drawn per third of the trajectory), no checkpoints. They apply only when neither `--model_name_or_path` nor
 `--dataset_name` is given; a real run gets TRL's defaults for every flag it does not give (the script prints which
 applied). Flags must be written in full: an abbreviation or a typo is refused with the closest flag named.
 
