@@ -98,7 +98,9 @@ def reveal_steps(trajectory, processor, codes: torch.Tensor, num_steps: int) -> 
 
 def claims_revealed(final_claims, states, trajectory, processor, step: int) -> dict[str, float]:
     """Share of the final reasoning's claims already readable at the end of `step`: in the partial text (the claim
-    parses from it) and in the partial picture (it holds among the objects whose cells are all revealed)."""
+    parses from it) and in the partial picture (a *present* claim holding among the objects whose cells are all
+    revealed; "absent" claims are not counted there, since a mostly masked picture would satisfy them trivially, so
+    the image share is a lower bound and its denominator is every claim)."""
     revealed_codes = processor.image_codes(trajectory.state_at(step + 1))  # -1 where still masked
     in_text = in_image = total = 0
     for claims, text, grid in zip(final_claims, states.texts, revealed_codes):
