@@ -110,6 +110,13 @@ class ScriptArguments:
         default=192, metadata={"help": "Toy world: held-out prompts evaluated before/after."}
     )
     toy_seed: int = field(default=0, metadata={"help": "Toy world: generation seed."})
+    toy_train_categories: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Toy world: the task families the training prompts are drawn from (default: all of "
+            "`pararl.toy.CATEGORIES`). The held-out evaluation always covers every category."
+        },
+    )
     toy_reward: str = field(
         default="clip",
         metadata={
@@ -156,7 +163,12 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
     if toy:
         from pararl.toy import build_toy_dataset
 
-        train_dataset = build_toy_dataset("train", script_args.toy_train_samples, seed=script_args.toy_seed)
+        train_dataset = build_toy_dataset(
+            "train",
+            script_args.toy_train_samples,
+            seed=script_args.toy_seed,
+            categories=script_args.toy_train_categories,
+        )
         eval_dataset = build_toy_dataset("test", script_args.toy_eval_samples, seed=script_args.toy_seed)
     else:
         if os.path.isdir(script_args.dataset_name):
@@ -209,6 +221,8 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
 
     if trainer.accelerator.is_main_process:
         summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.state.global_step}
+        if toy:
+            summary["train_categories"] = sorted(set(train_dataset["category"]))
         rewards = [log["reward"] for log in trainer.state.log_history if "reward" in log]
         if rewards:
             fifth = max(1, len(rewards) // 5)

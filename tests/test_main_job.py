@@ -57,10 +57,13 @@ def test_main_job_two_processes_zero3(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_job_with_the_exact_toy_reward(tmp_path):
+def test_main_job_with_the_exact_toy_reward_on_chosen_categories(tmp_path):
     output_dir = tmp_path / "out"
     command = [sys.executable, "examples/pararl.py", *REDUCED, "--toy_reward", "exact", "--no_evaluate"]
+    command += ["--toy_train_categories", "open_edit", "generation"]
     result = run([*command, "--max_steps", "1", "--output_dir", str(output_dir)], tmp_path)
     assert "rewards/toy_output_alignment/mean" in result.stdout
     assert "clip_alignment_reward" not in result.stdout
-    assert json.loads((output_dir / "summary.json").read_text())["steps"] == 1
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["steps"] == 1
+    assert summary["train_categories"] == ["generation", "open_edit"]
