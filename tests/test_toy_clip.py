@@ -1,3 +1,4 @@
+import hashlib
 import json
 import random
 
@@ -207,3 +208,12 @@ def test_shipped_clip_prefers_the_whole_picture_to_one_with_a_broken_object(toy_
     broken = torch.stack([break_object(s.output_objects, rng) for s in breakable])
     wins = clip_scores(model, tokenizer, texts, clean) > clip_scores(model, tokenizer, texts, broken)
     assert len(breakable) >= 32 and wins.float().mean() > 0.7
+
+
+def test_training_batches_are_the_recorded_ones():
+    # SHA-256 of the quick configuration's first batch (texts, hard negative texts, both code grids), recorded from
+    # the code that trained the shipped tiny CLIP: the hard negatives, corruptions and their RNG order are unchanged.
+    batch = ToyClipBatches(ToyClipTrainingConfig.quick()).sample()
+    digest = hashlib.sha256(json.dumps([batch["texts"], batch["negative_texts"]]).encode())
+    digest.update(batch["codes"].numpy().tobytes() + batch["negative_codes"].numpy().tobytes())
+    assert digest.hexdigest() == "076b1b94c8f91b6a4a43d6b4acfd72aa4e6de6a2ca505bd118a0668d7fcbcbde"
