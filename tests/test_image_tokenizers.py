@@ -103,7 +103,7 @@ def test_tensor_to_images_rejects_bad_shapes():
 
 def test_toy_image_tokenizer_round_trips_scenes():
     from pararl.toy import TOY_PALETTE, render_scene, scene_codes, toy_image_tokenizer
-    from pararl.toy.world import ToyObject
+    from pararl.toy.scenes import ToyObject
 
     tokenizer = toy_image_tokenizer()
     assert (tokenizer.codebook_size, tokenizer.grid_shape, tokenizer.image_size) == (

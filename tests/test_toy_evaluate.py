@@ -13,7 +13,9 @@ from pararl.toy.evaluate import (
     reasoning_claims,
     text_quality_checks,
 )
-from pararl.toy.world import BUILDERS, TEXTS, ToyObject, ToySample
+from pararl.toy.scenes import ToyObject
+from pararl.toy.tasks import BUILDERS, ToySample
+from pararl.toy.texts import TEXTS
 
 
 # A hand-made edit: paint the blue square (top left) the colour of fire; a red dot (middle centre) stays.

@@ -22,7 +22,10 @@ from pararl.toy import (
     toy_image_tokenizer,
     toy_preset,
 )
-from pararl.toy.world import BUILDERS, KNOWLEDGE, ORIGINAL_CATEGORIES, SHAPES, TOY_COLOURS, ToyObject
+from pararl.toy.palette import TOY_COLOURS
+from pararl.toy.scenes import SHAPES, ToyObject
+from pararl.toy.tasks import BUILDERS, ORIGINAL_CATEGORIES
+from pararl.toy.texts import KNOWLEDGE
 
 
 N = 2000

@@ -3,24 +3,11 @@
 from pathlib import Path
 
 from .palette import TOY_COLOURS, TOY_PALETTE, toy_image_tokenizer
+from .processing import toy_preset, toy_processor
+from .scenes import SHAPES, ToyObject, parse_scene, render_scene, scene_codes
+from .tasks import CATEGORIES, ToySample, build_toy_dataset, combination_key, generate_samples, is_held_out
+from .texts import MAX_PROMPT_WORDS, MAX_REASONING_WORDS, describe_scene, world_vocabulary
 from .tokenizer import build_toy_tokenizer, load_toy_tokenizer
-from .world import (
-    CATEGORIES,
-    MAX_PROMPT_WORDS,
-    MAX_REASONING_WORDS,
-    SHAPES,
-    ToyObject,
-    ToySample,
-    build_toy_dataset,
-    combination_key,
-    describe_scene,
-    generate_samples,
-    is_held_out,
-    parse_scene,
-    render_scene,
-    scene_codes,
-    world_vocabulary,
-)
 
 
 __all__ = [
@@ -48,46 +35,6 @@ __all__ = [
     "toy_processor",
     "world_vocabulary",
 ]
-
-# Text budgets of the toy preset: room for user prompts a little longer than the world's own, and for the
-# reasoning's <eos> plus one spare slot.
-TOY_MAX_PROMPT_TOKENS = MAX_PROMPT_WORDS + 4
-TOY_MAX_REASONING_TOKENS = MAX_REASONING_WORDS + 2
-
-
-def toy_preset():
-    """The toy world's `SequencePreset`: image codes right after the text vocabulary, `<eos>` fills the text span."""
-    from pararl.processing import SequencePreset
-
-    from .tokenizer import SPECIAL_TOKENS
-
-    text_vocab_size = len(SPECIAL_TOKENS) + len(world_vocabulary())
-    return SequencePreset(
-        name="toy",
-        mask_token_id=4,
-        image_token_offset=text_vocab_size,
-        codebook_size=len(TOY_PALETTE),
-        image_grid=(8, 8),
-        soi_token_id=5,
-        eoi_token_id=6,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        text_fill_token_id=2,
-        task_token_ids={"edit": 7, "generate": 8},
-        max_prompt_tokens=TOY_MAX_PROMPT_TOKENS,
-        max_reasoning_tokens=TOY_MAX_REASONING_TOKENS,
-        image_row_end_token_id=None,
-    )
-
-
-def toy_processor(tokenizer=None, **kwargs):
-    """A `ParallelProcessor` for the toy world (the committed tokenizer unless one is given)."""
-    from pararl.processing import ParallelProcessor
-
-    return ParallelProcessor(
-        tokenizer if tokenizer is not None else load_toy_tokenizer(), toy_image_tokenizer(), toy_preset(), **kwargs
-    )
 
 
 def toy_policy_path() -> str:

@@ -77,7 +77,7 @@ def build_policy(
 
     from . import build_toy_dataset, toy_processor
     from .policy import SFT_STAGES, record_policy_metrics
-    from .world import CATEGORIES, ORIGINAL_CATEGORIES
+    from .tasks import CATEGORIES, ORIGINAL_CATEGORIES
 
     output_dir = Path(output_dir)
     processor = toy_processor()

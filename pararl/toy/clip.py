@@ -40,20 +40,9 @@ import torch.nn.functional as F
 from ..rewards.clip import quiet_open_clip
 from .evaluate import Claim, claim_holds, reasoning_claims, split_words
 from .palette import TOY_CELL_SIZE, TOY_COLOURS, TOY_PALETTE
-from .world import (
-    COL_WORDS,
-    ORIGINAL_CATEGORIES,
-    ROW_WORDS,
-    SHAPE_CELLS,
-    SHAPE_PLURALS,
-    SHAPES,
-    SLOT_NAMES,
-    SLOT_STRIDE,
-    ToyObject,
-    describe_scene,
-    generate_samples,
-    scene_codes,
-)
+from .scenes import COL_WORDS, ROW_WORDS, SHAPE_CELLS, SHAPES, SLOT_NAMES, SLOT_STRIDE, ToyObject, scene_codes
+from .tasks import ORIGINAL_CATEGORIES, generate_samples
+from .texts import SHAPE_PLURALS, describe_scene
 
 
 __all__ = [

@@ -6,7 +6,7 @@ mean of the six axes (of the five others where a set holds no edit). Definitions
 
 - **text quality** (the reasoning is well-formed): the mean of five checks on its words (lower-cased, punctuation
   split off, as the toy tokenizer splits): *vocabulary* (every word is a world word), *sentence* (one sentence: the
-  last word is ``"."`` and no other word is), *length* (at most :data:`~pararl.toy.world.MAX_REASONING_WORDS`
+  last word is ``"."`` and no other word is), *length* (at most :data:`~pararl.toy.texts.MAX_REASONING_WORDS`
   words), *no stutter* (no span repeated back to back, e.g. ``"red red"`` or ``"the dot the dot"``) and *grammar*
   (the text is a sentence of one of the world's reasoning templates, any words of the right kind in its
   placeholders). An empty text scores 0.
@@ -45,21 +45,16 @@ from functools import cache
 import torch
 
 from .palette import TOY_COLOURS, TOY_GRID, TOY_PALETTE
-from .world import (
-    CATEGORIES,
+from .scenes import ROW_WORDS, SHAPES, SLOT_NAMES, ToyObject, parse_scene, scene_codes
+from .tasks import CATEGORIES
+from .texts import (
     DIRECTIONS,
     KNOWLEDGE,
     MAX_REASONING_WORDS,
     NUMBER_WORDS,
     RELATIONS,
-    ROW_WORDS,
     SHAPE_PLURALS,
-    SHAPES,
-    SLOT_NAMES,
     TEXTS,
-    ToyObject,
-    parse_scene,
-    scene_codes,
     world_vocabulary,
 )
 

@@ -6,7 +6,7 @@ import torch
 from ..rewards import Reward, RewardStates
 from .evaluate import output_alignment
 from .palette import toy_image_tokenizer
-from .world import parse_scene
+from .scenes import parse_scene
 
 
 __all__ = ["RandomReward", "ToyOutputAlignment"]

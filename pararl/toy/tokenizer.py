@@ -1,6 +1,6 @@
 """The toy world's word-level text tokenizer.
 
-One token per word of the world (see :func:`pararl.toy.world.world_vocabulary`), after nine special tokens with
+One token per word of the world (see :func:`pararl.toy.texts.world_vocabulary`), after nine special tokens with
 fixed ids that the toy :class:`~pararl.processing.SequencePreset` relies on. Texts are lower-cased and split on
 whitespace and punctuation; decoding joins tokens with single spaces, so a world text round-trips exactly.
 The tokenizer adds no special tokens by itself: the processor places `<bos>`/`<eos>` and the sentinels.
@@ -11,7 +11,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from .world import world_vocabulary
+from .texts import world_vocabulary
 
 
 __all__ = ["SPECIAL_TOKENS", "TOKENIZER_DIR", "build_toy_tokenizer", "load_toy_tokenizer", "save_toy_tokenizer"]

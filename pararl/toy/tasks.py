@@ -1,12 +1,5 @@
 """A procedural world of thinking-aware editing and generation tasks, small enough to learn on a CPU.
 
-**Scenes.** A 32x32 image is an 8x8 grid of 4-pixel cells. Objects sit in a 3x3 grid of *slots* (each slot is a
-2x2 block of cells at rows/cols 0, 3, 6, separated by one-cell background lanes), so every position has a name
-(``"top left"``, ``"middle centre"``, ``"bottom right"``, ...) and images parse back into objects exactly. Shapes,
-anchored at the slot's top-left cell: ``dot`` (1x1), ``bar`` (1x2, lying), ``pole`` (2x1, standing), ``square``
-(2x2). Colours: the eight of :data:`~pararl.toy.palette.TOY_COLOURS`. In an input scene no two objects share a
-slot or a (colour, shape) pair, so ``"the red square"`` always names one object.
-
 **Tasks.** Every instruction needs one reasoning step, and the ground-truth reasoning states its result. The
 categories mirror ParaBench's editing categories, plus generation (no input image):
 
@@ -22,6 +15,9 @@ categories mirror ParaBench's editing categories, plus generation (no input imag
   probability, so a policy that decides its text and its picture independently often makes them disagree; the
   reasoning states the choice, and output alignment checks that the picture honours it.
 
+In an input scene (:mod:`pararl.toy.scenes`) no two objects share a slot or a (colour, shape) pair, so ``"the red
+square"`` always names one object.
+
 **Held-out rule.** Each sample has a combination key ``(category, shape, colour)``: the shape of the object the
 instruction acts on (as named in the instruction) and the colour that object has in the target image (for
 removals, its input colour). A key is held out (test only) iff
@@ -31,47 +27,30 @@ training within every category, and every template (even those with a fixed colo
 "grow") has train and test keys. Train and test never share a key, so the test split measures compositional
 generalisation ("a green square" via "grass" when only grass-green dots, bars and poles were trained). Samples are
 deterministic in (split, seed, index).
-
-**Budgets.** Prompts have at most :data:`MAX_PROMPT_WORDS` words and reasoning at most :data:`MAX_REASONING_WORDS`
-(punctuation counts as a word; texts are lower case, space separated, so words == tokenizer tokens).
 """
 
 import json
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .palette import COLOUR_CODES, TOY_CELL_SIZE, TOY_COLOURS, TOY_GRID, TOY_PALETTE
+from .palette import TOY_COLOURS
+from .scenes import CORNERS, ROW_WORDS, SHAPES, SLOT_NAMES, ToyObject, render_scene, scene_codes
+from .texts import DIRECTIONS, KNOWLEDGE, MIXES, NUMBER_WORDS, RELATIONS, SHAPE_PLURALS, TEXTS
 
 
 __all__ = [
+    "BUILDERS",
     "CATEGORIES",
-    "KNOWLEDGE",
-    "MAX_PROMPT_WORDS",
-    "MAX_REASONING_WORDS",
     "ORIGINAL_CATEGORIES",
-    "SHAPES",
-    "SLOT_NAMES",
-    "ToyObject",
     "ToySample",
     "build_toy_dataset",
     "combination_key",
-    "describe_scene",
     "generate_samples",
     "is_held_out",
-    "parse_scene",
-    "render_scene",
-    "scene_codes",
-    "world_vocabulary",
 ]
-
-MAX_PROMPT_WORDS = 20
-MAX_REASONING_WORDS = 24
 
 CATEGORIES: tuple[str, ...] = (
     "spatial",
@@ -86,246 +65,8 @@ CATEGORIES: tuple[str, ...] = (
 # The six categories of the first toy world, before the open-ended ones: `world=ORIGINAL_CATEGORIES` draws its exact
 # streams (the shipped tiny CLIP and the policy's SFT stages 1-4 were trained on them; rebuilds stay identical).
 ORIGINAL_CATEGORIES: tuple[str, ...] = CATEGORIES[:6]
-SHAPES: tuple[str, ...] = ("dot", "bar", "pole", "square")
-SHAPE_PLURALS: dict[str, str] = {"dot": "dots", "bar": "bars", "pole": "poles", "square": "squares"}
-# Cells of each shape relative to its slot's top-left cell.
-SHAPE_CELLS: dict[str, tuple[tuple[int, int], ...]] = {
-    "dot": ((0, 0),),
-    "bar": ((0, 0), (0, 1)),
-    "pole": ((0, 0), (1, 0)),
-    "square": ((0, 0), (0, 1), (1, 0), (1, 1)),
-}
-_CELLS_TO_SHAPE = {frozenset(cells): shape for shape, cells in SHAPE_CELLS.items()}
-
-ROW_WORDS: tuple[str, ...] = ("top", "middle", "bottom")
-COL_WORDS: tuple[str, ...] = ("left", "centre", "right")
-SLOT_NAMES: tuple[str, ...] = tuple(f"{row} {col}" for row in ROW_WORDS for col in COL_WORDS)
-SLOT_STRIDE = 3  # slot k's top-left cell is (3 * (k // 3), 3 * (k % 3)); rows/cols 2 and 5 stay background
-CORNERS: tuple[int, ...] = (0, 2, 6, 8)
-NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
-
-# World knowledge: source word -> colour. Two or three sources per colour.
-KNOWLEDGE: dict[str, str] = {
-    "fire": "red",
-    "tomato": "red",
-    "cherry": "red",
-    "carrot": "orange",
-    "pumpkin": "orange",
-    "banana": "yellow",
-    "lemon": "yellow",
-    "sun": "yellow",
-    "grass": "green",
-    "leaf": "green",
-    "frog": "green",
-    "sky": "blue",
-    "sea": "blue",
-    "grape": "purple",
-    "plum": "purple",
-    "snow": "white",
-    "milk": "white",
-    "cloud": "white",
-    "coal": "black",
-    "night": "black",
-    "crow": "black",
-}
-# Paint mixing (causal): unordered pair -> result.
-MIXES: dict[frozenset, str] = {
-    frozenset(("red", "yellow")): "orange",
-    frozenset(("yellow", "blue")): "green",
-    frozenset(("red", "blue")): "purple",
-}
-# Relation word -> (phrase, slot-row delta, slot-col delta).
-RELATIONS: dict[str, tuple[str, int, int]] = {
-    "left": ("to the left of", 0, -1),
-    "right": ("to the right of", 0, 1),
-    "above": ("above", -1, 0),
-    "below": ("below", 1, 0),
-}
-DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
-
-# Every fixed text of the world, so the tokenizer's vocabulary is derived from them, never listed by hand.
-# Placeholders in braces are filled with words from the value tables above.
-TEXTS: dict[str, str] = {
-    # knowledge
-    "recolour_prompt": "paint the {colour} {shape} the colour of {source} .",
-    "recolour_reasoning": "{source} is {answer} so the {colour} {shape} becomes {answer} .",
-    "add_known_prompt": "add a {shape} the colour of {source} at the {slot} .",
-    "add_known_reasoning": "{source} is {answer} so a {answer} {shape} goes at the {slot} .",
-    "remove_known_prompt": "remove the {shape} that has the colour of {source} .",
-    "remove_known_reasoning": "{source} is {answer} so the {answer} {shape} is removed .",
-    # spatial
-    "move_next_prompt": "move the {colour} {shape} {relation} the {ref_colour} {ref_shape} .",
-    "move_next_reasoning": "the {ref_colour} {ref_shape} is at the {ref_slot} so the {colour} {shape} moves to the {slot} .",
-    "add_next_prompt": "add a {colour} {shape} {relation} the {ref_colour} {ref_shape} .",
-    "add_next_reasoning": "the {ref_colour} {ref_shape} is at the {ref_slot} so the {colour} {shape} goes at the {slot} .",
-    "swap_prompt": "swap the places of the {colour} {shape} and the {ref_colour} {ref_shape} .",
-    "swap_reasoning": "the {colour} {shape} goes to the {slot} and the {ref_colour} {ref_shape} goes to the {ref_slot} .",
-    "paint_relative_prompt": "paint the object {relation} the {ref_colour} {ref_shape} {answer} .",
-    "paint_relative_reasoning": "the object {relation} the {ref_colour} {ref_shape} is the {colour} {shape} so it becomes {answer} .",
-    # temporal
-    "fall_prompt": "show the {colour} {shape} after it falls .",
-    "fall_reasoning": "things fall down so the {colour} {shape} lands at the {slot} .",
-    "melt_prompt": "the white {shape} is ice . show it after it melts .",
-    "melt_reasoning": "ice melts into water so the white {shape} becomes a blue dot .",
-    "steps_prompt": "the {colour} {shape} moves one step {direction} every second . show it after {count} {seconds} .",
-    "steps_reasoning": "{count} {seconds} means {count} {steps} {direction} so the {colour} {shape} ends at the {slot} .",
-    "grow_prompt": "show the {colour} dot after it grows .",
-    "grow_reasoning": "growing makes it bigger so the {colour} dot becomes a {colour} square .",
-    # causal
-    "mix_prompt": "pour {paint} paint on the {colour} {shape} .",
-    "mix_reasoning": "{paint} and {colour} make {answer} so the {colour} {shape} becomes {answer} .",
-    "burn_prompt": "set the {colour} {shape} on fire .",
-    "burn_reasoning": "fire burns it to black ash so the {colour} {shape} becomes black .",
-    "freeze_prompt": "the blue {shape} is water and it gets very cold .",
-    "freeze_reasoning": "cold water freezes into ice so the blue {shape} becomes white .",
-    "push_prompt": "push the {colour} {shape} {direction} until it stops .",
-    "push_reasoning": "the {colour} {shape} slides {direction} until it stops at the {slot} .",
-    # general
-    "remove_colour_prompt": "remove every {colour} object .",
-    "remove_colour_reasoning_one": "there is one {colour} object so it is removed .",
-    "remove_colour_reasoning_many": "there are {count} {colour} objects so they are removed .",
-    "replace_prompt": "replace the {colour} {shape} with a {new_shape} of the same colour .",
-    "replace_reasoning": "the {shape} is {colour} so a {colour} {new_shape} takes its place at the {slot} .",
-    "corners_prompt": "add a {colour} dot to every empty corner .",
-    "corners_reasoning_one": "the only empty corner is the {slots} so one {colour} dot is added .",
-    "corners_reasoning_many": "the empty corners are {slots} so {count} {colour} dots are added .",
-    # generation
-    "draw_known_prompt": "draw a {shape} the colour of {source} at the {slot} .",
-    "draw_known_reasoning": "{source} is {answer} so a {answer} {shape} is drawn at the {slot} .",
-    "draw_relative_prompt": "draw a {ref_colour} {ref_shape} at the {ref_slot} and a {colour} {shape} {relation} it .",
-    "draw_relative_reasoning": "{relation} the {ref_slot} is the {slot} so the {colour} {shape} goes there .",
-    "draw_count_prompt": "draw {count} {colour} {shapes} in the {row} row from the left .",
-    "draw_count_reasoning": "{count} {colour} {shapes} go at {slots} .",
-    # open-ended (the slot is the policy's choice)
-    "add_open_prompt": "add a {colour} {shape} .",
-    "add_open_reasoning": "a {colour} {shape} goes at the {slot} .",
-    "draw_open_prompt": "draw a {colour} {shape} .",
-    "draw_open_reasoning": "a {colour} {shape} is drawn at the {slot} .",
-    "draw_open_two_prompt": "draw a {colour} {shape} and a {colour2} {shape2} .",
-    "draw_open_two_reasoning": "a {colour} {shape} is drawn at the {slot} and a {colour2} {shape2} at the {slot2} .",
-    # captions (for the tiny CLIP's (image, caption) pairs)
-    "caption_empty": "an empty picture .",
-    "caption_object": "a {colour} {shape} at the {slot}",
-    "caption_join": ", and",
-}
-# Words that only enter through the joining of lists.
-_EXTRA_WORDS = (",", "and", ".")
 
 
-# ------------------------------------------------------------------------------------------------------ scenes
-@dataclass(frozen=True)
-class ToyObject:
-    """One object: a shape of one colour in one of the 9 slots (0 = top left, row-major, 8 = bottom right)."""
-
-    shape: str
-    colour: str
-    slot: int
-
-    def __post_init__(self):
-        if self.shape not in SHAPE_CELLS:
-            raise ValueError(f"shape {self.shape!r} is not one of {SHAPES}.")
-        if self.colour not in COLOUR_CODES:
-            raise ValueError(f"colour {self.colour!r} is not one of {TOY_COLOURS}.")
-        if not 0 <= self.slot < len(SLOT_NAMES):
-            raise ValueError(f"slot {self.slot} must be in [0, {len(SLOT_NAMES)}).")
-
-    @property
-    def slot_name(self) -> str:
-        return SLOT_NAMES[self.slot]
-
-    @property
-    def cells(self) -> tuple[tuple[int, int], ...]:
-        """Image cells `(row, col)` on the 8x8 grid that the object paints."""
-        top, left = SLOT_STRIDE * (self.slot // 3), SLOT_STRIDE * (self.slot % 3)
-        return tuple((top + dr, left + dc) for dr, dc in SHAPE_CELLS[self.shape])
-
-    def to_dict(self) -> dict:
-        return {"shape": self.shape, "colour": self.colour, "slot": self.slot_name}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ToyObject":
-        slot = data["slot"]
-        return cls(data["shape"], data["colour"], SLOT_NAMES.index(slot) if isinstance(slot, str) else int(slot))
-
-
-def scene_codes(objects: Sequence[ToyObject]) -> torch.Tensor:
-    """The 8x8 code grid (`LongTensor`) of a scene; later objects paint over earlier ones."""
-    codes = torch.zeros(TOY_GRID, dtype=torch.long)
-    for obj in objects:
-        for row, col in obj.cells:
-            codes[row, col] = COLOUR_CODES[obj.colour]
-    return codes
-
-
-_PALETTE_U8 = np.asarray(TOY_PALETTE, dtype=np.uint8)
-
-
-def render_scene(objects: Sequence[ToyObject]) -> Image.Image:
-    """Draws a scene as a 32x32 RGB image (identical to `toy_image_tokenizer().decode(scene_codes(objects))`)."""
-    pixels = _PALETTE_U8[scene_codes(objects).numpy()]
-    pixels = pixels.repeat(TOY_CELL_SIZE, axis=0).repeat(TOY_CELL_SIZE, axis=1)
-    return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
-
-
-def parse_scene(scene: torch.Tensor | np.ndarray | Image.Image, strict: bool = True) -> list[ToyObject]:
-    """Reads the objects back from a code grid `(8, 8)` or a 32x32 image.
-
-    Args:
-        scene: Code grid or an image of the toy palette. Codes `< 0` mean unknown (a still-masked cell); a slot
-            with an unknown cell is not read (strict mode raises).
-        strict (`bool`, defaults to `True`): Raise on anything that is not a valid scene (paint in the lanes
-            between slots, a slot whose cells form no shape or mix colours). With `False`, such slots are skipped
-            and lanes ignored, which is what an evaluator of model outputs wants.
-
-    Returns:
-        The objects, ordered by slot.
-    """
-    if isinstance(scene, Image.Image):
-        from .palette import toy_image_tokenizer
-
-        codes = toy_image_tokenizer().encode([scene])[0]
-    else:
-        codes = torch.as_tensor(scene)
-        if codes.dim() == 3 and codes.shape[0] == 1:
-            codes = codes[0]
-    if tuple(codes.shape) != TOY_GRID:
-        raise ValueError(f"scene codes must have shape {TOY_GRID}, got {tuple(codes.shape)}.")
-    grid = codes.long().tolist()
-    if strict:
-        for i in range(TOY_GRID[0]):
-            for j in range(TOY_GRID[1]):
-                in_lane = i % SLOT_STRIDE == 2 or j % SLOT_STRIDE == 2
-                if in_lane and grid[i][j] != 0:
-                    raise ValueError(f"cell (row {i}, col {j}) lies between slots but is not background.")
-    objects = []
-    for slot in range(len(SLOT_NAMES)):
-        top, left = SLOT_STRIDE * (slot // 3), SLOT_STRIDE * (slot % 3)
-        painted = {(dr, dc): grid[top + dr][left + dc] for dr in range(2) for dc in range(2)}
-        painted = {cell: code for cell, code in painted.items() if code != 0}
-        if not painted:
-            continue
-        colours = set(painted.values())
-        shape = _CELLS_TO_SHAPE.get(frozenset(painted))
-        if len(colours) != 1 or shape is None or min(colours) < 1 or max(colours) > len(TOY_COLOURS):
-            if strict:
-                raise ValueError(f"slot {SLOT_NAMES[slot]!r} holds no valid object (cells {painted}).")
-            continue
-        objects.append(ToyObject(shape, TOY_COLOURS[colours.pop() - 1], slot))
-    return objects
-
-
-def describe_scene(objects: Sequence[ToyObject]) -> str:
-    """A plain caption, e.g. "a red square at the top left , and a blue dot at the middle centre ." (CLIP data)."""
-    if not objects:
-        return TEXTS["caption_empty"]
-    parts = [
-        TEXTS["caption_object"].format(colour=o.colour, shape=o.shape, slot=o.slot_name)
-        for o in sorted(objects, key=lambda o: o.slot)
-    ]
-    return f" {TEXTS['caption_join']} ".join(parts) + " ."
-
-
-# ----------------------------------------------------------------------------------------------------- samples
 @dataclass
 class ToySample:
     """One task: instruction, input scene (None for generation), reasoning and target scene."""
@@ -462,14 +203,25 @@ Draft = ToySample | None
 Builder = Callable[[random.Random], Draft]
 
 
-def _sample(category, template, input_objects, output_objects, focus, facts, keywords, **words) -> ToySample:
-    prompt = TEXTS[f"{template}_prompt"].format(**words)
-    reasoning = TEXTS[words.pop("_reasoning_key", f"{template}_reasoning")].format(**words)
+def _sample(
+    *,
+    category: str,
+    template: str,
+    input_objects: Sequence[ToyObject] | None,
+    output_objects: Sequence[ToyObject],
+    focus: tuple[str, str],
+    facts: dict,
+    keywords: Sequence[str],
+    words: dict[str, str],
+    reasoning_key: str | None = None,
+) -> ToySample:
+    """A task whose prompt and reasoning are `template`'s texts filled with `words` (`reasoning_key` names another
+    reasoning text of the template, e.g. its plural form)."""
     return ToySample(
         category=category,
         template=template,
-        prompt=prompt,
-        reasoning=reasoning,
+        prompt=TEXTS[f"{template}_prompt"].format(**words),
+        reasoning=TEXTS[reasoning_key or f"{template}_reasoning"].format(**words),
         input_objects=None if input_objects is None else tuple(sorted(input_objects, key=lambda o: o.slot)),
         output_objects=tuple(sorted(output_objects, key=lambda o: o.slot)),
         focus=focus,
@@ -487,20 +239,30 @@ def _recolour(rng):
         return None
     new = ToyObject(target.shape, answer, target.slot)
     return _sample(
-        "knowledge", "recolour", scene, _replace(scene, target, new), (target.shape, answer),
-        {"colour": answer}, [answer],
-        colour=target.colour, shape=target.shape, source=_source_for(rng, answer), answer=answer,
-    )  # fmt: skip
+        category="knowledge",
+        template="recolour",
+        input_objects=scene,
+        output_objects=_replace(scene, target, new),
+        focus=(target.shape, answer),
+        facts={"colour": answer},
+        keywords=[answer],
+        words=dict(colour=target.colour, shape=target.shape, source=_source_for(rng, answer), answer=answer),
+    )
 
 
 def _add_known(rng):
     new = _one_obj(rng)
     scene = _random_scene(rng, rng.randint(0, 3), [new.slot], [(new.shape, new.colour)])
     return _sample(
-        "knowledge", "add_known", scene, [*scene, new], (new.shape, new.colour),
-        {"colour": new.colour, "slot": new.slot_name}, [new.colour, new.slot_name],
-        shape=new.shape, source=_source_for(rng, new.colour), answer=new.colour, slot=new.slot_name,
-    )  # fmt: skip
+        category="knowledge",
+        template="add_known",
+        input_objects=scene,
+        output_objects=[*scene, new],
+        focus=(new.shape, new.colour),
+        facts={"colour": new.colour, "slot": new.slot_name},
+        keywords=[new.colour, new.slot_name],
+        words=dict(shape=new.shape, source=_source_for(rng, new.colour), answer=new.colour, slot=new.slot_name),
+    )
 
 
 def _remove_known(rng):
@@ -511,10 +273,15 @@ def _remove_known(rng):
     target = same_shape[0]
     scene = _scene_with(rng, same_shape, 1)
     return _sample(
-        "knowledge", "remove_known", scene, _replace(scene, target, None), (shape, target.colour),
-        {"colour": target.colour, "removed": target.to_dict()}, [target.colour],
-        shape=shape, source=_source_for(rng, target.colour), answer=target.colour,
-    )  # fmt: skip
+        category="knowledge",
+        template="remove_known",
+        input_objects=scene,
+        output_objects=_replace(scene, target, None),
+        focus=(shape, target.colour),
+        facts={"colour": target.colour, "removed": target.to_dict()},
+        keywords=[target.colour],
+        words=dict(shape=shape, source=_source_for(rng, target.colour), answer=target.colour),
+    )
 
 
 # spatial -----------------------------------------------------------------------------------------------------
@@ -528,11 +295,23 @@ def _move_next(rng):
     scene = _scene_with(rng, [ref, mover], 2, avoid_slots=[slot])
     moved = ToyObject(mover.shape, mover.colour, slot)
     return _sample(
-        "spatial", "move_next", scene, _replace(scene, mover, moved), (mover.shape, mover.colour),
-        {"slot": moved.slot_name}, [moved.slot_name],
-        colour=mover.colour, shape=mover.shape, relation=phrase, ref_colour=ref.colour, ref_shape=ref.shape,
-        ref_slot=ref.slot_name, slot=moved.slot_name,
-    )  # fmt: skip
+        category="spatial",
+        template="move_next",
+        input_objects=scene,
+        output_objects=_replace(scene, mover, moved),
+        focus=(mover.shape, mover.colour),
+        facts={"slot": moved.slot_name},
+        keywords=[moved.slot_name],
+        words=dict(
+            colour=mover.colour,
+            shape=mover.shape,
+            relation=phrase,
+            ref_colour=ref.colour,
+            ref_shape=ref.shape,
+            ref_slot=ref.slot_name,
+            slot=moved.slot_name,
+        ),
+    )
 
 
 def _add_next(rng):
@@ -544,11 +323,23 @@ def _add_next(rng):
     new = ToyObject(new.shape, new.colour, slot)
     scene = [o for o in _scene_with(rng, [ref, new], 2) if o != new]
     return _sample(
-        "spatial", "add_next", scene, [*scene, new], (new.shape, new.colour),
-        {"slot": new.slot_name}, [new.slot_name],
-        colour=new.colour, shape=new.shape, relation=phrase, ref_colour=ref.colour, ref_shape=ref.shape,
-        ref_slot=ref.slot_name, slot=new.slot_name,
-    )  # fmt: skip
+        category="spatial",
+        template="add_next",
+        input_objects=scene,
+        output_objects=[*scene, new],
+        focus=(new.shape, new.colour),
+        facts={"slot": new.slot_name},
+        keywords=[new.slot_name],
+        words=dict(
+            colour=new.colour,
+            shape=new.shape,
+            relation=phrase,
+            ref_colour=ref.colour,
+            ref_shape=ref.shape,
+            ref_slot=ref.slot_name,
+            slot=new.slot_name,
+        ),
+    )
 
 
 def _swap(rng):
@@ -557,11 +348,22 @@ def _swap(rng):
     a, b = ToyObject(first.shape, first.colour, second.slot), ToyObject(second.shape, second.colour, first.slot)
     output = [a if o == first else b if o == second else o for o in scene]
     return _sample(
-        "spatial", "swap", scene, output, (first.shape, first.colour),
-        {"slot": a.slot_name, "other_slot": b.slot_name}, [a.slot_name, b.slot_name],
-        colour=first.colour, shape=first.shape, ref_colour=second.colour, ref_shape=second.shape,
-        slot=a.slot_name, ref_slot=b.slot_name,
-    )  # fmt: skip
+        category="spatial",
+        template="swap",
+        input_objects=scene,
+        output_objects=output,
+        focus=(first.shape, first.colour),
+        facts={"slot": a.slot_name, "other_slot": b.slot_name},
+        keywords=[a.slot_name, b.slot_name],
+        words=dict(
+            colour=first.colour,
+            shape=first.shape,
+            ref_colour=second.colour,
+            ref_shape=second.shape,
+            slot=a.slot_name,
+            ref_slot=b.slot_name,
+        ),
+    )
 
 
 def _paint_relative(rng):
@@ -578,11 +380,22 @@ def _paint_relative(rng):
         return None
     new = ToyObject(target.shape, answer, slot)
     return _sample(
-        "spatial", "paint_relative", scene, _replace(scene, target, new), (target.shape, answer),
-        {"colour": answer, "object": target.to_dict()}, [target.colour, target.shape, answer],
-        relation=phrase, ref_colour=ref.colour, ref_shape=ref.shape, colour=target.colour, shape=target.shape,
-        answer=answer,
-    )  # fmt: skip
+        category="spatial",
+        template="paint_relative",
+        input_objects=scene,
+        output_objects=_replace(scene, target, new),
+        focus=(target.shape, answer),
+        facts={"colour": answer, "object": target.to_dict()},
+        keywords=[target.colour, target.shape, answer],
+        words=dict(
+            relation=phrase,
+            ref_colour=ref.colour,
+            ref_shape=ref.shape,
+            colour=target.colour,
+            shape=target.shape,
+            answer=answer,
+        ),
+    )
 
 
 # temporal ----------------------------------------------------------------------------------------------------
@@ -594,10 +407,15 @@ def _fall(rng):
     scene = _scene_with(rng, [obj], 3, avoid_slots=below)
     landed = ToyObject(obj.shape, obj.colour, below[-1])
     return _sample(
-        "temporal", "fall", scene, _replace(scene, obj, landed), (obj.shape, obj.colour),
-        {"slot": landed.slot_name}, [landed.slot_name],
-        colour=obj.colour, shape=obj.shape, slot=landed.slot_name,
-    )  # fmt: skip
+        category="temporal",
+        template="fall",
+        input_objects=scene,
+        output_objects=_replace(scene, obj, landed),
+        focus=(obj.shape, obj.colour),
+        facts={"slot": landed.slot_name},
+        keywords=[landed.slot_name],
+        words=dict(colour=obj.colour, shape=obj.shape, slot=landed.slot_name),
+    )
 
 
 def _melt(rng):
@@ -607,10 +425,15 @@ def _melt(rng):
     if ("dot", "blue") in _pairs(scene):
         return None
     return _sample(
-        "temporal", "melt", scene, _replace(scene, ice, water), (ice.shape, "blue"),
-        {"colour": "blue", "shape": "dot"}, ["blue", "dot"],
-        shape=ice.shape,
-    )  # fmt: skip
+        category="temporal",
+        template="melt",
+        input_objects=scene,
+        output_objects=_replace(scene, ice, water),
+        focus=(ice.shape, "blue"),
+        facts={"colour": "blue", "shape": "dot"},
+        keywords=["blue", "dot"],
+        words=dict(shape=ice.shape),
+    )
 
 
 def _steps(rng):
@@ -624,11 +447,23 @@ def _steps(rng):
     moved = ToyObject(obj.shape, obj.colour, path[-1])
     plural = count > 1
     return _sample(
-        "temporal", "steps", scene, _replace(scene, obj, moved), (obj.shape, obj.colour),
-        {"slot": moved.slot_name}, [moved.slot_name],
-        colour=obj.colour, shape=obj.shape, direction=direction, count=NUMBER_WORDS[count],
-        seconds="seconds" if plural else "second", steps="steps" if plural else "step", slot=moved.slot_name,
-    )  # fmt: skip
+        category="temporal",
+        template="steps",
+        input_objects=scene,
+        output_objects=_replace(scene, obj, moved),
+        focus=(obj.shape, obj.colour),
+        facts={"slot": moved.slot_name},
+        keywords=[moved.slot_name],
+        words=dict(
+            colour=obj.colour,
+            shape=obj.shape,
+            direction=direction,
+            count=NUMBER_WORDS[count],
+            seconds="seconds" if plural else "second",
+            steps="steps" if plural else "step",
+            slot=moved.slot_name,
+        ),
+    )
 
 
 def _grow(rng):
@@ -637,10 +472,15 @@ def _grow(rng):
     if ("square", dot.colour) in _pairs(scene):
         return None
     return _sample(
-        "temporal", "grow", scene, _replace(scene, dot, ToyObject("square", dot.colour, dot.slot)),
-        ("dot", dot.colour), {"shape": "square"}, ["square"],
-        colour=dot.colour,
-    )  # fmt: skip
+        category="temporal",
+        template="grow",
+        input_objects=scene,
+        output_objects=_replace(scene, dot, ToyObject("square", dot.colour, dot.slot)),
+        focus=("dot", dot.colour),
+        facts={"shape": "square"},
+        keywords=["square"],
+        words=dict(colour=dot.colour),
+    )
 
 
 # causal ------------------------------------------------------------------------------------------------------
@@ -652,10 +492,15 @@ def _mix(rng):
     if (obj.shape, answer) in _pairs(scene):
         return None
     return _sample(
-        "causal", "mix", scene, _replace(scene, obj, ToyObject(obj.shape, answer, obj.slot)), (obj.shape, answer),
-        {"colour": answer}, [answer],
-        paint=paint, colour=colour, shape=obj.shape, answer=answer,
-    )  # fmt: skip
+        category="causal",
+        template="mix",
+        input_objects=scene,
+        output_objects=_replace(scene, obj, ToyObject(obj.shape, answer, obj.slot)),
+        focus=(obj.shape, answer),
+        facts={"colour": answer},
+        keywords=[answer],
+        words=dict(paint=paint, colour=colour, shape=obj.shape, answer=answer),
+    )
 
 
 def _burn(rng):
@@ -664,10 +509,15 @@ def _burn(rng):
     if (obj.shape, "black") in _pairs(scene):
         return None
     return _sample(
-        "causal", "burn", scene, _replace(scene, obj, ToyObject(obj.shape, "black", obj.slot)), (obj.shape, "black"),
-        {"colour": "black"}, ["black"],
-        colour=obj.colour, shape=obj.shape,
-    )  # fmt: skip
+        category="causal",
+        template="burn",
+        input_objects=scene,
+        output_objects=_replace(scene, obj, ToyObject(obj.shape, "black", obj.slot)),
+        focus=(obj.shape, "black"),
+        facts={"colour": "black"},
+        keywords=["black"],
+        words=dict(colour=obj.colour, shape=obj.shape),
+    )
 
 
 def _freeze(rng):
@@ -676,10 +526,15 @@ def _freeze(rng):
     if (obj.shape, "white") in _pairs(scene):
         return None
     return _sample(
-        "causal", "freeze", scene, _replace(scene, obj, ToyObject(obj.shape, "white", obj.slot)), (obj.shape, "white"),
-        {"colour": "white"}, ["white"],
-        shape=obj.shape,
-    )  # fmt: skip
+        category="causal",
+        template="freeze",
+        input_objects=scene,
+        output_objects=_replace(scene, obj, ToyObject(obj.shape, "white", obj.slot)),
+        focus=(obj.shape, "white"),
+        facts={"colour": "white"},
+        keywords=["white"],
+        words=dict(shape=obj.shape),
+    )
 
 
 def _push(rng):
@@ -695,10 +550,15 @@ def _push(rng):
         return None
     moved = ToyObject(obj.shape, obj.colour, slot)
     return _sample(
-        "causal", "push", scene, _replace(scene, obj, moved), (obj.shape, obj.colour),
-        {"slot": moved.slot_name}, [moved.slot_name],
-        colour=obj.colour, shape=obj.shape, direction=direction, slot=moved.slot_name,
-    )  # fmt: skip
+        category="causal",
+        template="push",
+        input_objects=scene,
+        output_objects=_replace(scene, obj, moved),
+        focus=(obj.shape, obj.colour),
+        facts={"slot": moved.slot_name},
+        keywords=[moved.slot_name],
+        words=dict(colour=obj.colour, shape=obj.shape, direction=direction, slot=moved.slot_name),
+    )
 
 
 # general -----------------------------------------------------------------------------------------------------
@@ -712,11 +572,16 @@ def _remove_colour(rng):
     scene = sorted([*removed, *others], key=lambda o: o.slot)
     first = min(removed, key=lambda o: o.slot)
     return _sample(
-        "general", "remove_colour", scene, others, (first.shape, colour),
-        {"colour": colour, "count": count}, [NUMBER_WORDS[count], colour],
-        colour=colour, count=NUMBER_WORDS[count],
-        _reasoning_key="remove_colour_reasoning_one" if count == 1 else "remove_colour_reasoning_many",
-    )  # fmt: skip
+        category="general",
+        template="remove_colour",
+        input_objects=scene,
+        output_objects=others,
+        focus=(first.shape, colour),
+        facts={"colour": colour, "count": count},
+        keywords=[NUMBER_WORDS[count], colour],
+        words=dict(colour=colour, count=NUMBER_WORDS[count]),
+        reasoning_key="remove_colour_reasoning_one" if count == 1 else "remove_colour_reasoning_many",
+    )
 
 
 def _replace_shape(rng):
@@ -727,10 +592,15 @@ def _replace_shape(rng):
         return None
     new = ToyObject(new_shape, obj.colour, obj.slot)
     return _sample(
-        "general", "replace", scene, _replace(scene, obj, new), (new_shape, obj.colour),
-        {"colour": obj.colour, "shape": new_shape, "slot": new.slot_name}, [obj.colour, new_shape, new.slot_name],
-        colour=obj.colour, shape=obj.shape, new_shape=new_shape, slot=new.slot_name,
-    )  # fmt: skip
+        category="general",
+        template="replace",
+        input_objects=scene,
+        output_objects=_replace(scene, obj, new),
+        focus=(new_shape, obj.colour),
+        facts={"colour": obj.colour, "shape": new_shape, "slot": new.slot_name},
+        keywords=[obj.colour, new_shape, new.slot_name],
+        words=dict(colour=obj.colour, shape=obj.shape, new_shape=new_shape, slot=new.slot_name),
+    )
 
 
 def _corners(rng):
@@ -741,22 +611,31 @@ def _corners(rng):
         return None
     added = [ToyObject("dot", colour, s) for s in empty]
     return _sample(
-        "general", "corners", scene, [*scene, *added], ("dot", colour),
-        {"colour": colour, "count": len(empty), "slots": [SLOT_NAMES[s] for s in empty]},
-        [NUMBER_WORDS[len(empty)], colour] + [SLOT_NAMES[s] for s in empty],
-        colour=colour, count=NUMBER_WORDS[len(empty)], slots=_list_slots(empty),
-        _reasoning_key="corners_reasoning_one" if len(empty) == 1 else "corners_reasoning_many",
-    )  # fmt: skip
+        category="general",
+        template="corners",
+        input_objects=scene,
+        output_objects=[*scene, *added],
+        focus=("dot", colour),
+        facts={"colour": colour, "count": len(empty), "slots": [SLOT_NAMES[s] for s in empty]},
+        keywords=[NUMBER_WORDS[len(empty)], colour] + [SLOT_NAMES[s] for s in empty],
+        words=dict(colour=colour, count=NUMBER_WORDS[len(empty)], slots=_list_slots(empty)),
+        reasoning_key="corners_reasoning_one" if len(empty) == 1 else "corners_reasoning_many",
+    )
 
 
 # generation --------------------------------------------------------------------------------------------------
 def _draw_known(rng):
     obj = _one_obj(rng)
     return _sample(
-        "generation", "draw_known", None, [obj], (obj.shape, obj.colour),
-        {"colour": obj.colour, "slot": obj.slot_name}, [obj.colour, obj.slot_name],
-        shape=obj.shape, source=_source_for(rng, obj.colour), answer=obj.colour, slot=obj.slot_name,
-    )  # fmt: skip
+        category="generation",
+        template="draw_known",
+        input_objects=None,
+        output_objects=[obj],
+        focus=(obj.shape, obj.colour),
+        facts={"colour": obj.colour, "slot": obj.slot_name},
+        keywords=[obj.colour, obj.slot_name],
+        words=dict(shape=obj.shape, source=_source_for(rng, obj.colour), answer=obj.colour, slot=obj.slot_name),
+    )
 
 
 def _draw_relative(rng):
@@ -767,11 +646,23 @@ def _draw_relative(rng):
         return None
     obj = ToyObject(obj.shape, obj.colour, slot)
     return _sample(
-        "generation", "draw_relative", None, [ref, obj], (obj.shape, obj.colour),
-        {"slot": obj.slot_name}, [obj.slot_name],
-        ref_colour=ref.colour, ref_shape=ref.shape, ref_slot=ref.slot_name, colour=obj.colour, shape=obj.shape,
-        relation=phrase, slot=obj.slot_name,
-    )  # fmt: skip
+        category="generation",
+        template="draw_relative",
+        input_objects=None,
+        output_objects=[ref, obj],
+        focus=(obj.shape, obj.colour),
+        facts={"slot": obj.slot_name},
+        keywords=[obj.slot_name],
+        words=dict(
+            ref_colour=ref.colour,
+            ref_shape=ref.shape,
+            ref_slot=ref.slot_name,
+            colour=obj.colour,
+            shape=obj.shape,
+            relation=phrase,
+            slot=obj.slot_name,
+        ),
+    )
 
 
 def _draw_count(rng):
@@ -780,10 +671,21 @@ def _draw_count(rng):
     slots = [3 * row + col for col in range(count)]
     objects = [ToyObject(shape, colour, s) for s in slots]
     return _sample(
-        "generation", "draw_count", None, objects, (shape, colour),
-        {"count": count, "slots": [SLOT_NAMES[s] for s in slots]}, [NUMBER_WORDS[count]] + [SLOT_NAMES[s] for s in slots],
-        count=NUMBER_WORDS[count], colour=colour, shapes=SHAPE_PLURALS[shape], row=ROW_WORDS[row], slots=_list_slots(slots),
-    )  # fmt: skip
+        category="generation",
+        template="draw_count",
+        input_objects=None,
+        output_objects=objects,
+        focus=(shape, colour),
+        facts={"count": count, "slots": [SLOT_NAMES[s] for s in slots]},
+        keywords=[NUMBER_WORDS[count]] + [SLOT_NAMES[s] for s in slots],
+        words=dict(
+            count=NUMBER_WORDS[count],
+            colour=colour,
+            shapes=SHAPE_PLURALS[shape],
+            row=ROW_WORDS[row],
+            slots=_list_slots(slots),
+        ),
+    )
 
 
 # open-ended -------------------------------------------------------------------------------------------------
@@ -798,9 +700,15 @@ def _open_sample(category, template, scene, placed, others, fixed_words) -> ToyS
         return [word for o in objects for word in (f"{o.colour} {o.shape}", o.slot_name)]
 
     sample = _sample(
-        category, template, scene, [*(scene or []), *placed], (placed[0].shape, placed[0].colour),
-        {"open": "slot"}, keywords_for(placed), **words_for(placed),
-    )  # fmt: skip
+        category=category,
+        template=template,
+        input_objects=scene,
+        output_objects=[*(scene or []), *placed],
+        focus=(placed[0].shape, placed[0].colour),
+        facts={"open": "slot"},
+        keywords=keywords_for(placed),
+        words=words_for(placed),
+    )
     sample.alternatives = tuple(
         (
             TEXTS[f"{template}_reasoning"].format(**words_for(objects)),
@@ -924,23 +832,3 @@ def build_toy_dataset(
     )
     columns = {name: [row[name] for row in rows] for name in features}
     return datasets.Dataset.from_dict(columns, features=features, split=datasets.Split(split))
-
-
-# ---------------------------------------------------------------------------------------------------- vocabulary
-def world_vocabulary() -> list[str]:
-    """Every word an instruction, reasoning or caption of the world can contain, sorted."""
-    words = set(_EXTRA_WORDS)
-    for text in TEXTS.values():
-        words.update(re.sub(r"\{[a-z_]+\d*\}", " ", text).split())
-    words.update(TOY_COLOURS)
-    words.update(SHAPES)
-    words.update(SHAPE_PLURALS.values())
-    words.update(KNOWLEDGE)
-    words.update(ROW_WORDS)
-    words.update(COL_WORDS)
-    words.update(NUMBER_WORDS[1:])
-    words.update(DIRECTIONS)
-    for phrase, _, _ in RELATIONS.values():
-        words.update(phrase.split())
-    words.update(("second", "seconds", "step", "steps"))
-    return sorted(words)
