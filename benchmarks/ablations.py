@@ -57,8 +57,8 @@ from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionLM
 from pararl.toy import build_toy_dataset, toy_processor
 from pararl.toy.clip import load_toy_clip
-from pararl.toy.evaluate import AXES, AXIS_HEADERS
 from pararl.toy.recipe import TOY_GRPO_DEFAULTS, TOY_LORA, toy_evaluation, toy_lora_config, toy_reward
+from pararl.toy.scoring import AXES, AXIS_HEADERS
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,12 @@ import torch
 from pararl.rewards import CLIPAlignmentReward, RewardStates
 from pararl.rollout import ParallelDecoder, RolloutConfig
 from pararl.toy import CATEGORIES, build_toy_dataset, parse_scene, toy_processor
+from pararl.toy.claims import claim_holds, reasoning_claims
 from pararl.toy.clip import load_toy_clip
-from pararl.toy.evaluate import claim_holds, evaluate_sample, reasoning_claims
 from pararl.toy.palette import TOY_COLOURS
 from pararl.toy.policy import load_toy_policy
 from pararl.toy.reward import ToyOutputAlignment
+from pararl.toy.scoring import evaluate_sample
 
 
 FINAL_AXES = ("output_alignment", "image_quality", "image_alignment")

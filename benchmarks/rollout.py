@@ -304,8 +304,9 @@ class ForwardCounter:
 def toy_frontier(args) -> list[dict]:
     """Every FRONTIER configuration on the shipped toy policy over held-out tasks (process CPU time, 1 thread)."""
     from pararl.toy import build_toy_dataset, toy_policy_path, toy_processor
-    from pararl.toy.evaluate import evaluate, generate_predictions
+    from pararl.toy.evaluate import generate_predictions
     from pararl.toy.policy import scores_of
+    from pararl.toy.scoring import evaluate
 
     model = MaskedDiffusionLM.from_pretrained(toy_policy_path()).eval()
     processor = toy_processor()
@@ -375,7 +376,7 @@ def frontier_verdict(results: list[dict], tolerance: float = 1.0) -> dict:
 
 
 def frontier_table(results: list[dict], verdict: dict) -> str:
-    from pararl.toy.evaluate import AXES, AXIS_HEADERS
+    from pararl.toy.scoring import AXES, AXIS_HEADERS
 
     reductions = {o["name"]: o for v in verdict.values() for o in v["options"]}
     header = ["option", "forwards / rollout", "rollout CPU s", *(AXIS_HEADERS[a] for a in AXES), "Overall", "vs exact"]

@@ -241,9 +241,9 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
             )
             print(f"Reward curve saved to {curve}")
         if before is not None:
-            from pararl.toy.evaluate import format_scores
             from pararl.toy.policy import scores_of
             from pararl.toy.recipe import format_category_changes
+            from pararl.toy.scoring import format_scores
 
             summary["before"], summary["after"] = scores_of(before), scores_of(after)
             summary["categories_before"], summary["categories_after"] = before["categories"], after["categories"]

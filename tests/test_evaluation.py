@@ -192,7 +192,8 @@ def test_generation_resumes_after_a_kill(tmp_path, toy_benchmark, policy, proces
 # ---------------------------------------------------------------------------------------------------- judges
 def test_toy_judge_equals_the_toy_evaluator(generated_run, policy, processor):
     from pararl.toy import build_toy_dataset
-    from pararl.toy.evaluate import evaluate, generate_predictions
+    from pararl.toy.evaluate import generate_predictions
+    from pararl.toy.scoring import evaluate
 
     samples = load_samples(generated_run)
     judgements = ToyJudge().judge(samples)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pararl.toy import generate_samples, parse_scene, scene_codes
+from pararl.toy.claims import claim_holds, reasoning_claims
 from pararl.toy.clip import (
     METRICS_FILE,
     TOY_CLIP_DIR,
@@ -24,7 +25,7 @@ from pararl.toy.clip import (
     negative_words,
     train_toy_clip,
 )
-from pararl.toy.evaluate import claim_holds, reasoning_claims, split_words
+from pararl.toy.texts import split_words
 
 
 @pytest.fixture(scope="module")

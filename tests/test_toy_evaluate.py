@@ -4,16 +4,9 @@ import pytest
 import torch
 
 from pararl.toy import CATEGORIES, build_toy_dataset, generate_samples, scene_codes
-from pararl.toy.evaluate import (
-    AXES,
-    Claim,
-    evaluate,
-    evaluate_sample,
-    format_scores,
-    reasoning_claims,
-    text_quality_checks,
-)
+from pararl.toy.claims import Claim, reasoning_claims
 from pararl.toy.scenes import ToyObject
+from pararl.toy.scoring import AXES, evaluate, evaluate_sample, format_scores, text_quality_checks
 from pararl.toy.tasks import BUILDERS, ToySample
 from pararl.toy.texts import TEXTS
 

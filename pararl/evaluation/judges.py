@@ -210,7 +210,7 @@ def _missing(sample: Sample, error: str, cacheable: bool = True) -> Judgement:
 
 # ------------------------------------------------------------------------------------------------------ toy judge
 class ToyJudge(Judge):
-    """The toy world's exact evaluator (:func:`pararl.toy.evaluate.evaluate_sample`, x100): the numbers of
+    """The toy world's exact evaluator (:func:`pararl.toy.scoring.evaluate_sample`, x100): the numbers of
     `python -m pararl.toy.evaluate`. Needs the toy references (`answer`, `reasoning`) and the output's code grid."""
 
     name = "toy"
@@ -219,7 +219,7 @@ class ToyJudge(Judge):
         return {"judge": self.name, "model": "pararl.toy.evaluate", "template": None}
 
     def judge(self, samples: Sequence[Sample]) -> list[Judgement]:
-        from pararl.toy.evaluate import evaluate_sample
+        from pararl.toy.scoring import evaluate_sample
 
         verdicts = []
         for sample in samples:

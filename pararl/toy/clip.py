@@ -12,7 +12,7 @@ trained on what the reward will see, not only on finished outputs:
   per pair, a *hard* negative image (the same scene edited so that one of the text's claims about it fails: the
   object recoloured, reshaped, moved or removed, or an object the text says is gone put back) and a hard negative
   text (one colour, shape or position word changed so that a claim fails), both checked with the evaluator's claim
-  parser (:func:`pararl.toy.evaluate.reasoning_claims`); each adds a two-way softmax term. A share of the hard
+  parser (:func:`pararl.toy.claims.reasoning_claims`); each adds a two-way softmax term. A share of the hard
   negative images are instead the picture itself with *junk*: stray colour cells in the background lanes or in the
   free cells of an occupied slot, so no valid scene. Without them a policy trained against the CLIP learns to paint
   junk (a first CLIP, trained with random-code cells inside its positives, was gamed exactly so: ParaRL raised the
@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from ..rewards.clip import quiet_open_clip
-from .evaluate import Claim, claim_holds, reasoning_claims, split_words
+from .claims import Claim, claim_holds, reasoning_claims
 from .palette import TOY_CELL_SIZE, TOY_COLOURS, TOY_PALETTE
 from .scenes import COL_WORDS, ROW_WORDS, SHAPE_CELLS, SHAPES, SLOT_NAMES, SLOT_STRIDE, ToyObject, scene_codes
 from .tasks import ORIGINAL_CATEGORIES, generate_samples
-from .texts import SHAPE_PLURALS, describe_scene
+from .texts import SHAPE_PLURALS, describe_scene, split_words
 
 
 __all__ = [
@@ -572,7 +572,7 @@ def heldout_metrics(
 
     - `image_to_text_top1`: within consecutive batches of `batch_size`, each target picture retrieves the reasoning
       with the highest cosine; correct when that reasoning is true of the picture (all its claims hold, see
-      :func:`~pararl.toy.evaluate.reasoning_claims`): its own, or another one that its distractors happen to make
+      :func:`~pararl.toy.claims.reasoning_claims`): its own, or another one that its distractors happen to make
       true, which no picture encoder could tell apart. `image_to_text_exact_top1` only counts its own reasoning.
     - `partial_image_to_text_top1`: the first, with half the words dropped and a quarter of the cells grey.
     - `hard_negative_accuracy`: how often a reasoning scores its picture above the picture edited so that one of its

@@ -45,7 +45,8 @@ def evaluate_toy_policy(model, num_samples: int | None = None) -> dict:
     from pararl.rollout import RolloutConfig
 
     from . import build_toy_dataset, toy_processor
-    from .evaluate import evaluate, generate_predictions
+    from .evaluate import generate_predictions
+    from .scoring import evaluate
 
     dataset = build_toy_dataset(
         POLICY_EVAL["split"], num_samples or POLICY_EVAL["num_samples"], seed=POLICY_EVAL["dataset_seed"]

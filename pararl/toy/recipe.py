@@ -81,7 +81,8 @@ def toy_lora_config(lora_r: int = TOY_LORA["lora_r"], lora_alpha: int = TOY_LORA
 def toy_evaluation(model, processor, dataset, args, keep_samples: bool = False) -> dict:
     """The exact six-axis evaluator on toy rows, decoded with the training rollout settings of `args` (a
     `DiffusionGRPOConfig`) and its seed, so before/after and every benchmark decode alike."""
-    from .evaluate import evaluate, generate_predictions
+    from .evaluate import generate_predictions
+    from .scoring import evaluate
 
     was_training = model.training
     model.eval()
@@ -134,7 +135,7 @@ def save_reward_curve(log_history: list[dict], path: str, title: str = "ParaRL o
 
 def format_category_changes(before: dict, after: dict, axes: tuple[str, ...] | None = None) -> str:
     """Per category (and `all`): every axis before -> after, from two :func:`toy_evaluation` results."""
-    from .evaluate import AXES, AXIS_HEADERS
+    from .scoring import AXES, AXIS_HEADERS
 
     axes = axes or (*AXES, "overall")
     rows = [*before["categories"], "all"]

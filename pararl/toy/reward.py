@@ -4,7 +4,7 @@ seeded noise."""
 import torch
 
 from ..rewards import Reward, RewardStates
-from .evaluate import output_alignment
+from .claims import output_alignment
 from .palette import toy_image_tokenizer
 from .scenes import parse_scene
 

@@ -1,5 +1,5 @@
 """The toy world's language: the value tables its templates draw words from, the templates, captions and the
-vocabulary derived from them.
+vocabulary derived from them, and how a text is read back: split into words, matched against the templates.
 
 Prompts have at most :data:`MAX_PROMPT_WORDS` words and reasoning at most :data:`MAX_REASONING_WORDS` (punctuation
 counts as a word; texts are lower case, space separated, so words == tokenizer tokens).
@@ -7,9 +7,10 @@ counts as a word; texts are lower case, space separated, so words == tokenizer t
 
 import re
 from collections.abc import Sequence
+from functools import cache
 
 from .palette import TOY_COLOURS
-from .scenes import COL_WORDS, ROW_WORDS, SHAPES, ToyObject
+from .scenes import COL_WORDS, ROW_WORDS, SHAPES, SLOT_NAMES, ToyObject
 
 
 __all__ = [
@@ -19,10 +20,14 @@ __all__ = [
     "MAX_REASONING_WORDS",
     "MIXES",
     "NUMBER_WORDS",
+    "PLACEHOLDER_KINDS",
     "RELATIONS",
     "SHAPE_PLURALS",
     "TEXTS",
     "describe_scene",
+    "reasoning_patterns",
+    "split_words",
+    "template_pattern",
     "world_vocabulary",
 ]
 
@@ -167,3 +172,67 @@ def world_vocabulary() -> list[str]:
         words.update(phrase.split())
     words.update(("second", "seconds", "step", "steps"))
     return sorted(words)
+
+
+# ------------------------------------------------------------------------------------------ reading texts
+_WORD_RE = re.compile(r"\w+|[^\w\s]+")
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-cased words with punctuation split off, exactly as the toy tokenizer pre-tokenizes."""
+    return _WORD_RE.findall(text.lower())
+
+
+def _alternatives(words) -> str:
+    # Longest first so that a regex alternative never stops at a prefix of a longer word.
+    return "(?:" + "|".join(re.escape(w) for w in sorted(set(words), key=lambda w: (-len(w), w))) + ")"
+
+
+_SLOT_RE = _alternatives(SLOT_NAMES)
+# Placeholder kinds of the world's texts (a trailing digit in a fragment's name is only there to keep names apart).
+PLACEHOLDER_KINDS: dict[str, str] = {
+    "colour": _alternatives(TOY_COLOURS),
+    "shape": _alternatives(SHAPES),
+    "shapes": _alternatives(SHAPE_PLURALS.values()),
+    "slot": _SLOT_RE,
+    "slots": f"{_SLOT_RE}(?: , {_SLOT_RE})*(?: and {_SLOT_RE})?",
+    "source": _alternatives(KNOWLEDGE),
+    "relation": _alternatives(phrase for phrase, _, _ in RELATIONS.values()),
+    "direction": _alternatives(DIRECTIONS),
+    "count": _alternatives(NUMBER_WORDS[1:]),
+    "seconds": _alternatives(("second", "seconds")),
+    "steps": _alternatives(("step", "steps")),
+    "row": _alternatives(ROW_WORDS),
+}
+_ALIASES = {
+    "answer": "colour",
+    "paint": "colour",
+    "ref_colour": "colour",
+    "ref_shape": "shape",
+    "new_shape": "shape",
+    "ref_slot": "slot",
+}
+_PLACEHOLDER = re.compile(r"\{([a-z_]+?)(\d*)\}")
+
+
+def template_pattern(template: str) -> tuple[re.Pattern, list[str]]:
+    """A regex for a world text with typed placeholders; group `p{i}` holds the i-th placeholder's words."""
+    parts, names, last = [], [], 0
+    for i, match in enumerate(_PLACEHOLDER.finditer(template)):
+        parts.append(re.escape(template[last : match.start()]))
+        name = match.group(1) + match.group(2)
+        kind = _ALIASES.get(match.group(1), match.group(1))
+        if kind not in PLACEHOLDER_KINDS:
+            raise ValueError(f"world text {template!r} has a placeholder {{{name}}} of unknown kind.")
+        parts.append(f"(?P<p{i}>{PLACEHOLDER_KINDS[kind]})")
+        names.append(name)
+        last = match.end()
+    parts.append(re.escape(template[last:]))
+    # Word boundaries: a match starts and ends at a word edge of the space-joined text.
+    return re.compile(r"(?<!\S)" + "".join(parts) + r"(?!\S)"), names
+
+
+@cache
+def reasoning_patterns() -> dict[str, re.Pattern]:
+    """The full-text pattern of every reasoning template (text quality's grammar check)."""
+    return {key: template_pattern(text)[0] for key, text in TEXTS.items() if "_reasoning" in key}
