@@ -12,15 +12,17 @@ from pararl.toy.clip import (
     TOY_CLIP_DIR,
     TOY_CLIP_NAME,
     WEIGHTS_FILE,
+    clip_scores,
+    codes_to_pixels,
+    load_toy_clip,
+)
+from pararl.toy.clip_training import (
     ToyClipBatches,
     ToyClipTrainingConfig,
     add_junk,
     break_object,
-    clip_scores,
-    codes_to_pixels,
     corrupt_codes,
     heldout_metrics,
-    load_toy_clip,
     negative_objects,
     negative_words,
     train_toy_clip,
@@ -105,7 +107,7 @@ def test_codes_to_pixels_is_the_processors_decoding():
 
 
 def test_trimmed_text_encoding_equals_open_clip(toy_clip):
-    from pararl.toy.clip import _encode_tokens_trimmed
+    from pararl.toy.clip_training import _encode_tokens_trimmed
 
     model, tokenizer = toy_clip
     tokens = tokenizer(["fire is red so the blue square becomes red .", "the red", "", "a dot"])

@@ -29,15 +29,8 @@ def build_clip(output_dir: str | Path, quick: bool = False, seed: int = 0, log_e
     The metrics are measured on the saved (fp16) weights as :func:`~pararl.toy.clip.load_toy_clip` loads them, so
     a test can reproduce them exactly from the shipped files.
     """
-    from .clip import (
-        TOY_CLIP_NAME,
-        WEIGHTS_FILE,
-        ToyClipTrainingConfig,
-        heldout_metrics,
-        load_toy_clip,
-        save_toy_clip,
-        train_toy_clip,
-    )
+    from .clip import TOY_CLIP_NAME, WEIGHTS_FILE, load_toy_clip, save_toy_clip
+    from .clip_training import ToyClipTrainingConfig, heldout_metrics, train_toy_clip
 
     output_dir = Path(output_dir)
     config = ToyClipTrainingConfig.quick(seed=seed) if quick else ToyClipTrainingConfig(seed=seed)
