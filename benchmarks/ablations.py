@@ -33,8 +33,8 @@ text-then-image decoding reaches 54.1 against 59.8 for parallel decoding.
 
 Examples:
 
-    python benchmarks/ablations.py --quick                      # a 1-2 minute check that everything runs
-    python benchmarks/ablations.py                              # the full table (about 50 CPU-minutes; see --merge)
+    python benchmarks/ablations.py --quick                      # tiny settings: checks that everything runs
+    python benchmarks/ablations.py                              # the full table (see --merge to split it)
     python benchmarks/ablations.py --variants no_rl output_level pararl_s3 --seeds 5 --output ablations.json
     python benchmarks/ablations.py --merge part1.json part2.json --output ablations.json   # runs split over processes
 """
@@ -55,9 +55,19 @@ from transformers import PrinterCallback
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionLM
-from pararl.toy import build_toy_dataset, toy_processor
+from pararl.toy import toy_processor
 from pararl.toy.clip import load_toy_clip
-from pararl.toy.recipe import TOY_GRPO_DEFAULTS, TOY_LORA, toy_evaluation, toy_lora_config, toy_reward
+from pararl.toy.recipe import (
+    TOY_EVAL_SAMPLES,
+    TOY_GRPO_DEFAULTS,
+    TOY_LORA,
+    TOY_TRAIN_SAMPLES,
+    toy_datasets,
+    toy_evaluation,
+    toy_grpo_config,
+    toy_lora_config,
+    toy_reward,
+)
 from pararl.toy.scoring import AXES, AXIS_HEADERS
 
 
@@ -102,8 +112,8 @@ VARIANTS: dict[str, Variant] = {
 FULL = {
     "max_steps": TOY_GRPO_DEFAULTS["max_steps"],
     "seeds": 3,
-    "train_samples": 512,
-    "eval_samples": 192,
+    "train_samples": TOY_TRAIN_SAMPLES,
+    "eval_samples": TOY_EVAL_SAMPLES,
     "diffusion_steps": TOY_GRPO_DEFAULTS["diffusion_steps"],
     "batch_size": TOY_GRPO_DEFAULTS["per_device_train_batch_size"],
     "num_generations": TOY_GRPO_DEFAULTS["num_generations"],
@@ -154,16 +164,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help=f"Number of seeds (default {FULL['seeds']}).")
     parser.add_argument("--first_seed", type=int, default=0, help="Seeds are first_seed, first_seed + 1, ...")
     parser.add_argument("--max_steps", type=int, default=None, help=f"RL steps (default {FULL['max_steps']}).")
-    parser.add_argument("--train_samples", type=int, default=None, help="Training prompts (default 512).")
-    parser.add_argument("--eval_samples", type=int, default=None, help="Held-out prompts scored (default 192).")
-    parser.add_argument("--diffusion_steps", type=int, default=None, help="Denoising steps (default 16).")
-    parser.add_argument("--batch_size", type=int, default=None, help="Rollouts per step (default 16).")
-    parser.add_argument("--num_generations", type=int, default=None, help="Rollouts per prompt, G (default 8).")
+    parser.add_argument(
+        "--train_samples", type=int, default=None, help=f"Training prompts (default {FULL['train_samples']})."
+    )
+    parser.add_argument(
+        "--eval_samples", type=int, default=None, help=f"Held-out prompts scored (default {FULL['eval_samples']})."
+    )
+    parser.add_argument(
+        "--diffusion_steps", type=int, default=None, help=f"Denoising steps (default {FULL['diffusion_steps']})."
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=None, help=f"Rollouts per step (default {FULL['batch_size']})."
+    )
+    parser.add_argument(
+        "--num_generations",
+        type=int,
+        default=None,
+        help=f"Rollouts per prompt, G (default {FULL['num_generations']}).",
+    )
     parser.add_argument("--learning_rate", type=float, default=TOY_GRPO_DEFAULTS["learning_rate"])
     parser.add_argument(
         "--use_peft",
         action=argparse.BooleanOptionalAction,
-        default=TOY_GRPO_DEFAULTS["use_peft"],
+        default=TOY_LORA["use_peft"],
         help="Train the toy LoRA adapter instead of every weight (default: as the main job).",
     )
     parser.add_argument("--lora_r", type=int, default=TOY_LORA["lora_r"])
@@ -174,7 +197,7 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="torch CPU threads (default 1: the toy model gains little from more, and oversubscribed threads spin).",
     )
-    parser.add_argument("--quick", action="store_true", help="Tiny settings (~1-2 minutes) to check the script.")
+    parser.add_argument("--quick", action="store_true", help="Tiny settings, to check the script.")
     parser.add_argument("--work_dir", default=None, help="Trainer output folders (default: a temporary folder).")
     parser.add_argument("--output", default="ablations.json", help="Where to write every number as JSON.")
     parser.add_argument(
@@ -196,14 +219,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def training_config(args: argparse.Namespace, variant: Variant, seed: int, output_dir: str) -> DiffusionGRPOConfig:
-    """The main job's toy settings (examples/pararl.py) with the variant's changes."""
-    on_cpu = not torch.cuda.is_available()
+    """The main job's toy settings (`toy_grpo_config`) with this benchmark's budget and the variant's changes."""
     settings = {
-        **{k: v for k, v in TOY_GRPO_DEFAULTS.items() if k != "use_peft"},
         "output_dir": output_dir,
         "seed": seed,
-        "use_cpu": on_cpu,
-        "bf16": not on_cpu,
         "learning_rate": args.learning_rate,
         "max_steps": args.max_steps,
         "per_device_train_batch_size": args.batch_size,
@@ -213,7 +232,7 @@ def training_config(args: argparse.Namespace, variant: Variant, seed: int, outpu
         "log_trajectory_pictures": False,  # drawing pictures is not part of the budget being compared
         "disable_tqdm": True,
     }
-    return DiffusionGRPOConfig(**{**settings, **variant.overrides})
+    return toy_grpo_config(**{**settings, **variant.overrides})
 
 
 def run_one(args, name: str, seed: int, processor, train_dataset, eval_dataset, clip) -> dict:
@@ -368,8 +387,7 @@ def main():
     transformers.logging.disable_progress_bar()
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     processor = toy_processor()
-    train_dataset = build_toy_dataset("train", args.train_samples, seed=0)
-    eval_dataset = build_toy_dataset("test", args.eval_samples, seed=0)
+    train_dataset, eval_dataset = toy_datasets(args.train_samples, args.eval_samples, seed=0)
     uses_clip = any(VARIANTS[n].train and VARIANTS[n].reward == "clip" for n in args.variants)
     clip = load_toy_clip(directory=args.clip_dir) if uses_clip else None
 

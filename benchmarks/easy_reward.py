@@ -20,10 +20,17 @@ import time
 import torch
 import transformers
 
-from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
+from pararl import DiffusionGRPOTrainer
 from pararl.rewards import Reward, RewardStates
 from pararl.toy import build_toy_dataset, toy_policy_path, toy_processor
-from pararl.toy.recipe import TOY_GRPO_DEFAULTS, reward_curve, toy_lora_config
+from pararl.toy.recipe import (
+    TOY_GRPO_DEFAULTS,
+    TOY_LORA,
+    TOY_TRAIN_SAMPLES,
+    reward_curve,
+    toy_grpo_config,
+    toy_lora_config,
+)
 
 
 class ShareOfWord(Reward):
@@ -45,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--use_peft",
         action=argparse.BooleanOptionalAction,
-        default=TOY_GRPO_DEFAULTS["use_peft"],
+        default=TOY_LORA["use_peft"],
         help="Train the toy LoRA adapter (default: as the main job) or, with --no-use_peft, every weight.",
     )
     parser.add_argument("--threshold", type=float, default=0.5, help="The reward a seed must climb above.")
@@ -58,26 +65,19 @@ def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
-    settings = {k: v for k, v in TOY_GRPO_DEFAULTS.items() if k not in ("use_peft", "output_dir")}
-    settings.update(max_steps=args.max_steps, learning_rate=args.learning_rate, logging_steps=1)
+    settings = {"max_steps": args.max_steps, "learning_rate": args.learning_rate, "logging_steps": 1}
     results = []
     for seed in args.seeds:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="pararl-easy-reward-") as output_dir:
-            config = DiffusionGRPOConfig(
-                **settings,
-                output_dir=output_dir,
-                seed=seed,
-                use_cpu=not torch.cuda.is_available(),
-                bf16=False,
-                log_trajectory_pictures=False,
-                disable_tqdm=True,
+            config = toy_grpo_config(
+                **settings, output_dir=output_dir, seed=seed, log_trajectory_pictures=False, disable_tqdm=True
             )
             trainer = DiffusionGRPOTrainer(
                 model=toy_policy_path(),
                 reward_funcs=[ShareOfWord(args.word)],
                 args=config,
-                train_dataset=build_toy_dataset("train", 512),
+                train_dataset=build_toy_dataset("train", TOY_TRAIN_SAMPLES),
                 processing_class=toy_processor(),
                 peft_config=toy_lora_config() if args.use_peft else None,
             )
@@ -95,7 +95,8 @@ def main():
     if args.output:
         machine = {"platform": platform.platform(), "torch_threads": args.threads, "torch": torch.__version__}
         with open(args.output, "w") as f:
-            json.dump({"settings": {**settings, **vars(args)}, "machine": machine, "seeds": results}, f, indent=2)
+            settings = {**{k: v for k, v in TOY_GRPO_DEFAULTS.items() if k != "output_dir"}, **settings, **vars(args)}
+            json.dump({"settings": settings, "machine": machine, "seeds": results}, f, indent=2)
 
 
 if __name__ == "__main__":

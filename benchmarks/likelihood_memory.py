@@ -1,11 +1,11 @@
 """Peak memory of the trainer's likelihood at MMaDA-Parallel-M's vocabulary (not a test).
 
 The likelihood (`DiffusionGRPOTrainer._get_per_token_logps_and_entropies`) scores a micro-batch of (rollout, step)
-rows: one forward, logits at the scored slots only. Before pararl 15a it computed every scored slot over the whole
-vocabulary up to the last image code (134,541 columns) and masked the other modality's columns; it now computes text
-slots over the text vocabulary (126,349 columns) and image slots over the codebook (8,192), with one fp32 copy of
-the logits instead of four, and splits passes without a graph (old / reference log-probs) into row chunks of at most
-2**28 logit elements.
+rows: one forward, logits at the scored slots only. The `after` variant is the trainer's: text slots over the text
+vocabulary (126,349 columns) and image slots over the codebook (8,192), one fp32 copy of the logits, and passes
+without a graph (old / reference log-probs) split into row chunks of at most 2**28 logit elements. The `before`
+variant is the baseline it replaced: every scored slot over the whole vocabulary up to the last image code (134,541
+columns), the other modality's columns masked, four fp32 copies of the logits.
 
 Both versions run on the same inputs in fresh subprocesses; the number reported is the peak resident memory of the
 call above the resident memory just before it (Linux `VmHWM`, reset through `/proc/self/clear_refs`), for the pass
@@ -15,8 +15,8 @@ reduced width, so the numbers are dominated by the logits, which do not depend o
 
 Cases: `trajectory` rows score the tokens revealed at one step (64 steps, linear text and cosine image schedules:
 at most 4 text and 25 image tokens a row) in a 24-row micro-batch (8 rollouts x 3 reward steps); `random_mask`
-rows score every output slot (1,279) and use a 1-row micro-batch (the old code needed 16.5 GB per fp32 copy at 24
-rows).
+rows score every output slot (1,279) and use a 1-row micro-batch (at 24 rows one fp32 copy of the `before`
+variant's logits is 16.5 GB).
 
     python benchmarks/likelihood_memory.py                      # all cases, JSON to benchmarks/results/
     python benchmarks/likelihood_memory.py --case trajectory --variant after --grad   # one measurement

@@ -16,7 +16,7 @@ step, the share of the final reasoning's claims already readable in the partial 
 measurements on the shipped assets are in the README ("What the toy world shows so far") and
 `benchmarks/results/premises_toy_cpu.json`.
 
-    python benchmarks/reward_diagnostics.py                       # shipped policy and tiny CLIP, ~2 CPU-minutes
+    python benchmarks/reward_diagnostics.py                       # shipped policy and tiny CLIP
     python benchmarks/reward_diagnostics.py --reward exact --grey_unrevealed
     python benchmarks/reward_diagnostics.py --reward exact --remasking random
     python benchmarks/reward_diagnostics.py --reward exact --categories open_edit open_generation --prompts 16
@@ -35,6 +35,7 @@ from pararl.toy.claims import claim_holds, reasoning_claims
 from pararl.toy.clip import load_toy_clip
 from pararl.toy.palette import TOY_COLOURS
 from pararl.toy.policy import load_toy_policy
+from pararl.toy.recipe import TOY_GRPO_DEFAULTS
 from pararl.toy.reward import ToyOutputAlignment
 from pararl.toy.scoring import evaluate_sample
 
@@ -48,8 +49,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clip_dir", default=None, help="Tiny CLIP folder (default: the shipped one).")
     parser.add_argument("--reward", choices=["clip", "exact"], default="clip")
     parser.add_argument("--prompts", type=int, default=32, help="Train prompts P.")
-    parser.add_argument("--generations", type=int, default=8, help="Rollouts per prompt G.")
-    parser.add_argument("--diffusion_steps", type=int, default=16)
+    parser.add_argument(
+        "--generations", type=int, default=TOY_GRPO_DEFAULTS["num_generations"], help="Rollouts per prompt G."
+    )
+    parser.add_argument("--diffusion_steps", type=int, default=TOY_GRPO_DEFAULTS["diffusion_steps"])
     parser.add_argument("--grey_unrevealed", action="store_true", help="Reward images of committed cells only.")
     parser.add_argument(
         "--remasking", choices=["low_confidence", "random"], default="low_confidence", help="Decoder remasking."

@@ -61,11 +61,11 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, TrlParser
 
 from pararl.cli import announce_defaults, check_flags, given_options
 from pararl.config import DiffusionGRPOConfig
-from pararl.toy.recipe import TOY_GRPO_DEFAULTS, TOY_LORA, TOY_REWARDS
+from pararl.toy.recipe import TOY_EVAL_SAMPLES, TOY_GRPO_DEFAULTS, TOY_LORA, TOY_REWARDS, TOY_TRAIN_SAMPLES
 
 
 # The toy world's defaults live with the rest of its recipe (pararl.toy.recipe): applied only when neither
@@ -78,17 +78,14 @@ REAL_RUN_FLAGS = ("model_name_or_path", "dataset_name")
 
 
 @dataclass
-class ScriptArguments:
-    """Data, processor, reward model and evaluation of the ParaRL script."""
+class ParaRLScriptArguments(ScriptArguments):
+    """Data, processor, reward model and evaluation of the ParaRL script.
 
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "A dataset saved with `save_to_disk` (or a Hub id) with `prompt`, optional `image` and `task` "
-            "columns. Default: the bundled toy world."
-        },
-    )
-    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
+    `--dataset_name` (TRL's `ScriptArguments`, like its split and config flags) is a dataset saved with `save_to_disk`
+    or a Hub id, with `prompt`, optional `image` and `task` columns; without it the script trains on the bundled toy
+    world.
+    """
+
     processor: str = field(
         default="pararl.toy:toy_processor",
         metadata={"help": "`module:function` returning the ParallelProcessor of the model's vocabulary."},
@@ -105,9 +102,11 @@ class ScriptArguments:
             "choices": ["truncate", "chunks"],
         },
     )
-    toy_train_samples: int = field(default=512, metadata={"help": "Toy world: number of training prompts."})
+    toy_train_samples: int = field(
+        default=TOY_TRAIN_SAMPLES, metadata={"help": "Toy world: number of training prompts."}
+    )
     toy_eval_samples: int = field(
-        default=192, metadata={"help": "Toy world: held-out prompts evaluated before/after."}
+        default=TOY_EVAL_SAMPLES, metadata={"help": "Toy world: held-out prompts evaluated before/after."}
     )
     toy_seed: int = field(default=0, metadata={"help": "Toy world: generation seed."})
     toy_train_categories: list[str] | None = field(
@@ -129,17 +128,15 @@ class ScriptArguments:
     evaluate: bool = field(default=True, metadata={"help": "Toy world: evaluate on held-out tasks before and after."})
 
 
-def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model_args: ModelConfig):
+def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig, model_args: ModelConfig):
     ################
     # Processor, model, data
     ################
     # Imported after the command line is checked: a typo fails before these load.
-    import datasets
-
     from pararl import DiffusionGRPOTrainer
-    from pararl.models import ATTENTION_LORA_TARGETS
     from pararl.processing import load_processor
     from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
+    from pararl.toy.recipe import diffusion_peft_config
 
     processor = load_processor(script_args.processor)
     toy = script_args.dataset_name is None
@@ -154,30 +151,20 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
         "dtype": model_args.dtype or "float32",
         **(training_args.model_init_kwargs or {}),
     }
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None:
-        peft_config.task_type = None  # a masked-diffusion model is no causal LM: the plain PeftModel is used
-        if model_args.lora_target_modules is None:
-            peft_config.target_modules = list(ATTENTION_LORA_TARGETS)
+    peft_config = diffusion_peft_config(model_args)
 
     if toy:
-        from pararl.toy import build_toy_dataset
+        from pararl.toy.recipe import toy_datasets
 
-        train_dataset = build_toy_dataset(
-            "train",
+        train_dataset, toy_eval_dataset = toy_datasets(
             script_args.toy_train_samples,
+            script_args.toy_eval_samples,
             seed=script_args.toy_seed,
-            categories=script_args.toy_train_categories,
+            train_categories=script_args.toy_train_categories,
         )
-        eval_dataset = build_toy_dataset("test", script_args.toy_eval_samples, seed=script_args.toy_seed)
-    else:
-        if os.path.isdir(script_args.dataset_name):
-            train_dataset = datasets.load_from_disk(script_args.dataset_name)
-        else:
-            train_dataset = datasets.load_dataset(script_args.dataset_name)
-        if isinstance(train_dataset, datasets.DatasetDict):
-            train_dataset = train_dataset[script_args.dataset_train_split]
         eval_dataset = None
+    else:
+        train_dataset, eval_dataset = load_datasets(script_args, training_args)
 
     ################
     # Reward: normalised, clipped CLIP alignment of the partial reasoning and the partial image
@@ -206,18 +193,19 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
         reward_funcs=[reward],
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=processor,
         peft_config=peft_config,
     )
     evaluate_toy = toy and script_args.evaluate and trainer.accelerator.is_main_process
     if evaluate_toy:
         from pararl.toy.recipe import toy_evaluation
-    before = toy_evaluation(trainer.model, processor, eval_dataset, training_args) if evaluate_toy else None
+    before = toy_evaluation(trainer.model, processor, toy_eval_dataset, training_args) if evaluate_toy else None
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
     trainer.save_model(training_args.output_dir)
-    after = toy_evaluation(trainer.model, processor, eval_dataset, training_args) if evaluate_toy else None
+    after = toy_evaluation(trainer.model, processor, toy_eval_dataset, training_args) if evaluate_toy else None
 
     if trainer.accelerator.is_main_process:
         summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.state.global_step}
@@ -257,6 +245,27 @@ def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model
         print(f"Adapter/model, trajectory pictures and summary.json saved in {training_args.output_dir}")
 
 
+def load_datasets(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig):
+    """`(train, eval)` of `--dataset_name` as TRL's scripts load it (with `--dataset_config` and
+    `--dataset_streaming`); the eval split only when `--eval_strategy` is not "no"."""
+    import datasets
+
+    if script_args.ignore_bias_buffers:
+        raise ValueError("--ignore_bias_buffers (TRL's DDP fix for boolean buffers) has no use here; remove it.")
+    if os.path.isdir(script_args.dataset_name):
+        dataset = datasets.load_from_disk(script_args.dataset_name)
+    else:
+        dataset = datasets.load_dataset(
+            script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
+        )
+    if not isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
+        dataset = {script_args.dataset_train_split: dataset}
+    train, test = dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
+    if script_args.dataset_streaming and isinstance(train, datasets.Dataset):  # saved with save_to_disk
+        train, test = (None if part is None else part.to_iterable_dataset() for part in (train, test))
+    return train, test if training_args.eval_strategy != "no" else None
+
+
 def format_comparison(before: dict, after: dict) -> str:
     """One line per axis: score before, after, and the change."""
     lines = [f"{'axis':<20}{'before':>8}{'after':>8}{'change':>8}"]
@@ -269,7 +278,7 @@ def format_comparison(before: dict, after: dict) -> str:
 def make_parser(argv: list[str]) -> tuple[TrlParser, dict]:
     """The parser, with the toy defaults set when `argv` names neither a model nor a dataset; returns the toy defaults
     that apply (those that `argv` and its --config do not override)."""
-    parser = TrlParser((ScriptArguments, DiffusionGRPOConfig, ModelConfig), allow_abbrev=False)
+    parser = TrlParser((ParaRLScriptArguments, DiffusionGRPOConfig, ModelConfig), allow_abbrev=False)
     on_cpu = not torch.cuda.is_available()
     parser.set_defaults(use_cpu=on_cpu, bf16=not on_cpu)  # every run: the device decides
     given = given_options(parser, argv)
@@ -281,7 +290,7 @@ def make_parser(argv: list[str]) -> tuple[TrlParser, dict]:
 
 if __name__ == "__main__":
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
-        # Toy-sized models on a CPU: thread hand-offs cost more than they save (measured ~20x on a busy 2-core box).
+        # Toy-sized models on a CPU: thread hand-offs cost more than they save (see the README, "Performance").
         torch.set_num_threads(1)
     argv = sys.argv[1:]
     parser, toy_defaults = make_parser(argv)

@@ -57,7 +57,7 @@ import os
 from dataclasses import dataclass, field
 
 import datasets
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from pararl.cli import announce_defaults, check_flags, given_options
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
@@ -95,19 +95,14 @@ MODEL_SIZES = {
 
 
 @dataclass
-class ScriptArguments:
-    """Arguments of the dataset, the processor and the from-scratch model."""
+class SFTScriptArguments(ScriptArguments):
+    """Arguments of the dataset, the processor and the from-scratch model.
 
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "A directory saved with `save_to_disk` or a Hub dataset id, in the pararl schema (prompt, image, "
-            "task, reasoning, output_image). Default: the bundled toy world."
-        },
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (Hub datasets)."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Training split."})
-    dataset_test_split: str = field(default="test", metadata={"help": "Evaluation split (used if eval is on)."})
+    `--dataset_name` (TRL's `ScriptArguments`, like its split and config flags) is a directory saved with
+    `save_to_disk` or a Hub dataset id, in the pararl schema (prompt, image, task, reasoning, output_image); without it
+    the script trains on the bundled toy world.
+    """
+
     processor: str = field(
         default="pararl.toy:toy_processor",
         metadata={"help": "`module:function` that returns the ParallelProcessor of the model's vocabulary."},
@@ -139,21 +134,28 @@ def scratch_model(processor: ParallelProcessor, size: str) -> MaskedDiffusionLM:
     return MaskedDiffusionLM(config)
 
 
-def load_datasets(script_args: ScriptArguments):
+def load_datasets(script_args: SFTScriptArguments):
     if script_args.dataset_name is None:
         train = build_toy_dataset("train", script_args.toy_train_samples, seed=script_args.toy_seed)
         test = build_toy_dataset("test", script_args.toy_eval_samples, seed=script_args.toy_seed)
         return train, test
+    if script_args.ignore_bias_buffers:
+        raise ValueError("--ignore_bias_buffers (TRL's DDP fix for boolean buffers) has no use here; remove it.")
     if os.path.isdir(script_args.dataset_name):
         dataset = datasets.load_from_disk(script_args.dataset_name)
     else:
-        dataset = datasets.load_dataset(script_args.dataset_name, name=script_args.dataset_config)
-    if isinstance(dataset, datasets.Dataset):
-        return dataset, None
-    return dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
+        dataset = datasets.load_dataset(
+            script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
+        )
+    if isinstance(dataset, datasets.Dataset | datasets.IterableDataset):
+        dataset = {script_args.dataset_train_split: dataset}
+    train, test = dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
+    if script_args.dataset_streaming and isinstance(train, datasets.Dataset):  # saved with save_to_disk
+        train, test = (None if part is None else part.to_iterable_dataset() for part in (train, test))
+    return train, test
 
 
-def main(script_args: ScriptArguments, training_args: ParallelSFTConfig, model_args: ModelConfig):
+def main(script_args: SFTScriptArguments, training_args: ParallelSFTConfig, model_args: ModelConfig):
     ################
     # Processor
     ################
@@ -204,7 +206,7 @@ def main(script_args: ScriptArguments, training_args: ParallelSFTConfig, model_a
 def make_parser(argv: list[str]) -> tuple[TrlParser, dict]:
     """The parser, with the toy defaults set when `argv` names neither a model nor a dataset; returns the toy defaults
     that apply (those that `argv` and its --config do not override)."""
-    parser = TrlParser((ScriptArguments, ParallelSFTConfig, ModelConfig), allow_abbrev=False)
+    parser = TrlParser((SFTScriptArguments, ParallelSFTConfig, ModelConfig), allow_abbrev=False)
     given = given_options(parser, argv)
     if given & set(REAL_RUN_FLAGS):
         return parser, {}

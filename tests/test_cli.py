@@ -100,3 +100,57 @@ def test_the_script_refuses_a_typo_before_anything_else(script, pararl_script, m
     expected = "--num_reward_stepz; did you mean --num_reward_steps" if script == "pararl.py" else "--num_reward_stepz"
     assert expected in captured.err
     assert "defaults" not in captured.out  # refused before the defaults are reported, before training
+
+
+def test_the_no_argument_main_job_is_the_toy_recipe(pararl_script):
+    # examples/pararl.py and the benchmarks build the toy job from pararl.toy.recipe: with no flag, the script's
+    # training config, LoRA adapter and prompt counts are exactly the recipe's.
+    from pararl.toy.recipe import (
+        TOY_EVAL_SAMPLES,
+        TOY_TRAIN_SAMPLES,
+        diffusion_peft_config,
+        toy_grpo_config,
+        toy_lora_config,
+    )
+
+    (script_args, args, model_args), _ = parsed(pararl_script, [])
+    recipe = toy_grpo_config()
+    parsed_fields, recipe_fields = args.to_dict(), recipe.to_dict()
+    differing = [key for key in recipe_fields if key != "logging_dir" and parsed_fields[key] != recipe_fields[key]]
+    assert differing == []
+    assert diffusion_peft_config(model_args).to_dict() == toy_lora_config().to_dict()
+    assert (script_args.toy_train_samples, script_args.toy_eval_samples) == (TOY_TRAIN_SAMPLES, TOY_EVAL_SAMPLES)
+    # A real run's own --lora_target_modules win over the attention projections.
+    (_, _, model_args), _ = parsed(
+        pararl_script, ["--model_name_or_path", "m", "--use_peft", "--lora_target_modules", "ff_out"]
+    )
+    assert diffusion_peft_config(model_args).target_modules == "ff_out"
+
+
+@pytest.mark.parametrize("script", ["pararl", "sft"])
+def test_trl_dataset_flags_are_honoured(script, pararl_script, sft_script, tmp_path):
+    # The scripts' arguments are TRL's ScriptArguments: its dataset flags load the data as TRL's scripts do.
+    import datasets
+
+    rows = {"prompt": ["draw a red dot .", "draw a blue bar ."], "task": ["generate", "generate"]}
+    folder = tmp_path / "data"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(rows), "dev": datasets.Dataset.from_dict(rows)}
+    ).save_to_disk(folder)
+    module = pararl_script if script == "pararl" else sft_script
+
+    def load(*flags):
+        argv = ["--model_name_or_path", "m", "--dataset_name", str(folder), "--dataset_test_split", "dev", *flags]
+        (script_args, args, _), _ = parsed(module, argv)
+        return (
+            module["load_datasets"](script_args, args) if script == "pararl" else module["load_datasets"](script_args)
+        )
+
+    train, test = load("--eval_strategy", "steps")
+    assert isinstance(train, datasets.Dataset) and train["prompt"] == rows["prompt"] and len(test) == 2
+    train, test = load("--dataset_streaming", "--eval_strategy", "steps")
+    assert isinstance(train, datasets.IterableDataset) and isinstance(test, datasets.IterableDataset)
+    if script == "pararl":  # GRPO evaluates only when asked to, as TRL's grpo script
+        assert load()[1] is None
+    with pytest.raises(ValueError, match="ignore_bias_buffers"):
+        load("--ignore_bias_buffers")

@@ -42,3 +42,13 @@ def test_reward_curve_png_and_category_table(tmp_path):
     assert lines[0].split() == ["category", "OutA", "Overall"]
     assert "20.0 -> 30.0 (+10.0)" in lines[2] and lines[2].startswith("open_edit")
     assert lines[-1].startswith("all") and "55.0 -> 59.5 (+4.5)" in lines[-1]
+
+
+def test_toy_datasets_narrow_the_training_prompts_but_judge_every_category():
+    from pararl.toy import CATEGORIES, build_toy_dataset
+    from pararl.toy.recipe import toy_datasets
+
+    train, held_out = toy_datasets(6, len(CATEGORIES), seed=3, train_categories=["causal", "open_edit"])
+    assert train["category"] == ["causal", "open_edit"] * 3 and train.split == "train"
+    assert held_out["category"] == list(CATEGORIES) and held_out.split == "test"
+    assert held_out["answer"] == build_toy_dataset("test", len(CATEGORIES), seed=3)["answer"]

@@ -5,22 +5,29 @@
 module is cheap (the command line is checked before trainers and rewards load).
 """
 
+from collections.abc import Sequence
+
+
 __all__ = [
+    "TOY_EVAL_SAMPLES",
     "TOY_GRPO_DEFAULTS",
     "TOY_LORA",
     "TOY_REWARDS",
+    "TOY_TRAIN_SAMPLES",
+    "diffusion_peft_config",
     "format_category_changes",
     "reward_curve",
     "save_reward_curve",
+    "toy_datasets",
     "toy_evaluation",
+    "toy_grpo_config",
     "toy_lora_config",
     "toy_reward",
 ]
 
-# `DiffusionGRPOConfig` / `trl.ModelConfig` fields of the toy main job on CPU (the command line overrides them).
+# `DiffusionGRPOConfig` fields of the toy main job on CPU (the command line overrides them).
 TOY_GRPO_DEFAULTS: dict = {
     "output_dir": "outputs/pararl-toy",
-    "use_peft": True,  # the toy LoRA adapter (TOY_LORA, toy_lora_config)
     "learning_rate": 1e-3,
     "max_steps": 30,
     "per_device_train_batch_size": 16,  # 2 prompts x 8 rollouts per step
@@ -36,8 +43,11 @@ TOY_GRPO_DEFAULTS: dict = {
     "report_to": "none",
     "gradient_checkpointing": False,
 }
-# LoRA of the toy policy, when asked for (`--use_peft`): rank and scale of `trl.ModelConfig`'s fields.
-TOY_LORA = {"lora_r": 16, "lora_alpha": 32}
+# `trl.ModelConfig` fields of the toy main job: it trains a LoRA adapter of the shipped policy (toy_lora_config).
+TOY_LORA: dict = {"use_peft": True, "lora_r": 16, "lora_alpha": 32}
+# The main job's prompts (toy seed 0): training prompts, and the held-out tasks scored before and after.
+TOY_TRAIN_SAMPLES = 512
+TOY_EVAL_SAMPLES = 192
 
 TOY_REWARDS = ("clip", "exact", "random")
 
@@ -66,16 +76,52 @@ def toy_reward(name: str, seed: int = 0, clip=None, long_text: str = "truncate")
     raise ValueError(f"toy reward must be one of {TOY_REWARDS}, got {name!r}.")
 
 
-def toy_lora_config(lora_r: int = TOY_LORA["lora_r"], lora_alpha: int = TOY_LORA["lora_alpha"]):
-    """The toy job's LoRA adapter, built as `examples/pararl.py` builds it from TRL's `ModelConfig`."""
-    from trl import ModelConfig, get_peft_config
+def toy_grpo_config(**overrides):
+    """The toy main job's `DiffusionGRPOConfig` (`examples/pararl.py` with no arguments: :data:`TOY_GRPO_DEFAULTS`,
+    bf16 only on a GPU) with `overrides`."""
+    import torch
+
+    from ..config import DiffusionGRPOConfig
+
+    on_cpu = not torch.cuda.is_available()
+    return DiffusionGRPOConfig(**{**TOY_GRPO_DEFAULTS, "use_cpu": on_cpu, "bf16": not on_cpu, **overrides})
+
+
+def diffusion_peft_config(model_args):
+    """TRL's `get_peft_config(model_args)` for a masked-diffusion model (None without `use_peft`): no task type (it is
+    no causal LM, so the plain `PeftModel` passes every forward argument through) and, unless `lora_target_modules`
+    names others, the attention projections."""
+    from trl import get_peft_config
 
     from ..models import ATTENTION_LORA_TARGETS
 
-    peft_config = get_peft_config(ModelConfig(use_peft=True, lora_r=lora_r, lora_alpha=lora_alpha))
-    peft_config.task_type = None  # a masked-diffusion model is no causal LM: the plain PeftModel is used
-    peft_config.target_modules = list(ATTENTION_LORA_TARGETS)
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        peft_config.task_type = None
+        if model_args.lora_target_modules is None:
+            peft_config.target_modules = list(ATTENTION_LORA_TARGETS)
     return peft_config
+
+
+def toy_lora_config(lora_r: int = TOY_LORA["lora_r"], lora_alpha: int = TOY_LORA["lora_alpha"]):
+    """The toy main job's LoRA adapter (of `lora_r` and `lora_alpha`), as `examples/pararl.py` builds it."""
+    from trl import ModelConfig
+
+    return diffusion_peft_config(ModelConfig(use_peft=True, lora_r=lora_r, lora_alpha=lora_alpha))
+
+
+def toy_datasets(
+    train_samples: int = TOY_TRAIN_SAMPLES,
+    eval_samples: int = TOY_EVAL_SAMPLES,
+    seed: int = 0,
+    train_categories: Sequence[str] | None = None,
+):
+    """The main job's `(train, held-out)` toy datasets: training prompts (of `train_categories` only, when given)
+    and held-out tasks of every category, so a narrowed training run is still judged on the whole world."""
+    from .tasks import build_toy_dataset
+
+    train = build_toy_dataset("train", train_samples, seed=seed, categories=train_categories)
+    return train, build_toy_dataset("test", eval_samples, seed=seed)
 
 
 def toy_evaluation(model, processor, dataset, args, keep_samples: bool = False) -> dict:
