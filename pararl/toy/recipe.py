@@ -1,4 +1,4 @@
-"""The toy world's RL recipe, in one place: the main job's defaults, its LoRA adapter, its rewards and its evaluation.
+"""The toy world's RL recipe, in one place: the main job's defaults, LoRA adapter, data, rewards and evaluation.
 
 `examples/pararl.py` (with no arguments), `benchmarks/ablations.py`, `benchmarks/easy_reward.py` and
 `benchmarks/reward_diagnostics.py` all read these, so a benchmark always measures the job a user runs. Importing this
