@@ -3,7 +3,7 @@
     python examples/generate.py --prompt "draw a red square in the middle" --output_dir outputs/generate
     python examples/generate.py --model_name_or_path outputs/toy-sft --image scene.png --prompt "paint the circle blue"
     python examples/generate.py --model_name_or_path /local/MMaDA-Parallel-M \
-        --processor pararl.models.loading:mmada_parallel_m_processor --prompt "..."
+        --processor pararl.released:mmada_parallel_m_processor --prompt "..."
 
 Without `--model_name_or_path` it samples the shipped toy policy (toy processor only). A randomly initialised model
 is never sampled unless `--allow_random_weights` asks for one (its outputs are noise). Prompt words that the
@@ -26,8 +26,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pararl.cli import check_flags  # noqa: E402
+from pararl.image_tokenizers import tensor_to_images  # noqa: E402
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM  # noqa: E402
-from pararl.models.image_tokenizers import tensor_to_images  # noqa: E402
 from pararl.processing import load_processor  # noqa: E402
 from pararl.rollout import ParallelDecoder, RolloutConfig, draw_trajectory  # noqa: E402
 
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--processor",
         default=TOY_PROCESSOR,
         help="'module:function' building the model's ParallelProcessor, as in examples/pararl.py (e.g. "
-        "pararl.models.loading:mmada_parallel_m_processor).",
+        "pararl.released:mmada_parallel_m_processor).",
     )
     parser.add_argument(
         "--allow_random_weights",

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from .models.image_tokenizers import ImageTokenizer
+from .image_tokenizers import ImageTokenizer
 
 
 __all__ = ["SequencePreset", "ParallelProcessor", "MMADA_PARALLEL_M", "MMADA_PARALLEL_A", "load_processor"]
@@ -211,7 +211,7 @@ class ParallelProcessor:
 
     Args:
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]): Text tokenizer of the unified vocabulary.
-        image_tokenizer ([`~pararl.models.image_tokenizers.ImageTokenizer`]): Image (VQ) tokenizer.
+        image_tokenizer ([`~pararl.image_tokenizers.ImageTokenizer`]): Image (VQ) tokenizer.
         preset ([`SequencePreset`]): Token ids and budgets.
         truncate_prompt (`bool`, defaults to `False`): Truncate instructions over the budget with a warning instead
             of raising.

@@ -61,13 +61,13 @@ from trl.trainer.utils import nanmax, nanmin, nanstd, use_adapter
 
 from .config import DiffusionGRPOConfig
 from .data_validation import check_datasets
+from .image_tokenizers import tensor_to_images
 from .models import MaskedDiffusionLM
-from .models.image_tokenizers import tensor_to_images
-from .models.loading import check_resume_checkpoint
 from .processing import ParallelProcessor
 from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
 from .rewards.steps import FinalStep, StepSelector, StratifiedSteps
 from .rollout import ParallelDecoder, Trajectory, counter_uniform
+from .weight_files import check_resume_checkpoint
 
 
 _REWARD_STATE_FILE = "reward_state.json"

@@ -9,9 +9,9 @@ from safetensors.torch import load_file, save_file
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.loading import check_resume_checkpoint
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer, pretokenize_dataset
 from pararl.toy import build_toy_dataset
+from pararl.weight_files import check_resume_checkpoint
 
 
 def tiny(processor) -> MaskedDiffusionLM:

@@ -3,7 +3,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from pararl.models.image_tokenizers import PaletteImageTokenizer
+from pararl.image_tokenizers import PaletteImageTokenizer
 from pararl.processing import MMADA_PARALLEL_A, MMADA_PARALLEL_M, ParallelProcessor, SequencePreset
 
 
@@ -139,7 +139,7 @@ def test_pad_prompt_to_max_fills_with_attended_tokens():
 
 def test_pil_images_are_encoded(processor):
     codes = torch.tensor([[0, 1, 2], [3, 0, 1]])
-    from pararl.models.image_tokenizers import tensor_to_images
+    from pararl.image_tokenizers import tensor_to_images
 
     image = tensor_to_images(processor.image_tokenizer.decode(codes[None]))[0]
     batch = processor.encode_prompts(["red"], images=[image])

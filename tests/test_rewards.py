@@ -9,8 +9,8 @@ import open_clip
 import pytest
 import torch
 
+from pararl.image_tokenizers import images_to_tensor, tensor_to_images
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.image_tokenizers import images_to_tensor, tensor_to_images
 from pararl.rewards import (
     AllSteps,
     CLIPAlignmentReward,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from pararl.image_tokenizers import tensor_to_images
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.image_tokenizers import tensor_to_images
 from pararl.sft import (
     DataCollatorForParallelSFT,
     ParallelSFTConfig,

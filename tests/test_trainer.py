@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel
 
 from pararl.config import DiffusionGRPOConfig
+from pararl.image_tokenizers import tensor_to_images
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.image_tokenizers import tensor_to_images
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset
 from pararl.trainer import DiffusionGRPOTrainer

@@ -30,7 +30,7 @@ def trajectory(processor):
 
 def _find(canvas: Image.Image, panel: torch.Tensor, left: int, scale: int) -> bool:
     """Whether `panel` (3, H, W) in [0, 1], upscaled by `scale`, is pasted in `canvas` at x = `left`."""
-    from pararl.models.image_tokenizers import tensor_to_images
+    from pararl.image_tokenizers import tensor_to_images
 
     picture = tensor_to_images(panel.unsqueeze(0))[0]
     target = np.asarray(picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST))

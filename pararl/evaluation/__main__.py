@@ -4,7 +4,7 @@
     python -m pararl.evaluation run --benchmark toy --output_dir outputs/eval-toy --judge toy
     # ParaBench (a local copy) with GPT-4.1
     python -m pararl.evaluation run --benchmark /data/parabench.jsonl --model_name_or_path /ckpt \\
-        --processor pararl.models.loading:mmada_parallel_m_processor --judge api --judge_model gpt-4.1 \\
+        --processor pararl.released:mmada_parallel_m_processor --judge api --judge_model gpt-4.1 \\
         --output_dir outputs/eval-parabench
 
 A run folder holds the outputs (`outputs.jsonl`, `images/`), the judgements (`judgements/<judge>.jsonl`), the

@@ -13,8 +13,8 @@ from transformers.utils import is_peft_available
 
 from ..data_validation import check_datasets
 from ..models import MaskedDiffusionLM
-from ..models.loading import check_resume_checkpoint
 from ..processing import ParallelProcessor
+from ..weight_files import check_resume_checkpoint
 from .config import ParallelSFTConfig
 from .data import DataCollatorForParallelSFT, pretokenize_dataset
 from .objective import parallel_sft_loss, sample_mask_ratio, sample_output_mask

@@ -24,16 +24,16 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.image_tokenizers import PaletteImageTokenizer, tensor_to_images
-from pararl.models.loading import (
+from pararl.image_tokenizers import MAGVIT2Config, MAGVIT2ImageTokenizer, PaletteImageTokenizer, tensor_to_images
+from pararl.models import (
+    MaskedDiffusionConfig,
+    MaskedDiffusionLM,
     config_from_released,
     is_released_checkpoint,
     load_released_checkpoint,
-    load_text_tokenizer,
 )
-from pararl.models.magvit2 import MAGVIT2Config, MAGVIT2ImageTokenizer
 from pararl.processing import MMADA_PARALLEL_A, MMADA_PARALLEL_M, ParallelProcessor
+from pararl.released import load_text_tokenizer
 
 
 # ============================================================================================ released LLaDA / MMaDA
@@ -448,7 +448,7 @@ def test_a_preset_matches_released_inference_layout(a_tokenizer):
 
 
 def test_load_released_processor_m(tmp_path, m_tokenizer, monkeypatch):
-    from pararl.models.loading import load_released_processor, mmada_parallel_m_processor
+    from pararl.released import load_released_processor, mmada_parallel_m_processor
 
     write_released(tmp_path / "M")
     m_tokenizer.save_pretrained(tmp_path / "M")
@@ -477,7 +477,7 @@ def test_load_released_processor_m(tmp_path, m_tokenizer, monkeypatch):
 
 
 def test_load_released_processor_a(tmp_path, a_tokenizer):
-    from pararl.models.loading import load_released_processor
+    from pararl.released import load_released_processor
 
     write_released(tmp_path / "A", released_config("llada"))
     a_tokenizer.save_pretrained(tmp_path / "A")
@@ -630,7 +630,7 @@ def tiny_vq_model(**changes):
 
 
 def test_amused_vq_tokenizer_from_released_subfolder(tmp_path):
-    from pararl.models.amused import AmusedVQImageTokenizer
+    from pararl.image_tokenizers.amused import AmusedVQImageTokenizer
 
     vq = tiny_vq_model()
     vq.save_pretrained(tmp_path / "MMaDA-Parallel-A" / "vqvae")
@@ -664,7 +664,7 @@ def test_amused_vq_tokenizer_from_released_subfolder(tmp_path):
 
 
 def test_amused_without_diffusers_says_how_to_install(monkeypatch):
-    from pararl.models import amused
+    from pararl.image_tokenizers import amused
 
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r'pip install "pararl\[amused\]"'):
