@@ -36,10 +36,10 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from pararl.grpo.trainer import DiffusionGRPOTrainer, _column, _LikelihoodSpan
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.processing import MMADA_PARALLEL_M, ParallelProcessor
 from pararl.rollout.schedules import build_reveal_plan
-from pararl.trainer import DiffusionGRPOTrainer, _column, _LikelihoodSpan
 
 
 RESULTS = Path(__file__).resolve().parent / "results" / "likelihood_memory_cpu.json"

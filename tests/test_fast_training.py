@@ -4,12 +4,12 @@ corrected by TRL's importance sampling). Offline, CPU, a tiny random policy with
 import pytest
 import torch
 
-from pararl.config import DiffusionGRPOConfig
+from pararl.grpo import DiffusionGRPOConfig
+from pararl.grpo.trainer import DiffusionGRPOTrainer
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.rollout import ParallelDecoder
 from pararl.toy import build_toy_dataset
-from pararl.trainer import DiffusionGRPOTrainer
 
 
 G = 4  # rollouts per prompt

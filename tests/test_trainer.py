@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel
 
-from pararl.config import DiffusionGRPOConfig
+from pararl.grpo import DiffusionGRPOConfig
+from pararl.grpo.trainer import DiffusionGRPOTrainer
 from pararl.image_tokenizers import tensor_to_images
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset
-from pararl.trainer import DiffusionGRPOTrainer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -1168,7 +1168,7 @@ def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, datas
 
 # ------------------------------------------------------------------------------------------ likelihood at scale
 def test_likelihood_forward_columns_mask_and_chunks(processor, dataset, tmp_path, monkeypatch):
-    import pararl.trainer as trainer_module
+    import pararl.grpo.trainer as trainer_module
 
     trainer, _ = scoring_trainer(processor, dataset, tmp_path, likelihood="random_mask")
     out = trainer._generate_and_score_completions(generation_batch(dataset, 2))

@@ -12,11 +12,11 @@ import os
 import torch
 from peft import LoraConfig
 
-from pararl.config import DiffusionGRPOConfig
+from pararl.grpo import DiffusionGRPOConfig
+from pararl.grpo.trainer import DiffusionGRPOTrainer
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset, toy_processor
-from pararl.trainer import DiffusionGRPOTrainer
 
 
 def word_count(completions, **kwargs):

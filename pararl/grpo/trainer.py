@@ -59,15 +59,15 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import nanmax, nanmin, nanstd, use_adapter
 
+from ..data_validation import check_datasets
+from ..image_tokenizers import tensor_to_images
+from ..models import MaskedDiffusionLM
+from ..processing import ParallelProcessor
+from ..rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
+from ..rewards.steps import FinalStep, StepSelector, StratifiedSteps
+from ..rollout import ParallelDecoder, Trajectory, counter_uniform
+from ..weight_files import check_resume_checkpoint
 from .config import DiffusionGRPOConfig
-from .data_validation import check_datasets
-from .image_tokenizers import tensor_to_images
-from .models import MaskedDiffusionLM
-from .processing import ParallelProcessor
-from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
-from .rewards.steps import FinalStep, StepSelector, StratifiedSteps
-from .rollout import ParallelDecoder, Trajectory, counter_uniform
-from .weight_files import check_resume_checkpoint
 
 
 _REWARD_STATE_FILE = "reward_state.json"
@@ -951,7 +951,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             self._log_trajectory_picture()
 
     def _log_trajectory_picture(self) -> None:
-        from .rollout.visualize import draw_trajectory
+        from ..rollout.visualize import draw_trajectory
 
         trajectory, prompts, rewards = self._last_trajectory
         self._last_trajectory = None
