@@ -30,6 +30,8 @@ from pararl.image_tokenizers import tensor_to_images  # noqa: E402
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM  # noqa: E402
 from pararl.processing import load_processor  # noqa: E402
 from pararl.rollout import ParallelDecoder, RolloutConfig, draw_trajectory  # noqa: E402
+from pararl.rollout.decoder import GUIDANCE_DROP, REMASKING  # noqa: E402
+from pararl.rollout.schedules import DECODE_ORDERS  # noqa: E402
 
 
 TOY_PROCESSOR = "pararl.toy:toy_processor"
@@ -67,14 +69,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--block_length", type=int, default=None, help="Semi-autoregressive text blocks (None: one block)."
     )
     parser.add_argument("--image_start", type=float, default=0.0, help="Fraction of the axis before the image starts.")
-    parser.add_argument("--order", choices=["parallel", "text_then_image", "image_then_text"], default="parallel")
+    parser.add_argument("--order", choices=DECODE_ORDERS, default="parallel")
     parser.add_argument("--text_temperature", type=float, default=0.0, help="0 = greedy text.")
     parser.add_argument("--image_temperature", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=None)
-    parser.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    parser.add_argument("--remasking", choices=REMASKING, default="low_confidence")
     parser.add_argument("--text_guidance_scale", type=float, default=0.0)
     parser.add_argument("--image_guidance_scale", type=float, default=0.0)
-    parser.add_argument("--guidance_drop", choices=["prompt", "image", "both"], default="both")
+    parser.add_argument("--guidance_drop", choices=GUIDANCE_DROP, default="both")
     parser.add_argument("--num_pictures", type=int, default=6, help="Intermediate steps drawn in trajectory.png.")
     parser.add_argument("--output_dir", default="outputs/generate")
     parser.add_argument("--seed", type=int, default=0, help="Row seed of the sampling noise.")

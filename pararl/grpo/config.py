@@ -4,17 +4,15 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from ..rewards.steps import STEP_SELECTIONS
 from ..rollout import RolloutConfig
+from ..rollout.decoder import GUIDANCE_DROP, REMASKING, THRESHOLD_FLOORS
+from ..rollout.schedules import DECODE_ORDERS, SCHEDULES
 
 
-_ADVANTAGE_MODES = ("per_step", "trajectory_mean")
-_LIKELIHOODS = ("trajectory", "random_mask")
-_STEP_SELECTIONS = ("uniform", "stratified", "final", "fixed", "all")
-_SCHEDULES = ("linear", "cosine")
-_REMASKING = ("low_confidence", "random")
-_GUIDANCE_DROPS = ("prompt", "image", "both")
-_DECODE_ORDERS = ("parallel", "text_then_image", "image_then_text")
-_THRESHOLD_FLOORS = ("one", "schedule")
+# The options this trainer implements itself; the rollout's and the step selectors' come from their modules.
+ADVANTAGE_MODES = ("per_step", "trajectory_mean")
+LIKELIHOODS = ("trajectory", "random_mask")
 
 
 @dataclass
@@ -45,210 +43,335 @@ class DiffusionGRPOConfig(GRPOConfig):
     - `beta`, `epsilon`, `loss_type`, `num_iterations`, `scale_rewards`, `reward_weights` and
       `multi_objective_aggregation` act on (rollout, step) rows exactly as TRL's act on completions.
 
-    Parameters that control the rollout (parallel decoding):
+    Parameters:
+        > Parameters that control the rollout
 
-    > Parameters that control the rollout
+        diffusion_steps (`int`, *optional*, defaults to `64`):
+            Number of denoising steps of the shared step axis (one model forward each).
+        block_length (`int` or `None`, *optional*, defaults to `None`):
+            Semi-autoregressive text blocks (LLaDA style; the paper uses 64): the text's steps are split equally among
+            `text_span / block_length` blocks and a step only reveals text slots of its block. `None` decodes the text
+            span as one block, like the released samplers. `block_length` must divide the text span (the preset's
+            `max_reasoning_tokens`), and the number of blocks must divide the text's steps: `diffusion_steps` with
+            `decode_order="parallel"`, the text's half of them (`diffusion_steps // 2` or the rest) with a sequential
+            order; there must be at least one step per block.
+        text_schedule (`str`, *optional*, defaults to `"linear"`):
+            Text reveal schedule: `"linear"` or `"cosine"`.
+        image_schedule (`str`, *optional*, defaults to `"cosine"`):
+            Image reveal schedule: `"cosine"` (MaskGIT) or `"linear"`.
+        image_start (`float`, *optional*, defaults to `0.0`):
+            Fraction of the step axis before the image schedule starts (the released samplers use `0.25`).
+        text_temperature (`float` or `None`, *optional*, defaults to `None`):
+            Text sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.
+        image_temperature (`float` or `None`, *optional*, defaults to `None`):
+            Image sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.
+        remasking (`str`, *optional*, defaults to `"low_confidence"`):
+            Which masked positions a step reveals: the most confident (`"low_confidence"`) or random ones (`"random"`).
+            Only `"random"` makes the trained trajectory likelihood exact including the choice of slots (see
+            `likelihood`).
+        text_guidance_scale (`float`, *optional*, defaults to `0.0`):
+            Classifier-free guidance on text logits (0 = off). Guidance makes the behaviour policy differ from the
+            model's own distribution, so training rollouts keep it off by default; when on, the loss is corrected by
+            TRL's importance sampling (`vllm_importance_sampling_*`) with the sampler's log-probs as behaviour policy.
+        image_guidance_scale (`float`, *optional*, defaults to `0.0`):
+            Classifier-free guidance on image logits (0 = off).
+        guidance_drop (`str`, *optional*, defaults to `"both"`):
+            What the unconditional rows drop: `"prompt"`, `"image"` or `"both"`.
+        decode_order (`str`, *optional*, defaults to `"parallel"`):
+            `"parallel"` or the sequential baselines `"text_then_image"` / `"image_then_text"`.
+        text_threshold (`float` or `None`, *optional*, defaults to `None`):
+            Fast decoding (Fast-dLLM style confidence threshold) of the text: each step reveals every masked slot of
+            the row's current block whose drawn value has probability >= the threshold, within `threshold_floor` and
+            `threshold_cap`; rows end when fully revealed (`diffusion_steps` is the budget). `None` follows the
+            schedule. Stays on-policy (the values are still drawn from the full forward the likelihood replays); reward
+            and loss steps are then drawn after the rollout within each group's shortest row (see
+            `reward_step_selection`).
+        image_threshold (`float` or `None`, *optional*, defaults to `None`):
+            The same for the image span.
+        threshold_floor (`str`, *optional*, defaults to `"one"`):
+            The fewest slots a thresholded modality reveals per step: `"one"` (at least one, and never behind its
+            schedule, so every row ends within `diffusion_steps`) or `"schedule"` (at least the schedule's count).
+        threshold_cap (`int` or `None`, *optional*, defaults to `None`):
+            The most slots a thresholded modality reveals per step (`None` = no cap); at least the schedules' largest
+            count.
+        input_cache_refresh (`int` or `None`, *optional*, defaults to `None`):
+            Approximate cache of the input part's keys and values, refreshed by a full forward every
+            `input_cache_refresh` forwards (1 = every forward, exact; `None` = no cache). Above 1 the sampler is
+            off-policy and the loss is corrected by TRL's importance sampling (`vllm_importance_sampling_*`).
 
-    diffusion_steps (`int`, *optional*, defaults to `64`):
-        Number of denoising steps of the shared step axis (one model forward each).
-    block_length (`int` or `None`, *optional*, defaults to `None`):
-        Semi-autoregressive text blocks (LLaDA style; the paper uses 64). `None` decodes the text span as one block,
-        like the released samplers. Must divide the text span, and the number of blocks must divide
-        `diffusion_steps`.
-    text_schedule (`str`, *optional*, defaults to `"linear"`):
-        Text reveal schedule: `"linear"` or `"cosine"`.
-    image_schedule (`str`, *optional*, defaults to `"cosine"`):
-        Image reveal schedule: `"cosine"` (MaskGIT) or `"linear"`.
-    image_start (`float`, *optional*, defaults to `0.0`):
-        Fraction of the step axis before the image schedule starts (the released samplers use `0.25`).
-    text_temperature (`float` or `None`, *optional*, defaults to `None`):
-        Text sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.
-    image_temperature (`float` or `None`, *optional*, defaults to `None`):
-        Image sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.
-    remasking (`str`, *optional*, defaults to `"low_confidence"`):
-        Which masked positions a step reveals: the most confident (`"low_confidence"`) or random ones (`"random"`).
-        Only `"random"` makes the trained trajectory likelihood exact including the choice of slots (see
-        `likelihood`).
-    text_guidance_scale (`float`, *optional*, defaults to `0.0`):
-        Classifier-free guidance on text logits (0 = off). Guidance makes the behaviour policy differ from the
-        model's own distribution, so training rollouts keep it off by default; when on, the loss is corrected by
-        TRL's importance sampling (`vllm_importance_sampling_*`) with the sampler's log-probs as behaviour policy.
-    image_guidance_scale (`float`, *optional*, defaults to `0.0`):
-        Classifier-free guidance on image logits (0 = off).
-    guidance_drop (`str`, *optional*, defaults to `"both"`):
-        What the unconditional rows drop: `"prompt"`, `"image"` or `"both"`.
-    decode_order (`str`, *optional*, defaults to `"parallel"`):
-        `"parallel"` or the sequential baselines `"text_then_image"` / `"image_then_text"`.
-    text_threshold (`float` or `None`, *optional*, defaults to `None`):
-        Fast decoding (Fast-dLLM style confidence threshold) of the text: each step reveals every masked slot of the
-        row's current block whose drawn value has probability >= the threshold, within `threshold_floor` and
-        `threshold_cap`; rows end when fully revealed (`diffusion_steps` is the budget). `None` follows the schedule.
-        Stays on-policy (the values are still drawn from the full forward the likelihood replays); reward and loss
-        steps are then drawn after the rollout within each group's shortest row (see `reward_step_selection`).
-    image_threshold (`float` or `None`, *optional*, defaults to `None`):
-        The same for the image span.
-    threshold_floor (`str`, *optional*, defaults to `"one"`):
-        The fewest slots a thresholded modality reveals per step: `"one"` (at least one, and never behind its
-        schedule, so every row ends within `diffusion_steps`) or `"schedule"` (at least the schedule's count).
-    threshold_cap (`int` or `None`, *optional*, defaults to `None`):
-        The most slots a thresholded modality reveals per step (`None` = no cap); at least the schedules' largest
-        count.
-    input_cache_refresh (`int` or `None`, *optional*, defaults to `None`):
-        Approximate cache of the input part's keys and values, refreshed by a full forward every
-        `input_cache_refresh` forwards (1 = every forward, exact; `None` = no cache). Above 1 the sampler is
-        off-policy and the loss is corrected by TRL's importance sampling (`vllm_importance_sampling_*`).
+        > Parameters that control the ParaRL objective
 
-    > Parameters that control the ParaRL objective
-
-    num_reward_steps (`int`, *optional*, defaults to `3`):
-        Steps s per rollout at which rewards are computed (the paper's sparse steps; s = 3).
-    reward_step_selection (`str`, *optional*, defaults to `"uniform"`):
-        How the s steps are drawn, fresh per prompt group and shared by its rollouts: `"uniform"`, `"stratified"`
-        (one per equal segment), `"final"` (output-level RL, the paper's baseline: every rollout is rewarded once,
-        on its final output, and that reward is given to `num_reward_steps` stratified loss steps, one per equal
-        segment, so both variants train on the same number of rows across the whole trajectory), `"fixed"`
-        (`reward_steps`) or `"all"` (every step). With confidence thresholds (`text_threshold` / `image_threshold`)
-        rows end at different steps: the steps are then drawn after the rollout, each group's within its shortest
-        row's steps (`"fixed"` and `"all"` are refused there).
-    reward_steps (`list[int]` or `None`, *optional*, defaults to `None`):
-        The steps for `reward_step_selection="fixed"` (0-based).
-    advantage_mode (`str`, *optional*, defaults to `"per_step"`):
-        `"per_step"`: z-score over the group at the same step (paper Eq. 4). `"trajectory_mean"`: z-score of each
-        rollout's mean reward over its selected steps (paper Fig. 4), shared by its steps.
-    likelihood (`str`, *optional*, defaults to `"trajectory"`):
-        `"trajectory"`: the exact conditional likelihood of the values revealed at step k given the state before
-        step k (temperatures and `top_k` as the sampler applies them). Which slots a step reveals is not scored: with
-        `remasking="random"` that choice does not depend on the policy, so the trajectory likelihood is exact up to
-        a constant; with `"low_confidence"` it depends on the drawn values and is left out. `"random_mask"`: MMaDA UniGRPO's estimator (a random mask ratio per row, masked output tokens scored
-        given the rest), for comparison.
-    reward_clip (`float`, *optional*, defaults to `1.0`):
-        Clip constant c of the reward normalisation: z clipped to [-c, c], then mapped to [0, 1].
-    reward_calibration_fraction (`float`, *optional*, defaults to `0.01`):
-        Fraction of the training prompts rolled out once before training to estimate the normalisation mean and
-        std of every reward that has an unfitted `normalizer`.
-    reward_mean (`float` or `None`, *optional*, defaults to `None`):
-        Known normalisation mean (skips calibration when `reward_std` is also given).
-    reward_std (`float` or `None`, *optional*, defaults to `None`):
-        Known normalisation std.
-    grey_unrevealed (`bool`, *optional*, defaults to `False`):
-        Paint image cells that are still masked at the reward step grey instead of showing the x0 estimate.
-    log_trajectory_pictures (`bool`, *optional*, defaults to `True`):
-        Every `logging_steps`, draw one rollout's trajectory to `<output_dir>/trajectories/` and to `report_to`.
+        num_reward_steps (`int`, *optional*, defaults to `3`):
+            Steps s per rollout at which rewards are computed (the paper's sparse steps; s = 3).
+        reward_step_selection (`str`, *optional*, defaults to `"uniform"`):
+            How the s steps are drawn, fresh per prompt group and shared by its rollouts: `"uniform"`, `"stratified"`
+            (one per equal segment), `"final"` (output-level RL, the paper's baseline: every rollout is rewarded once,
+            on its final output, and that reward is given to `num_reward_steps` stratified loss steps, one per equal
+            segment, so both variants train on the same number of rows across the whole trajectory), `"fixed"`
+            (`reward_steps`) or `"all"` (every step). With confidence thresholds (`text_threshold` / `image_threshold`)
+            rows end at different steps: the steps are then drawn after the rollout, each group's within its shortest
+            row's steps (`"fixed"` and `"all"` are refused there).
+        reward_steps (`list[int]` or `None`, *optional*, defaults to `None`):
+            The steps for `reward_step_selection="fixed"` (0-based).
+        advantage_mode (`str`, *optional*, defaults to `"per_step"`):
+            `"per_step"`: z-score over the group at the same step (paper Eq. 4). `"trajectory_mean"`: z-score of each
+            rollout's mean reward over its selected steps (paper Fig. 4), shared by its steps.
+        likelihood (`str`, *optional*, defaults to `"trajectory"`):
+            `"trajectory"`: the exact conditional likelihood of the values revealed at step k given the state before
+            step k (temperatures and `top_k` as the sampler applies them). Which slots a step reveals is not scored:
+            with `remasking="random"` that choice does not depend on the policy, so the trajectory likelihood is exact
+            up to a constant; with `"low_confidence"` it depends on the drawn values and is left out. `"random_mask"`:
+            MMaDA UniGRPO's estimator (a random mask ratio per row, masked output tokens scored given the rest), for
+            comparison.
+        reward_clip (`float`, *optional*, defaults to `1.0`):
+            Clip constant c of the reward normalisation: z clipped to [-c, c], then mapped to [0, 1].
+        reward_calibration_fraction (`float`, *optional*, defaults to `0.01`):
+            Fraction of the training prompts rolled out once before training to estimate the normalisation mean and std
+            of every reward that has an unfitted `normalizer`.
+        reward_mean (`float` or `None`, *optional*, defaults to `None`):
+            Known normalisation mean (skips calibration when `reward_std` is also given).
+        reward_std (`float` or `None`, *optional*, defaults to `None`):
+            Known normalisation std.
+        grey_unrevealed (`bool`, *optional*, defaults to `False`):
+            Paint image cells that are still masked at the reward step grey instead of showing the x0 estimate.
+        log_trajectory_pictures (`bool`, *optional*, defaults to `True`):
+            Every `logging_steps`, draw one rollout's trajectory to `<output_dir>/trajectories/` and to `report_to`.
     """
 
     _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS
 
-    # Rollout
+    # Parameters that control the rollout
     diffusion_steps: int = field(
-        default=64, metadata={"help": "Number of denoising steps of the shared step axis (one forward each)."}
+        default=64,
+        metadata={
+            "help": "Number of denoising steps of the shared step axis (one model forward each).",
+        },
     )
     block_length: int | None = field(
         default=None,
-        metadata={"help": "Semi-autoregressive text block length; None decodes the text span as one block."},
+        metadata={
+            "help": "Semi-autoregressive text blocks (LLaDA style; the paper uses 64): the text's steps are split "
+            "equally among `text_span / block_length` blocks and a step only reveals text slots of its "
+            "block. `None` decodes the text span as one block, like the released samplers. `block_length` "
+            "must divide the text span (the preset's `max_reasoning_tokens`), and the number of blocks must "
+            "divide the text's steps: `diffusion_steps` with `decode_order=\"parallel\"`, the text's half of "
+            "them (`diffusion_steps // 2` or the rest) with a sequential order; there must be at least one "
+            "step per block.",
+        },
     )
     text_schedule: str = field(
-        default="linear", metadata={"help": "Text reveal schedule.", "choices": list(_SCHEDULES)}
+        default="linear",
+        metadata={
+            "help": 'Text reveal schedule: `"linear"` or `"cosine"`.',
+            "choices": list(SCHEDULES),
+        },
     )
     image_schedule: str = field(
-        default="cosine", metadata={"help": "Image reveal schedule.", "choices": list(_SCHEDULES)}
+        default="cosine",
+        metadata={
+            "help": 'Image reveal schedule: `"cosine"` (MaskGIT) or `"linear"`.',
+            "choices": list(SCHEDULES),
+        },
     )
     image_start: float = field(
-        default=0.0, metadata={"help": "Fraction of the step axis before the image schedule starts."}
+        default=0.0,
+        metadata={
+            "help": "Fraction of the step axis before the image schedule starts (the released samplers use `0.25`).",
+        },
     )
     text_temperature: float | None = field(
-        default=None, metadata={"help": "Text sampling temperature; None uses `temperature`."}
+        default=None,
+        metadata={
+            "help": "Text sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.",
+        },
     )
     image_temperature: float | None = field(
-        default=None, metadata={"help": "Image sampling temperature; None uses `temperature`."}
+        default=None,
+        metadata={
+            "help": "Image sampling temperature; `None` uses `temperature`. Must be > 0 for training rollouts.",
+        },
     )
     remasking: str = field(
         default="low_confidence",
-        metadata={"help": "Which masked positions a step reveals.", "choices": list(_REMASKING)},
+        metadata={
+            "help": 'Which masked positions a step reveals: the most confident (`"low_confidence"`) or random ones '
+            '(`"random"`). Only `"random"` makes the trained trajectory likelihood exact including the '
+            "choice of slots (see `likelihood`).",
+            "choices": list(REMASKING),
+        },
     )
-    text_guidance_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance on text (0 = off)."})
+    text_guidance_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "Classifier-free guidance on text logits (0 = off). Guidance makes the behaviour policy differ "
+            "from the model's own distribution, so training rollouts keep it off by default; when on, the "
+            "loss is corrected by TRL's importance sampling (`vllm_importance_sampling_*`) with the "
+            "sampler's log-probs as behaviour policy.",
+        },
+    )
     image_guidance_scale: float = field(
-        default=0.0, metadata={"help": "Classifier-free guidance on the image (0 = off)."}
+        default=0.0,
+        metadata={
+            "help": "Classifier-free guidance on image logits (0 = off).",
+        },
     )
     guidance_drop: str = field(
         default="both",
-        metadata={"help": "What the unconditional rows drop.", "choices": list(_GUIDANCE_DROPS)},
+        metadata={
+            "help": 'What the unconditional rows drop: `"prompt"`, `"image"` or `"both"`.',
+            "choices": list(GUIDANCE_DROP),
+        },
     )
     decode_order: str = field(
-        default="parallel", metadata={"help": "Decoding order.", "choices": list(_DECODE_ORDERS)}
+        default="parallel",
+        metadata={
+            "help": '`"parallel"` or the sequential baselines `"text_then_image"` / `"image_then_text"`.',
+            "choices": list(DECODE_ORDERS),
+        },
     )
     text_threshold: float | None = field(
         default=None,
         metadata={
-            "help": "Fast decoding: reveal every masked text slot of the current block whose drawn value has "
-            "probability >= this (within threshold_floor and threshold_cap); rows end early. None follows the "
-            "schedule. On-policy; reward/loss steps are drawn within each group's shortest row."
+            "help": "Fast decoding (Fast-dLLM style confidence threshold) of the text: each step reveals every "
+            "masked slot of the row's current block whose drawn value has probability >= the threshold, "
+            "within `threshold_floor` and `threshold_cap`; rows end when fully revealed (`diffusion_steps` "
+            "is the budget). `None` follows the schedule. Stays on-policy (the values are still drawn from "
+            "the full forward the likelihood replays); reward and loss steps are then drawn after the "
+            "rollout within each group's shortest row (see `reward_step_selection`).",
         },
     )
     image_threshold: float | None = field(
-        default=None, metadata={"help": "Fast decoding: the same confidence threshold for the image span."}
+        default=None,
+        metadata={
+            "help": "The same for the image span.",
+        },
     )
     threshold_floor: str = field(
         default="one",
         metadata={
-            "help": "Fewest slots a thresholded modality reveals per step: 'one' (and never behind its schedule) "
-            "or 'schedule' (the schedule's count).",
-            "choices": list(_THRESHOLD_FLOORS),
+            "help": 'The fewest slots a thresholded modality reveals per step: `"one"` (at least one, and never '
+            'behind its schedule, so every row ends within `diffusion_steps`) or `"schedule"` (at least the '
+            "schedule's count).",
+            "choices": list(THRESHOLD_FLOORS),
         },
     )
     threshold_cap: int | None = field(
         default=None,
-        metadata={"help": "Most slots a thresholded modality reveals per step (None = no cap)."},
+        metadata={
+            "help": "The most slots a thresholded modality reveals per step (`None` = no cap); at least the "
+            "schedules' largest count.",
+        },
     )
     input_cache_refresh: int | None = field(
         default=None,
         metadata={
-            "help": "Approximate input-part key/value cache refreshed every r forwards (1 = exact, None = off); "
-            "above 1 the rollouts are off-policy and corrected by importance sampling."
+            "help": "Approximate cache of the input part's keys and values, refreshed by a full forward every "
+            "`input_cache_refresh` forwards (1 = every forward, exact; `None` = no cache). Above 1 the "
+            "sampler is off-policy and the loss is corrected by TRL's importance sampling "
+            "(`vllm_importance_sampling_*`).",
         },
     )
 
-    # ParaRL objective
-    num_reward_steps: int = field(default=3, metadata={"help": "Steps per rollout at which rewards are computed."})
+    # Parameters that control the ParaRL objective
+    num_reward_steps: int = field(
+        default=3,
+        metadata={
+            "help": "Steps s per rollout at which rewards are computed (the paper's sparse steps; s = 3).",
+        },
+    )
     reward_step_selection: str = field(
         default="uniform",
-        metadata={"help": "How the reward steps are drawn per prompt group.", "choices": list(_STEP_SELECTIONS)},
+        metadata={
+            "help": 'How the s steps are drawn, fresh per prompt group and shared by its rollouts: `"uniform"`, '
+            '`"stratified"` (one per equal segment), `"final"` (output-level RL, the paper\'s baseline: every '
+            "rollout is rewarded once, on its final output, and that reward is given to `num_reward_steps` "
+            "stratified loss steps, one per equal segment, so both variants train on the same number of rows "
+            'across the whole trajectory), `"fixed"` (`reward_steps`) or `"all"` (every step). With '
+            "confidence thresholds (`text_threshold` / `image_threshold`) rows end at different steps: the "
+            "steps are then drawn after the rollout, each group's within its shortest row's steps (`\"fixed\"` "
+            'and `"all"` are refused there).',
+            "choices": list(STEP_SELECTIONS),
+        },
     )
     reward_steps: list[int] | None = field(
-        default=None, metadata={"help": "The steps for reward_step_selection='fixed' (0-based)."}
+        default=None,
+        metadata={
+            "help": 'The steps for `reward_step_selection="fixed"` (0-based).',
+        },
     )
     advantage_mode: str = field(
         default="per_step",
-        metadata={"help": "Group z-score per step, or of the trajectory mean.", "choices": list(_ADVANTAGE_MODES)},
+        metadata={
+            "help": '`"per_step"`: z-score over the group at the same step (paper Eq. 4). `"trajectory_mean"`: '
+            "z-score of each rollout's mean reward over its selected steps (paper Fig. 4), shared by its "
+            "steps.",
+            "choices": list(ADVANTAGE_MODES),
+        },
     )
     likelihood: str = field(
         default="trajectory",
-        metadata={"help": "Per-token likelihood estimator.", "choices": list(_LIKELIHOODS)},
+        metadata={
+            "help": '`"trajectory"`: the exact conditional likelihood of the values revealed at step k given the '
+            "state before step k (temperatures and `top_k` as the sampler applies them). Which slots a step "
+            'reveals is not scored: with `remasking="random"` that choice does not depend on the policy, so '
+            'the trajectory likelihood is exact up to a constant; with `"low_confidence"` it depends on the '
+            'drawn values and is left out. `"random_mask"`: MMaDA UniGRPO\'s estimator (a random mask ratio '
+            "per row, masked output tokens scored given the rest), for comparison.",
+            "choices": list(LIKELIHOODS),
+        },
     )
-    reward_clip: float = field(default=1.0, metadata={"help": "Clip constant c of the reward normalisation."})
+    reward_clip: float = field(
+        default=1.0,
+        metadata={
+            "help": "Clip constant c of the reward normalisation: z clipped to [-c, c], then mapped to [0, 1].",
+        },
+    )
     reward_calibration_fraction: float = field(
-        default=0.01, metadata={"help": "Fraction of training prompts used to calibrate reward normalisers."}
+        default=0.01,
+        metadata={
+            "help": "Fraction of the training prompts rolled out once before training to estimate the normalisation "
+            "mean and std of every reward that has an unfitted `normalizer`.",
+        },
     )
-    reward_mean: float | None = field(default=None, metadata={"help": "Known normalisation mean."})
-    reward_std: float | None = field(default=None, metadata={"help": "Known normalisation std."})
+    reward_mean: float | None = field(
+        default=None,
+        metadata={
+            "help": "Known normalisation mean (skips calibration when `reward_std` is also given).",
+        },
+    )
+    reward_std: float | None = field(
+        default=None,
+        metadata={
+            "help": "Known normalisation std.",
+        },
+    )
     grey_unrevealed: bool = field(
-        default=False, metadata={"help": "Grey out still-masked image cells in reward images."}
+        default=False,
+        metadata={
+            "help": "Paint image cells that are still masked at the reward step grey instead of showing the x0 "
+            "estimate.",
+        },
     )
     log_trajectory_pictures: bool = field(
-        default=True, metadata={"help": "Draw a trajectory picture every logging_steps."}
+        default=True,
+        metadata={
+            "help": "Every `logging_steps`, draw one rollout's trajectory to `<output_dir>/trajectories/` and to "
+            "`report_to`.",
+        },
     )
 
     def __post_init__(self):
         super().__post_init__()
         choices = {
-            "text_schedule": _SCHEDULES,
-            "image_schedule": _SCHEDULES,
-            "remasking": _REMASKING,
-            "guidance_drop": _GUIDANCE_DROPS,
-            "decode_order": _DECODE_ORDERS,
-            "threshold_floor": _THRESHOLD_FLOORS,
-            "reward_step_selection": _STEP_SELECTIONS,
-            "advantage_mode": _ADVANTAGE_MODES,
-            "likelihood": _LIKELIHOODS,
+            "text_schedule": SCHEDULES,
+            "image_schedule": SCHEDULES,
+            "remasking": REMASKING,
+            "guidance_drop": GUIDANCE_DROP,
+            "decode_order": DECODE_ORDERS,
+            "threshold_floor": THRESHOLD_FLOORS,
+            "reward_step_selection": STEP_SELECTIONS,
+            "advantage_mode": ADVANTAGE_MODES,
+            "likelihood": LIKELIHOODS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
