@@ -154,7 +154,7 @@ def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(proce
     assert [span.num_scored for span in trainer._spans] == [max(text_bound), max(image_bound)]
     assert trainer._max_scored_tokens == decoder.max_reveals_per_step == trainer.max_completion_length
     plan = trainer.reveal_plan
-    image_slot = trainer._is_image_slot
+    image_slot = processor.image_slot_mask
     text_scored = int((out["completion_mask"].bool() & ~image_slot).sum(1).max())
     image_scored = int((out["completion_mask"].bool() & image_slot).sum(1).max())
     assert text_scored > max(plan.text_counts) or image_scored > max(plan.image_counts)

@@ -247,7 +247,7 @@ def test_compute_loss_masks_only_the_output_and_scores_masked_slots(processor, t
     # The same loss from full-vocabulary logits at every output slot, with the same draws.
     trainer._mask_generator.set_state(state)
     t = sample_mask_ratio(6, trainer.args.min_mask_ratio, generator=trainer._mask_generator)
-    image_slots, text_slots = trainer._output_slots(torch.device("cpu"))
+    image_slots, text_slots = processor.image_slot_mask, processor.text_slot_mask
     replay = sample_output_mask(t, image_slots, text_slots, generator=trainer._mask_generator)
     assert torch.equal(replay, masked)
     slots = torch.arange(processor.output_length).expand(6, -1)

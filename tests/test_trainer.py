@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel
 
 from pararl.grpo import DiffusionGRPOConfig
+from pararl.grpo.callbacks import TrajectoryPictureCallback
 from pararl.grpo.trainer import DiffusionGRPOTrainer
 from pararl.image_tokenizers import tensor_to_images
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
@@ -258,6 +259,25 @@ def test_training_logs_trl_and_pararl_metrics(full_run):
         assert 0.0 <= entry["reward_by_step/mean_step_fraction"] < 1.0
     pictures = sorted(os.listdir(os.path.join(trainer.args.output_dir, "trajectories")))
     assert pictures and all(name.endswith(".png") for name in pictures)
+
+
+def test_trajectory_pictures_come_from_a_callback_the_trainer_adds(processor, dataset, tmp_path):
+    def pictures_callbacks(**kwargs):
+        trainer = DiffusionGRPOTrainer(
+            model=tiny_model(processor),
+            reward_funcs=[word_count],
+            args=grpo_config(tmp_path, max_steps=1, **kwargs),
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+        callbacks = [c for c in trainer.callback_handler.callbacks if isinstance(c, TrajectoryPictureCallback)]
+        return trainer, callbacks
+
+    trainer, (callback,) = pictures_callbacks()
+    assert callback.trainer is trainer
+    trainer.train()  # one rollout, one logging step: one picture, and the rollout is drawn once
+    assert os.listdir(tmp_path / "trajectories") == ["step_00001.png"] and trainer._last_trajectory is None
+    assert pictures_callbacks(log_trajectory_pictures=False)[1] == []
 
 
 def test_mixed_rewards_are_logged_by_name_and_weighted(full_run):
@@ -869,7 +889,9 @@ def test_sync_ref_model_with_full_fine_tuning(processor, dataset, tmp_path):
         processing_class=processor,
     )
     assert args.beta == 0.1 and args.sync_ref_model
+    before = args.to_dict()
     trainer.train()
+    assert args.to_dict() == before  # the caller's config, not the copy TRL was given, is left as it was
     ref = dict(trainer.ref_model.named_parameters())
     for name, param in trainer.model.named_parameters():  # alpha = 1: the reference became the step-2 policy
         torch.testing.assert_close(ref[name], param.detach())
