@@ -43,3 +43,21 @@ def processor():
     from pararl.toy import toy_processor
 
     return toy_processor()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(processor):
+    """Factory of tiny random policies over the toy processor's vocabulary: `tiny_model(seed=0, **config)` seeds torch
+    with `seed` and builds a 2-layer `MaskedDiffusionLM` (d_model 32, 4 heads, MLP 2 * d_model), any
+    `MaskedDiffusionConfig` field overridden by `config`."""
+    from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
+
+    def build(seed: int = 0, **config):
+        d_model = config.pop("d_model", 32)
+        values = dict(d_model=d_model, n_layers=2, n_heads=4, mlp_hidden_size=2 * d_model)
+        values.update(processor.preset.model_config_kwargs())
+        values.update(config)
+        torch.manual_seed(seed)
+        return MaskedDiffusionLM(MaskedDiffusionConfig(**values))
+
+    return build
