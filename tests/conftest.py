@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
-# The test models are tiny: thread start-up costs more than it saves (a 29 ms decode took 2.6 s with 2 threads on a
-# loaded 2-core machine). Subprocess tests set OMP_NUM_THREADS themselves.
+# The test models are tiny: thread start-up costs more than it saves (README, "Development"). Subprocess tests set
+# OMP_NUM_THREADS themselves.
 torch.set_num_threads(1)
 
 

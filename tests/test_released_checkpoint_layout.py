@@ -1,14 +1,13 @@
 """Real-checkpoint loading, checked offline on synthetic checkpoints that have the released layouts at tiny sizes.
 
-What the layouts are, and where each fact comes from (the fact sheet, shared/reference/mmada_parallel.md, and the
-released MMaDA-Parallel code it describes):
+What the layouts are, from the released MMaDA-Parallel code and checkpoints:
 - MMaDA / LLaDA `config.json`: LLaDA field names, `model_type` "mmada" or "llada"; weights
   `model.transformer.{wte,blocks.N.{attn_norm,q_proj,k_proj,v_proj,attn_out,ff_norm,ff_proj,up_proj,ff_out},ln_f,ff_out}`
   in `model-0000K-of-0000N.safetensors` shards listed by `model.safetensors.index.json`.
 - MAGVIT-v2 (`showlab/magvitv2`): `config.json` with only the class name, `pytorch_model.safetensors` with
   `encoder.* / decoder.* / quantize.*` keys of a taming-style VQGAN.
 - aMUSEd VQ (MMaDA-Parallel-A): diffusers `VQModel` in the checkpoint's `vqvae/` subfolder.
-- Sequence templates: fact sheet section 2.4 (M: `<|interleave|> <|soi|> img <|eoi|> BOS text EOS`; A: the
+- Sequence templates (M: `<|interleave|> <|soi|> img <|eoi|> BOS text EOS`; A: the
   `<system>...</system><user>...</user>` prompt with the image before its last token, and
   `BOA BOI rows+newline EOI text </answer>` as the output).
 """
@@ -178,7 +177,7 @@ def test_released_config_maps_onto_masked_diffusion_config():
 
 
 def test_full_size_mmada_parallel_m_config():
-    # The released MMaDA-Parallel-M values (fact sheet 2.1), mapped without building anything.
+    # The released MMaDA-Parallel-M config values, mapped without building anything.
     raw = released_config(
         d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_hidden_size=12288, embedding_size=134656,
         llm_vocab_size=126464, new_vocab_size=134656, codebook_size=8192, vocab_size=126464,
@@ -294,7 +293,7 @@ def test_missing_shard_and_missing_weights(tmp_path):
 
 
 # ================================================================================= LLaDA-like text tokenizers
-# LLaDA ids (fact sheet 2.3): BOS <|startoftext|> 126080, EOS <|endoftext|> 126081, [MASK] 126336. The M tokenizer
+# LLaDA ids: BOS <|startoftext|> 126080, EOS <|endoftext|> 126081, [MASK] 126336. The M tokenizer
 # has len 126349 (= MMaDA's image-token offset, `len(text_tokenizer)`); A's covers Lumina-DiMOO's ids up to 126355.
 LLADA_SPECIALS = {126080: "<|startoftext|>", 126081: "<|endoftext|>", 126336: "<|mdm_mask|>"}
 WORDS = (
