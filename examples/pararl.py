@@ -64,7 +64,7 @@ import torch
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from pararl.cli import announce_defaults, check_flags, given_options
-from pararl.grpo import DiffusionGRPOConfig
+from pararl.grpo.config import DiffusionGRPOConfig
 from pararl.toy.recipe import TOY_GRPO_DEFAULTS, TOY_LORA, TOY_REWARDS
 
 
