@@ -36,10 +36,10 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from pararl.grpo.trainer import DiffusionGRPOTrainer, _LikelihoodSpan
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.processing import MMADA_PARALLEL_M, ParallelProcessor
 from pararl.rollout.schedules import build_reveal_plan
-from pararl.trainer import DiffusionGRPOTrainer, _column, _LikelihoodSpan
 
 
 RESULTS = Path(__file__).resolve().parent / "results" / "likelihood_memory_cpu.json"
@@ -120,13 +120,13 @@ def after(model, processor, case, ids, mask, logits_to_keep):
         _LikelihoodSpan(
             slots=slots,
             vocab_range=vocab_range,
-            exclude=_column(preset.mask_token_id, vocab_range),
+            exclude=exclude,
             temperature=1.0,
             num_scored=max(counts) if trajectory else len(slots),
         )
-        for slots, vocab_range, counts in (
-            (processor.text_positions, preset.text_vocab_range, plan.text_counts),
-            (processor.image_positions, preset.image_vocab_range, plan.image_counts),
+        for slots, vocab_range, exclude, counts in (
+            (processor.text_positions, preset.text_vocab_range, preset.text_mask_column, plan.text_counts),
+            (processor.image_positions, preset.image_vocab_range, preset.image_mask_column, plan.image_counts),
         )
     )
     trainer = SimpleNamespace(

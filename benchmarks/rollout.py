@@ -20,7 +20,7 @@ Reports, on one random model and one batch of inputs:
 
 Examples:
 
-    python benchmarks/rollout.py --frontier                        # fast decoding frontier (shipped toy policy)
+    python benchmarks/rollout.py --frontier                        # the fast decoding frontier
     python benchmarks/rollout.py --threads 1                       # small random model on CPU (CPU-time clock)
     python benchmarks/rollout.py --threads 1 --guidance 4 --text-guidance 2.5 --json   # guided, JSON output
     python benchmarks/rollout.py --device cuda --preset-shape llada8b --seq 1536 --batch 4 --steps 8
@@ -687,7 +687,7 @@ def main():
     engine_time, forward_time = best["engine"], best["bare"] / forwards
     step_time = engine_time / forwards
     vocab = (preset.text_vocab_range[1] - preset.text_vocab_range[0], preset.codebook_size)
-    # Model FLOPs of the forwards the engine runs (sliced heads at every output slot, see flops_per_forward).
+    # Model FLOPs of the forwards the engine runs (sliced heads at every output slot).
     text_slots, image_slots = len(processor.text_positions), len(processor.image_positions)
     flops = sum(flops_per_forward(model.config, n, length, text_slots, image_slots, vocab) for n in step_rows)
     report = {

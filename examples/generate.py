@@ -3,7 +3,7 @@
     python examples/generate.py --prompt "draw a red square in the middle" --output_dir outputs/generate
     python examples/generate.py --model_name_or_path outputs/toy-sft --image scene.png --prompt "paint the circle blue"
     python examples/generate.py --model_name_or_path /local/MMaDA-Parallel-M \
-        --processor pararl.models.loading:mmada_parallel_m_processor --prompt "..."
+        --processor pararl.released:mmada_parallel_m_processor --prompt "..."
 
 Without `--model_name_or_path` it samples the shipped toy policy (toy processor only). A randomly initialised model
 is never sampled unless `--allow_random_weights` asks for one (its outputs are noise). Prompt words that the
@@ -26,10 +26,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pararl.cli import check_flags  # noqa: E402
+from pararl.image_tokenizers import tensor_to_images  # noqa: E402
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM  # noqa: E402
-from pararl.models.image_tokenizers import tensor_to_images  # noqa: E402
 from pararl.processing import load_processor  # noqa: E402
 from pararl.rollout import ParallelDecoder, RolloutConfig, draw_trajectory  # noqa: E402
+from pararl.rollout.decoder import GUIDANCE_DROP, REMASKING  # noqa: E402
+from pararl.rollout.schedules import DECODE_ORDERS  # noqa: E402
 
 
 TOY_PROCESSOR = "pararl.toy:toy_processor"
@@ -52,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--processor",
         default=TOY_PROCESSOR,
         help="'module:function' building the model's ParallelProcessor, as in examples/pararl.py (e.g. "
-        "pararl.models.loading:mmada_parallel_m_processor).",
+        "pararl.released:mmada_parallel_m_processor).",
     )
     parser.add_argument(
         "--allow_random_weights",
@@ -67,14 +69,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--block_length", type=int, default=None, help="Semi-autoregressive text blocks (None: one block)."
     )
     parser.add_argument("--image_start", type=float, default=0.0, help="Fraction of the axis before the image starts.")
-    parser.add_argument("--order", choices=["parallel", "text_then_image", "image_then_text"], default="parallel")
+    parser.add_argument("--order", choices=DECODE_ORDERS, default="parallel")
     parser.add_argument("--text_temperature", type=float, default=0.0, help="0 = greedy text.")
     parser.add_argument("--image_temperature", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=None)
-    parser.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    parser.add_argument("--remasking", choices=REMASKING, default="low_confidence")
     parser.add_argument("--text_guidance_scale", type=float, default=0.0)
     parser.add_argument("--image_guidance_scale", type=float, default=0.0)
-    parser.add_argument("--guidance_drop", choices=["prompt", "image", "both"], default="both")
+    parser.add_argument("--guidance_drop", choices=GUIDANCE_DROP, default="both")
     parser.add_argument("--num_pictures", type=int, default=6, help="Intermediate steps drawn in trajectory.png.")
     parser.add_argument("--output_dir", default="outputs/generate")
     parser.add_argument("--seed", type=int, default=0, help="Row seed of the sampling noise.")

@@ -26,7 +26,7 @@ accelerate launch examples/pararl.py
 ```bash
 accelerate launch examples/pararl.py \
     --model_name_or_path /local/MMaDA-Parallel-M \
-    --processor pararl.models.loading:mmada_parallel_m_processor \
+    --processor pararl.released:mmada_parallel_m_processor \
     --dataset_name /local/my-edit-dataset \
     --clip_model ViT-L-14 --clip_pretrained /local/clip/open_clip_pytorch_model.bin \
     --use_peft --lora_r 64 --lora_alpha 128 \
@@ -39,7 +39,7 @@ accelerate launch examples/pararl.py \
 ```bash
 accelerate launch --config_file ds_configs/zero3.yaml examples/pararl.py \
     --model_name_or_path /local/MMaDA-Parallel-M \
-    --processor pararl.models.loading:mmada_parallel_m_processor \
+    --processor pararl.released:mmada_parallel_m_processor \
     --dataset_name /local/my-edit-dataset \
     --clip_model ViT-L-14 --clip_pretrained /local/clip/open_clip_pytorch_model.bin \
     --dtype bfloat16 --bf16 --beta 1e-4 \
@@ -64,7 +64,7 @@ import torch
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from pararl.cli import announce_defaults, check_flags, given_options
-from pararl.config import DiffusionGRPOConfig
+from pararl.grpo.config import DiffusionGRPOConfig
 from pararl.toy.recipe import TOY_EVAL_SAMPLES, TOY_GRPO_DEFAULTS, TOY_LORA, TOY_REWARDS, TOY_TRAIN_SAMPLES
 
 

@@ -23,8 +23,8 @@ _LAZY = {
     "RewardNormalizer": "pararl.rewards",
     "ParallelSFTConfig": "pararl.sft",
     "ParallelSFTTrainer": "pararl.sft",
-    "DiffusionGRPOConfig": "pararl.config",
-    "DiffusionGRPOTrainer": "pararl.trainer",
+    "DiffusionGRPOConfig": "pararl.grpo",
+    "DiffusionGRPOTrainer": "pararl.grpo",
 }
 
 # Spelled out (not `list(_LAZY)`) so linters and IDEs see the public names.
@@ -47,13 +47,12 @@ __all__ = [
 assert set(__all__) == set(_LAZY)
 
 if TYPE_CHECKING:
-    from .config import DiffusionGRPOConfig
+    from .grpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
     from .models import MaskedDiffusionConfig, MaskedDiffusionLM
     from .processing import ParallelProcessor, SequencePreset
     from .rewards import CLIPAlignmentReward, Reward, RewardNormalizer
     from .rollout import ParallelDecoder, RolloutConfig, Trajectory
     from .sft import ParallelSFTConfig, ParallelSFTTrainer
-    from .trainer import DiffusionGRPOTrainer
 
 
 def __getattr__(name: str):

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from .models.image_tokenizers import PaletteImageTokenizer
+from .image_tokenizers import PaletteImageTokenizer
 from .processing import ParallelProcessor
 
 

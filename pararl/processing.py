@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from .models.image_tokenizers import ImageTokenizer
+from .image_tokenizers import ImageTokenizer
 
 
 __all__ = ["SequencePreset", "ParallelProcessor", "MMADA_PARALLEL_M", "MMADA_PARALLEL_A", "load_processor"]
@@ -117,6 +117,16 @@ class SequencePreset:
     def image_vocab_range(self) -> tuple[int, int]:
         """Vocabulary columns of the image codebook."""
         return (self.image_token_offset, self.image_token_offset + self.codebook_size)
+
+    @property
+    def text_mask_column(self) -> int | None:
+        """The mask token's column within `text_vocab_range` (the one column text slots never sample), or `None`."""
+        return _column(self.mask_token_id, self.text_vocab_range)
+
+    @property
+    def image_mask_column(self) -> int | None:
+        """The mask token's column within `image_vocab_range`, or `None` (released presets keep it out of the codebook)."""
+        return _column(self.mask_token_id, self.image_vocab_range)
 
     def model_config_kwargs(self) -> dict[str, int]:
         """The vocabulary size and special token ids a model of this layout is built with, e.g. a fresh policy:
@@ -211,7 +221,7 @@ class ParallelProcessor:
 
     Args:
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]): Text tokenizer of the unified vocabulary.
-        image_tokenizer ([`~pararl.models.image_tokenizers.ImageTokenizer`]): Image (VQ) tokenizer.
+        image_tokenizer ([`~pararl.image_tokenizers.ImageTokenizer`]): Image (VQ) tokenizer.
         preset ([`SequencePreset`]): Token ids and budgets.
         truncate_prompt (`bool`, defaults to `False`): Truncate instructions over the budget with a warning instead
             of raising.
@@ -258,6 +268,11 @@ class ParallelProcessor:
         self.image_positions = torch.nonzero(slot_is_mask[:text_start]).squeeze(-1)
         self.maskable_mask = slot_is_mask
         self.output_length = len(template)
+        # Boolean `(output_length,)` masks of the two modalities' slots (the trainers' per-modality bookkeeping).
+        self.text_slot_mask = torch.zeros(self.output_length, dtype=torch.bool)
+        self.text_slot_mask[self.text_positions] = True
+        self.image_slot_mask = torch.zeros(self.output_length, dtype=torch.bool)
+        self.image_slot_mask[self.image_positions] = True
 
     # ----------------------------------------------------------------------------------------------- validation
     def _check_compatible(self) -> None:
@@ -481,6 +496,11 @@ class ParallelProcessor:
         ids = torch.cat([input_ids, output_ids.to(input_ids.device)], dim=1)
         mask = torch.cat([attention_mask, torch.ones_like(output_ids, device=attention_mask.device)], dim=1)
         return {"input_ids": ids, "attention_mask": mask}
+
+
+def _column(token_id: int, vocab_range: tuple[int, int]) -> int | None:
+    start, end = vocab_range
+    return token_id - start if start <= token_id < end else None
 
 
 def load_processor(spec: str) -> ParallelProcessor:

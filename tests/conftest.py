@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
-# The test models are tiny: thread start-up costs more than it saves (a 29 ms decode took 2.6 s with 2 threads on a
-# loaded 2-core machine). Subprocess tests set OMP_NUM_THREADS themselves.
+# The test models are tiny: thread start-up costs more than it saves (README, "Development"). Subprocess tests set
+# OMP_NUM_THREADS themselves.
 torch.set_num_threads(1)
 
 
@@ -43,3 +43,21 @@ def processor():
     from pararl.toy import toy_processor
 
     return toy_processor()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(processor):
+    """Factory of tiny random policies over the toy processor's vocabulary: `tiny_model(seed=0, **config)` seeds torch
+    with `seed` and builds a 2-layer `MaskedDiffusionLM` (d_model 32, 4 heads, MLP 2 * d_model), any
+    `MaskedDiffusionConfig` field overridden by `config`."""
+    from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
+
+    def build(seed: int = 0, **config):
+        d_model = config.pop("d_model", 32)
+        values = dict(d_model=d_model, n_layers=2, n_heads=4, mlp_hidden_size=2 * d_model)
+        values.update(processor.preset.model_config_kwargs())
+        values.update(config)
+        torch.manual_seed(seed)
+        return MaskedDiffusionLM(MaskedDiffusionConfig(**values))
+
+    return build

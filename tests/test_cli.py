@@ -91,7 +91,7 @@ def test_generate_refuses_abbreviations(capsys):
 
 @pytest.mark.parametrize("script", ["pararl.py", "sft.py"])
 def test_the_script_refuses_a_typo_before_anything_else(script, pararl_script, monkeypatch, capsys):
-    # The script's own `__main__` block, in this process (its imports are already loaded: no 15 s start-up).
+    # The script's own `__main__` block, in this process (its imports are already loaded: no interpreter start-up).
     monkeypatch.setattr(sys, "argv", [script, "--num_reward_stepz", "2", "--learning_rte", "1"])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO / "examples" / script), run_name="__main__")

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.rollout import ParallelDecoder, RolloutConfig, build_reveal_plan
 
 
@@ -11,19 +10,9 @@ PROMPTS = ["draw a red square", "paint the blue circle at the top left"]
 
 
 @pytest.fixture(scope="module")
-def model(processor):
-    torch.manual_seed(0)
-    config = MaskedDiffusionConfig(
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        mlp_hidden_size=64,
-        max_sequence_length=256,
-        **processor.preset.model_config_kwargs(),
-        initializer_range=0.5,  # peaked random logits: confidences differ clearly between slots
-    )
-    return MaskedDiffusionLM(config).eval()
+def model(tiny_model):
+    # Peaked random logits: confidences differ clearly between slots.
+    return tiny_model(n_kv_heads=2, max_sequence_length=256, initializer_range=0.5).eval()
 
 
 @pytest.fixture(scope="module")

@@ -4,34 +4,23 @@ corrected by TRL's importance sampling). Offline, CPU, a tiny random policy with
 import pytest
 import torch
 
-from pararl.config import DiffusionGRPOConfig
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
+from pararl.grpo import DiffusionGRPOConfig
+from pararl.grpo.trainer import DiffusionGRPOTrainer
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.rollout import ParallelDecoder
 from pararl.toy import build_toy_dataset
-from pararl.trainer import DiffusionGRPOTrainer
 
 
 G = 4  # rollouts per prompt
 FAST = {"text_threshold": 0.1, "image_threshold": 0.3}  # low enough that the peaked tiny policy ends rows early
 
+# Peaked random logits: some drawn values pass a threshold.
+PEAKED = dict(initializer_range=0.5)
+
 
 @pytest.fixture(scope="module")
 def dataset():
     return build_toy_dataset("train", num_samples=16, seed=0)
-
-
-def tiny_model(processor, seed: int = 0) -> MaskedDiffusionLM:
-    config = MaskedDiffusionConfig(
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        mlp_hidden_size=64,
-        **processor.preset.model_config_kwargs(),
-        initializer_range=0.5,  # peaked random logits: some drawn values pass a threshold
-    )
-    torch.manual_seed(seed)
-    return MaskedDiffusionLM(config)
 
 
 def grpo_config(output_dir, **kwargs) -> DiffusionGRPOConfig:
@@ -67,10 +56,10 @@ class StepReward(Reward):
         return [len(t.split()) / 10 + float(img.mean()) for t, img in zip(states.texts, states.image_tensors)]
 
 
-def trainer_and_rollouts(processor, dataset, tmp_path, **kwargs):
+def trainer_and_rollouts(tiny_model, processor, dataset, tmp_path, **kwargs):
     reward = StepReward()
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(**PEAKED),
         reward_funcs=[reward],
         args=grpo_config(tmp_path, **kwargs),
         train_dataset=dataset,
@@ -126,8 +115,8 @@ def test_config_carries_the_fast_fields_and_refuses_bad_ones(tmp_path):
             grpo_config(tmp_path, **kwargs)
 
 
-def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(processor, dataset, tmp_path):
-    trainer, reward, trajectories = trainer_and_rollouts(processor, dataset, tmp_path, **FAST)
+def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(processor, tiny_model, dataset, tmp_path):
+    trainer, reward, trajectories = trainer_and_rollouts(tiny_model, processor, dataset, tmp_path, **FAST)
     out = trainer._generate_and_score_completions(batch(dataset))
     (trajectory,) = trajectories
     s, num_steps = 3, 8
@@ -154,7 +143,7 @@ def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(proce
     assert [span.num_scored for span in trainer._spans] == [max(text_bound), max(image_bound)]
     assert trainer._max_scored_tokens == decoder.max_reveals_per_step == trainer.max_completion_length
     plan = trainer.reveal_plan
-    image_slot = trainer._is_image_slot
+    image_slot = processor.image_slot_mask
     text_scored = int((out["completion_mask"].bool() & ~image_slot).sum(1).max())
     image_scored = int((out["completion_mask"].bool() & image_slot).sum(1).max())
     assert text_scored > max(plan.text_counts) or image_scored > max(plan.image_counts)
@@ -168,12 +157,14 @@ def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(proce
 
 
 @pytest.mark.parametrize("selection", ["uniform", "final"])
-def test_thresholds_above_one_with_schedule_floor_train_as_the_exact_engine(processor, dataset, tmp_path, selection):
+def test_thresholds_above_one_with_schedule_floor_train_as_the_exact_engine(
+    processor, tiny_model, dataset, tmp_path, selection
+):
     outputs, rewards, pictures = [], [], []
     fast = dict(text_threshold=1.5, image_threshold=1.5, threshold_floor="schedule")
     for kwargs in ({}, fast):
         trainer, reward, _ = trainer_and_rollouts(
-            processor, dataset, tmp_path, reward_step_selection=selection, **kwargs
+            tiny_model, processor, dataset, tmp_path, reward_step_selection=selection, **kwargs
         )
         outputs.append(trainer._generate_and_score_completions(batch(dataset)))
         rewards.append(reward.batches[0])
@@ -189,8 +180,8 @@ def test_thresholds_above_one_with_schedule_floor_train_as_the_exact_engine(proc
     assert torch.equal(exact_picture.x0, picture.x0)
 
 
-def test_stale_input_cache_is_corrected_by_importance_sampling(processor, dataset, tmp_path):
-    trainer, _, trajectories = trainer_and_rollouts(processor, dataset, tmp_path, input_cache_refresh=4)
+def test_stale_input_cache_is_corrected_by_importance_sampling(processor, tiny_model, dataset, tmp_path):
+    trainer, _, trajectories = trainer_and_rollouts(tiny_model, processor, dataset, tmp_path, input_cache_refresh=4)
     assert trainer._corrects_off_policy
     out = trainer._generate_and_score_completions(batch(dataset))
     (trajectory,) = trajectories
@@ -208,8 +199,10 @@ def test_stale_input_cache_is_corrected_by_importance_sampling(processor, datase
     assert trajectory.row_num_steps.eq(trainer._schedule_num_steps).all()  # the cache alone keeps the schedule
 
 
-def test_a_short_training_run_on_the_fast_sampler(processor, dataset, tmp_path):
-    trainer, _, _ = trainer_and_rollouts(processor, dataset, tmp_path, **FAST, threshold_cap=30, input_cache_refresh=2)
+def test_a_short_training_run_on_the_fast_sampler(processor, tiny_model, dataset, tmp_path):
+    trainer, _, _ = trainer_and_rollouts(
+        tiny_model, processor, dataset, tmp_path, **FAST, threshold_cap=30, input_cache_refresh=2
+    )
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -234,10 +227,10 @@ class NormalizedStepReward(StepReward):
         return self.normalizer(self.raw_scores(states))
 
 
-def test_calibration_reads_its_steps_on_each_rows_own_steps(processor, dataset, tmp_path):
+def test_calibration_reads_its_steps_on_each_rows_own_steps(processor, tiny_model, dataset, tmp_path):
     reward = NormalizedStepReward()
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(**PEAKED),
         reward_funcs=[reward],
         args=grpo_config(tmp_path, **FAST, reward_calibration_fraction=0.5),
         train_dataset=dataset,

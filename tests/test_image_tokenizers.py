@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pararl.models.image_tokenizers import (
+from pararl.image_tokenizers import (
     ImageTokenizer,
     PaletteImageTokenizer,
     images_to_tensor,

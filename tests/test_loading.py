@@ -8,18 +8,10 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
-from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.loading import check_resume_checkpoint
+from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionLM
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer, pretokenize_dataset
 from pararl.toy import build_toy_dataset
-
-
-def tiny(processor) -> MaskedDiffusionLM:
-    torch.manual_seed(0)
-    config = MaskedDiffusionConfig(
-        d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64, **processor.preset.model_config_kwargs()
-    )
-    return MaskedDiffusionLM(config)
+from pararl.weight_files import check_resume_checkpoint
 
 
 def saved(model, folder) -> tuple[str, dict]:
@@ -41,8 +33,8 @@ K = "model.transformer.blocks.1.k_proj.weight"
     ],
     ids=["missing", "unexpected", "wrong shape"],
 )
-def test_pararl_checkpoint_with_bad_keys_is_refused(processor, tmp_path, change, listed):
-    path, state = saved(tiny(processor), tmp_path)
+def test_pararl_checkpoint_with_bad_keys_is_refused(processor, tiny_model, tmp_path, change, listed):
+    path, state = saved(tiny_model(), tmp_path)
     change(state)
     save_file(state, path, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="do not fit the model") as error:
@@ -50,8 +42,8 @@ def test_pararl_checkpoint_with_bad_keys_is_refused(processor, tmp_path, change,
     assert listed in str(error.value)
 
 
-def test_all_bad_keys_are_listed_at_once(processor, tmp_path):
-    path, state = saved(tiny(processor), tmp_path)
+def test_all_bad_keys_are_listed_at_once(processor, tiny_model, tmp_path):
+    path, state = saved(tiny_model(), tmp_path)
     state.pop(Q)
     state[K] = torch.zeros(5, 32)
     state["extra"] = torch.zeros(3)
@@ -62,8 +54,8 @@ def test_all_bad_keys_are_listed_at_once(processor, tmp_path):
     assert "1 missing key(s)" in message and "1 unexpected key(s)" in message and "1 wrong shape(s)" in message
 
 
-def test_good_checkpoint_loads_exactly(processor, tmp_path):
-    model = tiny(processor)
+def test_good_checkpoint_loads_exactly(processor, tiny_model, tmp_path):
+    model = tiny_model()
     saved(model, tmp_path)
     loaded, info = MaskedDiffusionLM.from_pretrained(str(tmp_path), output_loading_info=True)
     assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
@@ -71,8 +63,8 @@ def test_good_checkpoint_loads_exactly(processor, tmp_path):
         assert torch.equal(value, loaded.state_dict()[key]), key
 
 
-def test_truncated_safetensors_names_the_file(processor, tmp_path):
-    path, _ = saved(tiny(processor), tmp_path)
+def test_truncated_safetensors_names_the_file(processor, tiny_model, tmp_path):
+    path, _ = saved(tiny_model(), tmp_path)
     data = open(path, "rb").read()
     with open(path, "wb") as f:
         f.write(data[: len(data) - 100])
@@ -94,8 +86,8 @@ def drop_adapter_keys(folder, count: int = 2) -> list[str]:
     return dropped
 
 
-def test_lora_checkpoint_missing_adapter_keys_is_refused(processor, tmp_path):
-    model = lora(tiny(processor))
+def test_lora_checkpoint_missing_adapter_keys_is_refused(processor, tiny_model, tmp_path):
+    model = lora(tiny_model())
     model.save_pretrained(tmp_path)
     check_resume_checkpoint(model, tmp_path)  # complete: fine
     dropped = drop_adapter_keys(tmp_path)
@@ -104,27 +96,27 @@ def test_lora_checkpoint_missing_adapter_keys_is_refused(processor, tmp_path):
     assert all(key in str(error.value) for key in dropped)
 
 
-def test_sft_resume_with_missing_adapter_keys_raises(processor, tmp_path):
+def test_sft_resume_with_missing_adapter_keys_raises(processor, tiny_model, tmp_path):
     data = pretokenize_dataset(build_toy_dataset("train", num_samples=8, seed=0), processor)
     args = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True)
     args.update(per_device_train_batch_size=4, save_strategy="steps", save_steps=1, max_steps=1)
     first = ParallelSFTTrainer(
-        lora(tiny(processor)), args=ParallelSFTConfig(**args), train_dataset=data, processing_class=processor
+        lora(tiny_model()), args=ParallelSFTConfig(**args), train_dataset=data, processing_class=processor
     )
     first.train()
     checkpoint = os.path.join(tmp_path, "checkpoint-1")
     dropped = drop_adapter_keys(checkpoint)
     args["max_steps"] = 2
     resumed = ParallelSFTTrainer(
-        lora(tiny(processor)), args=ParallelSFTConfig(**args), train_dataset=data, processing_class=processor
+        lora(tiny_model()), args=ParallelSFTConfig(**args), train_dataset=data, processing_class=processor
     )
     with pytest.raises(ValueError, match="2 missing key") as error:
         resumed.train(resume_from_checkpoint=checkpoint)
     assert dropped[0] in str(error.value)
 
 
-def test_pararl_resume_with_missing_adapter_keys_raises(processor, tmp_path):
-    model = lora(tiny(processor))
+def test_pararl_resume_with_missing_adapter_keys_raises(processor, tiny_model, tmp_path):
+    model = lora(tiny_model())
     model.save_pretrained(tmp_path / "checkpoint-1")
     drop_adapter_keys(tmp_path / "checkpoint-1", count=1)
     trainer = DiffusionGRPOTrainer(
@@ -147,8 +139,8 @@ def test_pararl_resume_with_missing_adapter_keys_raises(processor, tmp_path):
         trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
 
 
-def test_full_model_resume_with_a_missing_key_raises(processor, tmp_path):
-    model = tiny(processor)
+def test_full_model_resume_with_a_missing_key_raises(processor, tiny_model, tmp_path):
+    model = tiny_model()
     path, state = saved(model, tmp_path)
     state.pop(Q)
     save_file(state, path, metadata={"format": "pt"})

@@ -10,10 +10,10 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM, MaskedDiffusionLMOutput
+from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM, MaskedDiffusionLMOutput
 
 
-ATTN = ["q_proj", "k_proj", "v_proj", "attn_out"]
+ATTN = ["q_proj", "k_proj", "v_proj", "attn_out"]  # what ATTENTION_LORA_TARGETS must wrap
 BLOCK_PARAMS = ["attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out"]
 
 
@@ -300,7 +300,7 @@ def _lora_modules(peft_model) -> set[str]:
 
 def test_lora_wraps_named_modules_and_trains_only_adapters(tiny_config):
     model = make_model(tiny_config).train()
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=ATTN))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=ATTENTION_LORA_TARGETS))
     expected = {f"model.transformer.blocks.{i}.{name}" for i in range(2) for name in ATTN}
     assert _lora_modules(peft_model) == expected
 
@@ -375,7 +375,7 @@ def test_lora_with_reentrant_checkpointing_reaches_every_adapter(tiny_config):
     # adapters of checkpointed blocks silently get no gradient.
     model = make_model(tiny_config).train()
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=ATTN))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=ATTENTION_LORA_TARGETS))
     input_ids = random_ids(tiny_config, 2, 6)
     peft_model(input_ids, labels=input_ids).loss.backward()
     lora_b = {name: p.grad for name, p in peft_model.named_parameters() if "lora_B" in name}

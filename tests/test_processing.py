@@ -3,7 +3,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from pararl.models.image_tokenizers import PaletteImageTokenizer
+from pararl.image_tokenizers import PaletteImageTokenizer
 from pararl.processing import MMADA_PARALLEL_A, MMADA_PARALLEL_M, ParallelProcessor, SequencePreset
 
 
@@ -64,6 +64,15 @@ def test_output_layout_and_spans(processor):
     assert template[0, 0] == 5 and template[0, 7] == 6 and template[0, 8] == 1
     assert processor.maskable_mask.sum() == 11
     assert (template[:, processor.maskable_mask] == 4).all()
+
+
+def test_slot_masks_mark_each_modality_and_the_mask_column_is_the_text_vocabularys_own(processor):
+    assert processor.image_slot_mask.nonzero().squeeze(-1).tolist() == [1, 2, 3, 4, 5, 6]
+    assert processor.text_slot_mask.nonzero().squeeze(-1).tolist() == [9, 10, 11, 12, 13]
+    assert torch.equal(processor.image_slot_mask | processor.text_slot_mask, processor.maskable_mask)
+    assert processor.preset.text_mask_column == 4 and processor.preset.image_mask_column is None
+    assert make_preset(mask_token_id=11, image_token_offset=10).image_mask_column == 1
+    assert MMADA_PARALLEL_M.text_mask_column == 126336 and MMADA_PARALLEL_M.image_mask_column is None
 
 
 def test_encode_prompts_layout_and_padding(processor):
@@ -139,7 +148,7 @@ def test_pad_prompt_to_max_fills_with_attended_tokens():
 
 def test_pil_images_are_encoded(processor):
     codes = torch.tensor([[0, 1, 2], [3, 0, 1]])
-    from pararl.models.image_tokenizers import tensor_to_images
+    from pararl.image_tokenizers import tensor_to_images
 
     image = tensor_to_images(processor.image_tokenizer.decode(codes[None]))[0]
     batch = processor.encode_prompts(["red"], images=[image])

@@ -9,8 +9,7 @@ import open_clip
 import pytest
 import torch
 
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.image_tokenizers import images_to_tensor, tensor_to_images
+from pararl.image_tokenizers import images_to_tensor, tensor_to_images
 from pararl.rewards import (
     AllSteps,
     CLIPAlignmentReward,
@@ -269,17 +268,8 @@ def test_reasoning_format_reward():
 
 # ---------------------------------------------------------------------------------------- real trajectories
 @pytest.fixture(scope="module")
-def decoder(processor):
-    preset = processor.preset
-    torch.manual_seed(0)
-    config = MaskedDiffusionConfig(
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        mlp_hidden_size=64,
-        **preset.model_config_kwargs(),
-    )
-    return ParallelDecoder(MaskedDiffusionLM(config).eval(), processor, RolloutConfig(num_steps=NUM_STEPS))
+def decoder(processor, tiny_model):
+    return ParallelDecoder(tiny_model().eval(), processor, RolloutConfig(num_steps=NUM_STEPS))
 
 
 @pytest.fixture(scope="module")

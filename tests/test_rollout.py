@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.rollout import (
     CallableSchedule,
     CosineSchedule,
@@ -22,19 +21,9 @@ PROMPTS = ["draw a red square", "paint the blue circle at the top left"]
 
 
 @pytest.fixture(scope="module")
-def model(processor):
-    preset = processor.preset
-    torch.manual_seed(0)
-    config = MaskedDiffusionConfig(
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        mlp_hidden_size=64,
-        max_sequence_length=256,
-        **preset.model_config_kwargs(),
-        initializer_range=0.5,  # peaked random logits, so confidences differ clearly between slots
-    )
-    return MaskedDiffusionLM(config).eval()
+def model(tiny_model):
+    # Peaked random logits, so confidences differ clearly between slots.
+    return tiny_model(max_sequence_length=256, initializer_range=0.5).eval()
 
 
 def decode(model, processor, prompts=PROMPTS, seeds=(11, 12), images=None, **kwargs):

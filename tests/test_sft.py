@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.image_tokenizers import tensor_to_images
+from pararl.image_tokenizers import tensor_to_images
+from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionLM
 from pararl.sft import (
     DataCollatorForParallelSFT,
     ParallelSFTConfig,
@@ -22,6 +22,10 @@ from pararl.sft import (
 from pararl.toy import build_toy_dataset, toy_processor
 
 
+# The SFT tests' policy: a 256-token context and rope_theta 1e4 (the tiny model's defaults otherwise).
+SFT_MODEL = dict(max_sequence_length=256, rope_theta=10000.0)
+
+
 @pytest.fixture(scope="module")
 def toy_rows():
     return build_toy_dataset("train", num_samples=64, seed=0)
@@ -30,21 +34,6 @@ def toy_rows():
 @pytest.fixture(scope="module")
 def toy_codes(toy_rows, processor):
     return pretokenize_dataset(toy_rows, processor)
-
-
-def tiny_model(processor, seed: int = 0, d_model: int = 32) -> MaskedDiffusionLM:
-    preset = processor.preset
-    config = MaskedDiffusionConfig(
-        d_model=d_model,
-        n_layers=2,
-        n_heads=4,
-        mlp_hidden_size=2 * d_model,
-        max_sequence_length=256,
-        rope_theta=10000.0,
-        **preset.model_config_kwargs(),
-    )
-    torch.manual_seed(seed)
-    return MaskedDiffusionLM(config)
 
 
 def sft_config(tmp_path, **kwargs) -> ParallelSFTConfig:
@@ -183,14 +172,14 @@ def test_conditioning_dropout_rate_and_rows(processor, toy_codes):
     assert (batch["labels"] == batch["labels"][0]).all()
 
 
-def test_generation_rows_never_get_an_image_and_eval_has_no_dropout(processor, toy_codes, tmp_path):
+def test_generation_rows_never_get_an_image_and_eval_has_no_dropout(processor, tiny_model, toy_codes, tmp_path):
     gen_row = next(row for row in toy_codes if row["task"] == "generate")
     batch = DataCollatorForParallelSFT(processor, prompt_dropout=0.0, image_dropout=1.0, seed=0)([gen_row] * 4)
     expected = processor.encode_prompts([gen_row["prompt"]], [None], ["generate"])["input_ids"]
     assert torch.equal(batch["input_ids"], expected.expand(4, -1))
 
     trainer = ParallelSFTTrainer(
-        tiny_model(processor),
+        tiny_model(**SFT_MODEL),
         args=sft_config(tmp_path, prompt_dropout=1.0, image_dropout=1.0),
         train_dataset=toy_codes,
         processing_class=processor,
@@ -217,8 +206,8 @@ class _Recorder(torch.nn.Module):
         return out
 
 
-def test_compute_loss_masks_only_the_output_and_scores_masked_slots(processor, toy_codes, tmp_path):
-    model = tiny_model(processor)
+def test_compute_loss_masks_only_the_output_and_scores_masked_slots(processor, tiny_model, toy_codes, tmp_path):
+    model = tiny_model(**SFT_MODEL)
     trainer = ParallelSFTTrainer(model, args=sft_config(tmp_path), train_dataset=toy_codes, processing_class=processor)
     batch = trainer.data_collator([toy_codes[i] for i in range(6)])
     recorder = _Recorder(model)
@@ -247,7 +236,7 @@ def test_compute_loss_masks_only_the_output_and_scores_masked_slots(processor, t
     # The same loss from full-vocabulary logits at every output slot, with the same draws.
     trainer._mask_generator.set_state(state)
     t = sample_mask_ratio(6, trainer.args.min_mask_ratio, generator=trainer._mask_generator)
-    image_slots, text_slots = trainer._output_slots(torch.device("cpu"))
+    image_slots, text_slots = processor.image_slot_mask, processor.text_slot_mask
     replay = sample_output_mask(t, image_slots, text_slots, generator=trainer._mask_generator)
     assert torch.equal(replay, masked)
     slots = torch.arange(processor.output_length).expand(6, -1)
@@ -269,9 +258,9 @@ def test_compute_loss_masks_only_the_output_and_scores_masked_slots(processor, t
     assert trainer._metrics["train"]["loss/image"][-1] == pytest.approx(reference.image_loss.item(), rel=1e-5)
 
 
-def test_loss_falls_on_toy_world(processor, toy_rows, tmp_path):
+def test_loss_falls_on_toy_world(processor, tiny_model, toy_rows, tmp_path):
     trainer = ParallelSFTTrainer(
-        tiny_model(processor, d_model=64),
+        tiny_model(d_model=64, **SFT_MODEL),
         args=sft_config(
             tmp_path,
             max_steps=50,
@@ -298,17 +287,17 @@ def test_loss_falls_on_toy_world(processor, toy_rows, tmp_path):
     assert {"eval_loss/text", "eval_loss/image"} <= set(evaluated)
 
 
-def test_lora_changes_only_adapters(processor, toy_codes, tmp_path):
+def test_lora_changes_only_adapters(processor, tiny_model, toy_codes, tmp_path):
     from peft import LoraConfig
 
-    model = tiny_model(processor)
+    model = tiny_model(**SFT_MODEL)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     trainer = ParallelSFTTrainer(
         model,
         args=sft_config(tmp_path, max_steps=3, learning_rate=1e-2),
         train_dataset=toy_codes,
         processing_class=processor,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=list(ATTENTION_LORA_TARGETS), lora_dropout=0.0),
     )
     trainer.train()
     changed_adapters = 0
@@ -321,8 +310,8 @@ def test_lora_changes_only_adapters(processor, toy_codes, tmp_path):
     assert changed_adapters > 0
 
 
-def test_save_model_writes_safetensors_that_reload(processor, toy_codes, tmp_path):
-    model = tiny_model(processor)
+def test_save_model_writes_safetensors_that_reload(processor, tiny_model, toy_codes, tmp_path):
+    model = tiny_model(**SFT_MODEL)
     trainer = ParallelSFTTrainer(
         model, args=sft_config(tmp_path / "run"), train_dataset=toy_codes, processing_class=processor
     )
@@ -466,10 +455,10 @@ def test_config_defaults(tmp_path):
     assert args.model_init_kwargs == {"dtype": "float32"}
 
 
-def test_trainer_rejects_wrong_processing_class(processor, toy_codes, tmp_path):
+def test_trainer_rejects_wrong_processing_class(processor, tiny_model, toy_codes, tmp_path):
     with pytest.raises(ValueError, match="ParallelProcessor"):
         ParallelSFTTrainer(
-            tiny_model(processor),
+            tiny_model(**SFT_MODEL),
             args=sft_config(tmp_path),
             train_dataset=toy_codes,
             processing_class=processor.tokenizer,

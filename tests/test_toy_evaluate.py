@@ -239,21 +239,8 @@ def test_bad_inputs():
 
 
 @pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory):
-    from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-    from pararl.toy import toy_preset
-
-    preset = toy_preset()
-    torch.manual_seed(0)
-    config = MaskedDiffusionConfig(
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        mlp_hidden_size=64,
-        max_sequence_length=256,
-        **preset.model_config_kwargs(),
-    )
-    model = MaskedDiffusionLM(config)
+def tiny_policy(tiny_model, tmp_path_factory):
+    model = tiny_model(n_layers=1, n_heads=2, max_sequence_length=256)
     path = tmp_path_factory.mktemp("policy")
     model.save_pretrained(path)
     return model, path

@@ -16,35 +16,23 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel
 
-from pararl.config import DiffusionGRPOConfig
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.image_tokenizers import tensor_to_images
+from pararl.grpo import DiffusionGRPOConfig
+from pararl.grpo.callbacks import TrajectoryPictureCallback
+from pararl.grpo.trainer import DiffusionGRPOTrainer
+from pararl.image_tokenizers import tensor_to_images
+from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionLM
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset
-from pararl.trainer import DiffusionGRPOTrainer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out"]
+LORA_TARGETS = list(ATTENTION_LORA_TARGETS)
 G = 4  # rollouts per prompt
 
 
 @pytest.fixture(scope="module")
 def dataset():
     return build_toy_dataset("train", num_samples=16, seed=0)
-
-
-def tiny_model(processor, seed: int = 0) -> MaskedDiffusionLM:
-    preset = processor.preset
-    config = MaskedDiffusionConfig(
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        mlp_hidden_size=64,
-        **preset.model_config_kwargs(),
-    )
-    torch.manual_seed(seed)
-    return MaskedDiffusionLM(config)
 
 
 def grpo_config(output_dir, **kwargs) -> DiffusionGRPOConfig:
@@ -201,10 +189,10 @@ def logged_steps(trainer) -> dict[int, dict]:
 
 # ---------------------------------------------------------------------------------------------- full fine-tune
 @pytest.fixture(scope="module")
-def full_run(processor, dataset, tmp_path_factory):
+def full_run(processor, tiny_model, dataset, tmp_path_factory):
     """Three ParaRL steps, full fine-tuning with a KL term, a plain callable and a `Reward` subclass, weighted."""
     output_dir = tmp_path_factory.mktemp("full")
-    model = tiny_model(processor)
+    model = tiny_model()
     before = snapshot(model)
     args = grpo_config(output_dir, beta=0.1, reward_weights=[0.5, 2.0])
     trainer = DiffusionGRPOTrainer(
@@ -260,6 +248,25 @@ def test_training_logs_trl_and_pararl_metrics(full_run):
     assert pictures and all(name.endswith(".png") for name in pictures)
 
 
+def test_trajectory_pictures_come_from_a_callback_the_trainer_adds(processor, tiny_model, dataset, tmp_path):
+    def pictures_callbacks(**kwargs):
+        trainer = DiffusionGRPOTrainer(
+            model=tiny_model(),
+            reward_funcs=[word_count],
+            args=grpo_config(tmp_path, max_steps=1, **kwargs),
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+        callbacks = [c for c in trainer.callback_handler.callbacks if isinstance(c, TrajectoryPictureCallback)]
+        return trainer, callbacks
+
+    trainer, (callback,) = pictures_callbacks()
+    assert callback.trainer is trainer
+    trainer.train()  # one rollout, one logging step: one picture, and the rollout is drawn once
+    assert os.listdir(tmp_path / "trajectories") == ["step_00001.png"] and trainer._last_trajectory is None
+    assert pictures_callbacks(log_trajectory_pictures=False)[1] == []
+
+
 def test_mixed_rewards_are_logged_by_name_and_weighted(full_run):
     trainer, _ = full_run
     assert trainer.reward_func_names == ["word_count", "image_brightness"]
@@ -285,10 +292,10 @@ def test_full_fine_tune_with_kl_has_a_frozen_reference(full_run):
 
 # ------------------------------------------------------------------------------------------------------- LoRA
 @pytest.fixture(scope="module")
-def lora_run(processor, dataset, tmp_path_factory):
+def lora_run(processor, tiny_model, dataset, tmp_path_factory):
     """Two LoRA steps with a KL term; the base model is saved first, for the export test."""
     root = tmp_path_factory.mktemp("lora")
-    model = tiny_model(processor)
+    model = tiny_model()
     model.save_pretrained(root / "base")
     args = grpo_config(root / "out", beta=0.1, max_steps=2)
     trainer = DiffusionGRPOTrainer(
@@ -368,12 +375,14 @@ def test_export_lora_merges_into_a_standalone_model(lora_run, processor, dataset
 
 
 # ------------------------------------------------------------------------------------------------- exactness
-def scoring_trainer(processor, dataset, tmp_path, **kwargs) -> tuple[DiffusionGRPOTrainer, RecordingReward]:
+def scoring_trainer(
+    tiny_model, processor, dataset, tmp_path, **kwargs
+) -> tuple[DiffusionGRPOTrainer, RecordingReward]:
     """A trainer that is only used to generate and score (no `train()`), with a recording reward."""
     reward = RecordingReward()
     args = grpo_config(tmp_path, per_device_train_batch_size=2 * G, **kwargs)
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(),
         reward_funcs=[reward, word_count],
         args=args,
         train_dataset=dataset,
@@ -383,9 +392,10 @@ def scoring_trainer(processor, dataset, tmp_path, **kwargs) -> tuple[DiffusionGR
     return trainer, reward
 
 
-def test_row_logps_equal_the_rebuilt_state_and_the_rollout(processor, dataset, tmp_path):
+def test_row_logps_equal_the_rebuilt_state_and_the_rollout(processor, tiny_model, dataset, tmp_path):
     steps = [0, 3, 7]
     trainer, _ = scoring_trainer(
+        tiny_model,
         processor,
         dataset,
         tmp_path,
@@ -439,9 +449,12 @@ def test_row_logps_equal_the_rebuilt_state_and_the_rollout(processor, dataset, t
 
 
 @pytest.mark.parametrize("selection", ["fixed", "final"])
-def test_trajectory_picture_panels_carry_the_rewards_of_their_step(processor, dataset, tmp_path, selection):
+def test_trajectory_picture_panels_carry_the_rewards_of_their_step(
+    processor, tiny_model, dataset, tmp_path, selection
+):
     steps = [0, 3, 7]
     trainer, reward = scoring_trainer(
+        tiny_model,
         processor,
         dataset,
         tmp_path,
@@ -459,8 +472,8 @@ def test_trajectory_picture_panels_carry_the_rewards_of_their_step(processor, da
     assert prompts == [generation_batch(dataset, 2)[0]["prompt"]]
 
 
-def test_advantages_on_a_crafted_reward_matrix(processor, dataset, tmp_path):
-    trainer, _ = scoring_trainer(processor, dataset, tmp_path, reward_weights=[1.0, 0.5])
+def test_advantages_on_a_crafted_reward_matrix(processor, tiny_model, dataset, tmp_path):
+    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, reward_weights=[1.0, 0.5])
     s = 3
     generator = torch.Generator().manual_seed(0)
     rewards = torch.rand(2 * G * s, 2, generator=generator)
@@ -482,8 +495,10 @@ def test_advantages_on_a_crafted_reward_matrix(processor, dataset, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["per_step", "trajectory_mean"])
-def test_advantages_end_to_end(processor, dataset, tmp_path, mode):
-    trainer, reward = scoring_trainer(processor, dataset, tmp_path, advantage_mode=mode, reward_weights=[1.0, 0.5])
+def test_advantages_end_to_end(processor, tiny_model, dataset, tmp_path, mode):
+    trainer, reward = scoring_trainer(
+        tiny_model, processor, dataset, tmp_path, advantage_mode=mode, reward_weights=[1.0, 0.5]
+    )
     out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
     ((states, values),) = reward.batches
     s = 3
@@ -495,8 +510,8 @@ def test_advantages_end_to_end(processor, dataset, tmp_path, mode):
     torch.testing.assert_close(out["advantages"], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_final_step_selection_is_output_level_grpo(processor, dataset, tmp_path):
-    trainer, reward = scoring_trainer(processor, dataset, tmp_path, reward_step_selection="final")
+def test_final_step_selection_is_output_level_grpo(processor, tiny_model, dataset, tmp_path):
+    trainer, reward = scoring_trainer(tiny_model, processor, dataset, tmp_path, reward_step_selection="final")
     s = trainer.args.num_reward_steps
     assert s == 3 and trainer.output_level
     trajectories = record_trajectories(trainer)
@@ -523,10 +538,10 @@ def test_final_step_selection_is_output_level_grpo(processor, dataset, tmp_path)
     torch.testing.assert_close(out["advantages"], per_rollout.repeat_interleave(s), atol=1e-5, rtol=1e-5)
 
 
-def test_num_iterations_stores_old_logps_and_moves_the_ratio(processor, dataset, tmp_path):
+def test_num_iterations_stores_old_logps_and_moves_the_ratio(processor, tiny_model, dataset, tmp_path):
     args = grpo_config(tmp_path, num_iterations=2, max_steps=2, learning_rate=0.1)
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(),
         reward_funcs=[word_count, ImageBrightness()],
         args=args,
         train_dataset=dataset,
@@ -565,14 +580,14 @@ def test_num_iterations_stores_old_logps_and_moves_the_ratio(processor, dataset,
 
 
 # ------------------------------------------------------------------------------------------------------- resume
-def test_resume_from_checkpoint_matches_an_uninterrupted_run(processor, dataset, tmp_path):
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(processor, tiny_model, dataset, tmp_path):
     def make_trainer(output_dir):
         args = grpo_config(
             output_dir, max_steps=4, save_strategy="steps", save_steps=2, reward_calibration_fraction=0.25
         )
         rewards = [word_count, NormalizedLength(RewardNormalizer())]
         return DiffusionGRPOTrainer(
-            model=tiny_model(processor),
+            model=tiny_model(),
             reward_funcs=rewards,
             args=args,
             train_dataset=dataset,
@@ -619,13 +634,13 @@ def test_inconsistent_config_is_rejected(tmp_path, kwargs, message):
         grpo_config(tmp_path, **kwargs)
 
 
-def test_non_string_prompt_is_rejected(processor, tmp_path):
+def test_non_string_prompt_is_rejected(processor, tiny_model, tmp_path):
     chat = [[{"role": "user", "content": "draw a red circle"}]] * 8
     rows = datasets.Dataset.from_dict({"prompt": chat})
     # Refused at construction (every row is checked before training), naming the dataset row and the column.
     with pytest.raises(ValueError, match="row 0, column 'prompt': must be a string, got list"):
         DiffusionGRPOTrainer(
-            model=tiny_model(processor),
+            model=tiny_model(),
             reward_funcs=word_count,
             args=grpo_config(tmp_path, max_steps=1),
             train_dataset=rows,
@@ -633,12 +648,12 @@ def test_non_string_prompt_is_rejected(processor, tmp_path):
         )
 
 
-def test_reward_with_the_wrong_number_of_values_is_rejected(processor, dataset, tmp_path):
+def test_reward_with_the_wrong_number_of_values_is_rejected(processor, tiny_model, dataset, tmp_path):
     def one_value(completions, **kwargs):
         return [1.0]
 
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(),
         reward_funcs=[one_value],
         args=grpo_config(tmp_path, max_steps=1),
         train_dataset=dataset,
@@ -649,11 +664,11 @@ def test_reward_with_the_wrong_number_of_values_is_rejected(processor, dataset, 
 
 
 # ------------------------------------------------------------------------------------------------- calibration
-def test_unfitted_normalizer_is_calibrated_before_the_first_step(processor, dataset, tmp_path):
+def test_unfitted_normalizer_is_calibrated_before_the_first_step(processor, tiny_model, dataset, tmp_path):
     reward = NormalizedLength(RewardNormalizer())
     args = grpo_config(tmp_path, max_steps=1, reward_calibration_fraction=0.5, reward_clip=2.0)
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(),
         reward_funcs=[reward],
         args=args,
         train_dataset=dataset,
@@ -676,11 +691,11 @@ def test_unfitted_normalizer_is_calibrated_before_the_first_step(processor, data
     assert step["rewards/normalized_length/mean"] == pytest.approx(sum(reward.normalizer(raw)) / len(raw), rel=1e-5)
 
 
-def test_given_reward_mean_and_std_skip_calibration(processor, dataset, tmp_path):
+def test_given_reward_mean_and_std_skip_calibration(processor, tiny_model, dataset, tmp_path):
     reward = NormalizedLength(RewardNormalizer())
     args = grpo_config(tmp_path, max_steps=1, reward_mean=3.0, reward_std=0.5)
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(),
         reward_funcs=[reward],
         args=args,
         train_dataset=dataset,
@@ -733,8 +748,8 @@ def sampler_logps(trajectory, out, s: int = 3) -> torch.Tensor:
     return trajectory.token_logprobs[torch.arange(rows) // s] * out["completion_mask"]
 
 
-def test_top_k_rollouts_are_scored_with_the_same_filter(processor, dataset, tmp_path):
-    trainer, _ = scoring_trainer(processor, dataset, tmp_path, top_k=3)
+def test_top_k_rollouts_are_scored_with_the_same_filter(processor, tiny_model, dataset, tmp_path):
+    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, top_k=3)
     trajectories = record_trajectories(trainer)
     out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
     (trajectory,) = trajectories
@@ -750,9 +765,10 @@ def test_top_k_rollouts_are_scored_with_the_same_filter(processor, dataset, tmp_
     "mode, clip_min, clip_max", [("sequence_mask", None, 3.0), ("token_truncate", 0.8, 1.1), ("token_mask", 0.9, 1.1)]
 )
 def test_guided_rollouts_are_corrected_with_trls_importance_sampling(
-    processor, dataset, tmp_path, mode, clip_min, clip_max
+    processor, tiny_model, dataset, tmp_path, mode, clip_min, clip_max
 ):
     trainer, _ = scoring_trainer(
+        tiny_model,
         processor,
         dataset,
         tmp_path,
@@ -802,15 +818,20 @@ def test_guided_rollouts_are_corrected_with_trls_importance_sampling(
     assert abs(expected_loss.item() - uncorrected.item()) > 1e-4
 
 
-def test_guidance_without_the_correction_warns(processor, dataset, tmp_path):
+def test_guidance_without_the_correction_warns(processor, tiny_model, dataset, tmp_path):
     with pytest.warns(UserWarning, match="off-policy.*uncorrected"):
         scoring_trainer(
-            processor, dataset, tmp_path, text_guidance_scale=2.0, vllm_importance_sampling_correction=False
+            tiny_model,
+            processor,
+            dataset,
+            tmp_path,
+            text_guidance_scale=2.0,
+            vllm_importance_sampling_correction=False,
         )
 
 
-def test_rollouts_run_under_the_likelihoods_autocast(processor, dataset, tmp_path):
-    trainer, _ = scoring_trainer(processor, dataset, tmp_path, bf16=True)
+def test_rollouts_run_under_the_likelihoods_autocast(processor, tiny_model, dataset, tmp_path):
+    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, bf16=True)
     seen = []
     hook = trainer.model.model.register_forward_pre_hook(
         lambda module, args: seen.append(torch.is_autocast_enabled("cpu"))
@@ -825,11 +846,11 @@ def test_rollouts_run_under_the_likelihoods_autocast(processor, dataset, tmp_pat
 
 
 # -------------------------------------------------------------------------------------------- the right reference
-def test_prewrapped_peft_adapter_is_its_own_reference(processor, dataset, tmp_path):
+def test_prewrapped_peft_adapter_is_its_own_reference(processor, tiny_model, dataset, tmp_path):
     from peft import get_peft_model
 
     def sft_adapter():
-        model = get_peft_model(tiny_model(processor), LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
+        model = get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
         with torch.no_grad():  # a trained adapter: not the identity
             for name, param in model.named_parameters():
                 if "lora_B" in name:
@@ -857,28 +878,30 @@ def test_prewrapped_peft_adapter_is_its_own_reference(processor, dataset, tmp_pa
         )
 
 
-def test_sync_ref_model_with_full_fine_tuning(processor, dataset, tmp_path):
+def test_sync_ref_model_with_full_fine_tuning(processor, tiny_model, dataset, tmp_path):
     args = grpo_config(
         tmp_path, beta=0.1, sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=1.0, max_steps=2
     )
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(),
         reward_funcs=[word_count],
         args=args,
         train_dataset=dataset,
         processing_class=processor,
     )
     assert args.beta == 0.1 and args.sync_ref_model
+    before = args.to_dict()
     trainer.train()
+    assert args.to_dict() == before  # the caller's config, not the copy TRL was given, is left as it was
     ref = dict(trainer.ref_model.named_parameters())
     for name, param in trainer.model.named_parameters():  # alpha = 1: the reference became the step-2 policy
         torch.testing.assert_close(ref[name], param.detach())
     assert logged_steps(trainer)[2]["kl"] > 0
 
 
-def test_full_fine_tune_reference_is_loaded_from_the_policy_folder(processor, dataset, tmp_path):
+def test_full_fine_tune_reference_is_loaded_from_the_policy_folder(processor, tiny_model, dataset, tmp_path):
     folder = tmp_path / "policy"
-    tiny_model(processor, seed=3).save_pretrained(folder)
+    tiny_model(seed=3).save_pretrained(folder)
 
     def make(model):
         return DiffusionGRPOTrainer(
@@ -898,7 +921,7 @@ def test_full_fine_tune_reference_is_loaded_from_the_policy_folder(processor, da
     for name, param in trainer.ref_model.named_parameters():
         torch.testing.assert_close(param, saved[name])
         assert not param.requires_grad
-    in_memory = tiny_model(processor)
+    in_memory = tiny_model()
     for param in in_memory.parameters():
         param.ds_id = 0
     with pytest.raises(ValueError, match=r"save it with `model.save_pretrained\(path\)`"):
@@ -906,7 +929,7 @@ def test_full_fine_tune_reference_is_loaded_from_the_policy_folder(processor, da
 
 
 # --------------------------------------------------------------------------------------- resumable, eval apart
-def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, dataset, tmp_path):
+def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, tiny_model, dataset, tmp_path):
     def make_trainer(output_dir):
         args = grpo_config(
             output_dir,
@@ -917,7 +940,7 @@ def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, da
             save_steps=1,
         )
         return DiffusionGRPOTrainer(
-            model=tiny_model(processor),
+            model=tiny_model(),
             reward_funcs=[word_count, ImageBrightness()],
             args=args,
             train_dataset=dataset,
@@ -947,12 +970,12 @@ def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, da
         make_trainer(tmp_path / "c").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
 
 
-def test_evaluation_does_not_move_the_training_noise(processor, dataset, tmp_path):
+def test_evaluation_does_not_move_the_training_noise(processor, tiny_model, dataset, tmp_path):
     eval_dataset = build_toy_dataset("test", num_samples=2, seed=1)
 
     def run(output_dir, **kwargs):
         trainer = DiffusionGRPOTrainer(
-            model=tiny_model(processor),
+            model=tiny_model(),
             reward_funcs=[word_count, ImageBrightness()],
             args=grpo_config(output_dir, max_steps=2, per_device_eval_batch_size=G, **kwargs),
             train_dataset=dataset,
@@ -985,7 +1008,7 @@ def test_evaluation_does_not_move_the_training_noise(processor, dataset, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------ rewards as TRL passes
-def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(processor, dataset, tmp_path):
+def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(processor, tiny_model, dataset, tmp_path):
     seen_steps = []
 
     def staged(completions, trainer_state, log_metric, log_extra, **kwargs):
@@ -995,7 +1018,7 @@ def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(proces
         return [len(text.split()) / 10 for text in completions]
 
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(),
         reward_funcs=[staged],
         args=grpo_config(tmp_path, max_steps=2, log_completions=True),
         train_dataset=dataset,
@@ -1011,7 +1034,7 @@ def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(proces
     assert trainer._logs["extra"]["num_words"][0] == len(trainer._logs["completion"][0].split())
 
 
-def test_a_reward_that_teaches_nothing_is_named_in_a_warning(processor, dataset, tmp_path):
+def test_a_reward_that_teaches_nothing_is_named_in_a_warning(processor, tiny_model, dataset, tmp_path):
     def revealed_only(completions, text_revealed, **kwargs):  # the schedule fixes it per step
         return list(text_revealed)
 
@@ -1019,7 +1042,7 @@ def test_a_reward_that_teaches_nothing_is_named_in_a_warning(processor, dataset,
         return [None] * len(completions)
 
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(),
         reward_funcs=[word_count, revealed_only, never],
         args=grpo_config(tmp_path, max_steps=3),
         train_dataset=dataset,
@@ -1034,8 +1057,8 @@ def test_a_reward_that_teaches_nothing_is_named_in_a_warning(processor, dataset,
 
 
 # ------------------------------------------------------------------------------------------------------ smaller
-def test_dr_grpo_divides_by_the_scored_tokens_of_a_row(processor, dataset, tmp_path):
-    trainer, _ = scoring_trainer(processor, dataset, tmp_path, loss_type="dr_grpo")
+def test_dr_grpo_divides_by_the_scored_tokens_of_a_row(processor, tiny_model, dataset, tmp_path):
+    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, loss_type="dr_grpo")
     out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
     mask = out["completion_mask"]
     plan = trainer.reveal_plan
@@ -1048,8 +1071,8 @@ def test_dr_grpo_divides_by_the_scored_tokens_of_a_row(processor, dataset, tmp_p
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
 
 
-def test_top_entropy_quantile_is_taken_per_modality(processor, dataset, tmp_path):
-    trainer, _ = scoring_trainer(processor, dataset, tmp_path)
+def test_top_entropy_quantile_is_taken_per_modality(processor, tiny_model, dataset, tmp_path):
+    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path)
     length = processor.output_length
     image = torch.zeros(length, dtype=torch.bool)
     image[processor.image_positions] = True
@@ -1069,11 +1092,11 @@ def test_mask_truncated_completions_is_refused(tmp_path):
         grpo_config(tmp_path, mask_truncated_completions=True)
 
 
-def test_a_user_given_normalizer_clip_is_kept(processor, dataset, tmp_path):
+def test_a_user_given_normalizer_clip_is_kept(processor, tiny_model, dataset, tmp_path):
     given, default = NormalizedLength(RewardNormalizer(clip=2.0)), NormalizedLength(RewardNormalizer())
     default.name = "default_clip"
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(processor),
+        model=tiny_model(),
         reward_funcs=[given, default],
         args=grpo_config(tmp_path, max_steps=1, reward_mean=3.0, reward_std=0.5, reward_clip=1.5),
         train_dataset=dataset,
@@ -1094,8 +1117,10 @@ class InputImages(Reward):
         return [0.0] * len(states)
 
 
-def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(processor, dataset, tmp_path, monkeypatch):
-    trainer, _ = scoring_trainer(processor, dataset, tmp_path)
+def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(
+    processor, tiny_model, dataset, tmp_path, monkeypatch
+):
+    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path)
     recorder = InputImages()
     trainer.rewards.append(recorder)
     trainer.reward_func_names.append("input_images")
@@ -1134,7 +1159,7 @@ def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(proc
 
 
 # ------------------------------------------------------------------------------------------------ what is exact
-def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, dataset, tmp_path):
+def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, tiny_model, dataset, tmp_path):
     from pararl.rollout import ParallelDecoder, RolloutConfig
 
     # Which slots a step reveals: under random remasking a function of the seed alone (so its probability,
@@ -1146,16 +1171,16 @@ def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, datas
     for remasking, same in (("random", True), ("low_confidence", False)):
         config = RolloutConfig(num_steps=8, remasking=remasking)
         maps = [
-            ParallelDecoder(tiny_model(processor, seed), processor, config)
-            .generate(prompts, images, seeds=seeds)
-            .step_map
+            ParallelDecoder(tiny_model(seed), processor, config).generate(prompts, images, seeds=seeds).step_map
             for seed in (0, 1)
         ]
         assert torch.equal(*maps) == same, remasking
 
     # The values: every token is scored once, at its step, given the state before it, under the sampling
     # distribution, so the rows' log-probs sum to the trajectory's sampling log-prob of its values.
-    trainer, _ = scoring_trainer(processor, dataset, tmp_path, remasking="random", reward_step_selection="all")
+    trainer, _ = scoring_trainer(
+        tiny_model, processor, dataset, tmp_path, remasking="random", reward_step_selection="all"
+    )
     trajectories = record_trajectories(trainer)
     out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
     (trajectory,) = trajectories
@@ -1167,10 +1192,10 @@ def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, datas
 
 
 # ------------------------------------------------------------------------------------------ likelihood at scale
-def test_likelihood_forward_columns_mask_and_chunks(processor, dataset, tmp_path, monkeypatch):
-    import pararl.trainer as trainer_module
+def test_likelihood_forward_columns_mask_and_chunks(processor, tiny_model, dataset, tmp_path, monkeypatch):
+    import pararl.grpo.trainer as trainer_module
 
-    trainer, _ = scoring_trainer(processor, dataset, tmp_path, likelihood="random_mask")
+    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, likelihood="random_mask")
     out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
     calls = []
     hook = trainer.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
@@ -1204,6 +1229,6 @@ def test_likelihood_forward_columns_mask_and_chunks(processor, dataset, tmp_path
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
 
 
-def test_random_mask_likelihood_refuses_the_importance_sampling_correction(processor, dataset, tmp_path):
+def test_random_mask_likelihood_refuses_the_importance_sampling_correction(processor, tiny_model, dataset, tmp_path):
     with pytest.raises(ValueError, match="needs likelihood='trajectory'"):
-        scoring_trainer(processor, dataset, tmp_path, likelihood="random_mask", image_guidance_scale=2.0)
+        scoring_trainer(tiny_model, processor, dataset, tmp_path, likelihood="random_mask", image_guidance_scale=2.0)

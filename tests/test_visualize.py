@@ -5,7 +5,6 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.rollout import ParallelDecoder, RolloutConfig, draw_trajectory
 from pararl.rollout.visualize import PADDING, _draw_words, _font, _input_text, _wrap
 from pararl.toy import ToyObject, render_scene
@@ -16,13 +15,8 @@ SCENE = render_scene([ToyObject("dot", "green", 0), ToyObject("square", "blue", 
 
 
 @pytest.fixture(scope="module")
-def trajectory(processor):
-    torch.manual_seed(0)
-    config = MaskedDiffusionConfig(
-        d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64, max_sequence_length=256,
-        **processor.preset.model_config_kwargs(),
-    )  # fmt: skip
-    decoder = ParallelDecoder(MaskedDiffusionLM(config).eval(), processor, RolloutConfig(num_steps=8))
+def trajectory(processor, tiny_model):
+    decoder = ParallelDecoder(tiny_model(max_sequence_length=256).eval(), processor, RolloutConfig(num_steps=8))
     return decoder.generate(
         [PROMPT, "draw a red dot ."], images=[SCENE, None], record_steps=[1, 5], seeds=torch.tensor([3, 4])
     )
@@ -30,7 +24,7 @@ def trajectory(processor):
 
 def _find(canvas: Image.Image, panel: torch.Tensor, left: int, scale: int) -> bool:
     """Whether `panel` (3, H, W) in [0, 1], upscaled by `scale`, is pasted in `canvas` at x = `left`."""
-    from pararl.models.image_tokenizers import tensor_to_images
+    from pararl.image_tokenizers import tensor_to_images
 
     picture = tensor_to_images(panel.unsqueeze(0))[0]
     target = np.asarray(picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST))

@@ -4,7 +4,7 @@
     python -m pararl.evaluation run --benchmark toy --output_dir outputs/eval-toy --judge toy
     # ParaBench (a local copy) with GPT-4.1
     python -m pararl.evaluation run --benchmark /data/parabench.jsonl --model_name_or_path /ckpt \\
-        --processor pararl.models.loading:mmada_parallel_m_processor --judge api --judge_model gpt-4.1 \\
+        --processor pararl.released:mmada_parallel_m_processor --judge api --judge_model gpt-4.1 \\
         --output_dir outputs/eval-parabench
 
 A run folder holds the outputs (`outputs.jsonl`, `images/`), the judgements (`judgements/<judge>.jsonl`), the
@@ -59,6 +59,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_generate_args(parser: argparse.ArgumentParser) -> None:
+    from pararl.rollout.decoder import GUIDANCE_DROP, REMASKING
+    from pararl.rollout.schedules import DECODE_ORDERS
+
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model_name_or_path",
@@ -80,22 +83,18 @@ def _add_generate_args(parser: argparse.ArgumentParser) -> None:
         "--block_length", type=int, default=None, help="Semi-autoregressive text blocks (default: one)."
     )
     group.add_argument("--image_start", type=float, default=None, help="Fraction of the axis before the image starts.")
-    group.add_argument(
-        "--order", choices=["parallel", "text_then_image", "image_then_text"], default=None, help="Decoding order."
-    )
+    group.add_argument("--order", choices=DECODE_ORDERS, default=None, help="Decoding order.")
     group.add_argument("--text_temperature", type=float, default=None, help="Text sampling temperature (0 = greedy).")
     group.add_argument(
         "--image_temperature", type=float, default=None, help="Image sampling temperature (0 = greedy)."
     )
     group.add_argument("--top_k", type=int, default=None, help="Keep the k most likely values per slot.")
-    group.add_argument("--remasking", choices=["low_confidence", "random"], default=None, help="How steps pick slots.")
+    group.add_argument("--remasking", choices=REMASKING, default=None, help="How steps pick slots.")
     group.add_argument("--text_guidance_scale", type=float, default=None, help="Classifier-free guidance of the text.")
     group.add_argument(
         "--image_guidance_scale", type=float, default=None, help="Classifier-free guidance of the image."
     )
-    group.add_argument(
-        "--guidance_drop", choices=["prompt", "image", "both"], default=None, help="What unconditional rows drop."
-    )
+    group.add_argument("--guidance_drop", choices=GUIDANCE_DROP, default=None, help="What unconditional rows drop.")
     group.add_argument("--batch_size", type=int, default=16, help="Prompts per rollout.")
     group.add_argument(
         "--seed", type=int, default=0, help="Base of the per-row noise seeds (row seed = index + seed * 1000003)."

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pararl.models.image_tokenizers import tensor_to_images
+from pararl.image_tokenizers import tensor_to_images
 from pararl.rollout import ParallelDecoder, RolloutConfig
 
 from .data import BenchmarkRow
@@ -55,8 +55,7 @@ def load_policy(
     the adapter's `base_model_name_or_path`. Adapters are applied with peft and kept unmerged (exact either way).
     A checkpoint that lacks weights of the model is refused: they would be randomly initialised.
     """
-    from pararl.models import MaskedDiffusionLM
-    from pararl.models.loading import is_released_checkpoint, load_released_checkpoint
+    from pararl.models import MaskedDiffusionLM, is_released_checkpoint, load_released_checkpoint
 
     path = Path(model_name_or_path)
     if not path.is_dir():

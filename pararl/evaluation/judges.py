@@ -280,7 +280,7 @@ class CLIPJudge(Judge):
     def judge(self, samples: Sequence[Sample]) -> list[Judgement]:
         import torch
 
-        from pararl.models.image_tokenizers import images_to_tensor
+        from pararl.image_tokenizers import images_to_tensor
 
         if not samples:
             return []

@@ -3,31 +3,26 @@
 Importing this package registers `model_type="masked_diffusion"` with `AutoConfig`, `AutoModel` and
 `AutoModelForMaskedLM`, so a saved model loads with `AutoModelForMaskedLM.from_pretrained(path)` without
 `trust_remote_code`. `MaskedDiffusionLM.from_pretrained` also loads released LLaDA / MMaDA / MMaDA-Parallel folders
-(see `loading`). Image tokenizers: `MAGVIT2ImageTokenizer` (MMaDA-Parallel-M) and `AmusedVQImageTokenizer`
-(MMaDA-Parallel-A, needs the optional `diffusers`).
+(their config is mapped by `conversion.config_from_released`). The image tokenizers live in `pararl.image_tokenizers`,
+the released checkpoints' processors in `pararl.released`.
 """
 
-from .amused import AmusedVQImageTokenizer
 from .configuration import MaskedDiffusionConfig
-from .loading import config_from_released, load_released_checkpoint, load_released_processor, load_text_tokenizer
-from .magvit2 import MAGVIT2Config, MAGVIT2ImageTokenizer
+from .conversion import config_from_released, is_released_checkpoint
 from .modeling import (
     ATTENTION_LORA_TARGETS,
     MaskedDiffusionLM,
     MaskedDiffusionLMOutput,
     MaskedDiffusionPreTrainedModel,
+    load_released_checkpoint,
 )
 
 
 __all__ = [
     "ATTENTION_LORA_TARGETS",
-    "AmusedVQImageTokenizer",
-    "MAGVIT2Config",
-    "MAGVIT2ImageTokenizer",
     "config_from_released",
+    "is_released_checkpoint",
     "load_released_checkpoint",
-    "load_released_processor",
-    "load_text_tokenizer",
     "MaskedDiffusionConfig",
     "MaskedDiffusionLM",
     "MaskedDiffusionLMOutput",

@@ -44,7 +44,9 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from ..weight_files import MODEL_WEIGHT_NAMES, check_weight_shapes, find_weight_files, read_weight_shapes
 from .configuration import MaskedDiffusionConfig
+from .conversion import config_from_released, is_released_checkpoint, read_json
 
 
 # The attention projections of every block: the LoRA targets that never wrap the sliced LM head (see above).
@@ -356,15 +358,13 @@ class MaskedDiffusionLM(MaskedDiffusionPreTrainedModel):
         Loads a pararl-saved model, or a *released* LLaDA / MMaDA / MMaDA-Parallel checkpoint folder.
 
         A local folder whose `config.json` has `model_type` `"llada"` or `"mmada"` is loaded by
-        [`~pararl.models.loading.load_released_checkpoint`]: its config is mapped onto [`MaskedDiffusionConfig`] and
+        [`load_released_checkpoint`]: its config is mapped onto [`MaskedDiffusionConfig`] and
         every weight key and shape is checked first (missing, unexpected or mis-shaped keys are a `ValueError` listing
         them), without `trust_remote_code`. Everything else goes to `PreTrainedModel.from_pretrained`, with the same
         rule: a local pararl folder is checked key by key and shape by shape before loading, and any key that
         `transformers` reports missing, unexpected or mismatched afterwards is a `ValueError` (never a log line over
         randomly initialised weights). An unreadable (e.g. truncated) weight file is a `ValueError` naming it.
         """
-        from .loading import check_pararl_checkpoint, is_released_checkpoint, load_released_checkpoint
-
         if kwargs.get("config") is None and not model_args and is_released_checkpoint(pretrained_model_name_or_path):
             kwargs.pop("config", None)
             kwargs.pop("trust_remote_code", None)
@@ -551,15 +551,88 @@ class MaskedDiffusionLM(MaskedDiffusionPreTrainedModel):
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
 
+# ------------------------------------------------------------------------------------------ checking checkpoints
+def expected_weight_shapes(config: MaskedDiffusionConfig) -> dict[str, tuple[int, ...]]:
+    """`{key: shape}` of a [`MaskedDiffusionLM`] built from `config` (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = MaskedDiffusionLM(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def load_released_checkpoint(path: str | os.PathLike, **kwargs):
+    """Loads a released LLaDA / MMaDA / MMaDA-Parallel checkpoint folder as a [`MaskedDiffusionLM`].
+
+    The config is mapped with [`config_from_released`]; the weights (`model.safetensors`, or shards listed by
+    `model.safetensors.index.json`, or `pytorch_model.bin`) are checked key by key and shape by shape against the
+    model before anything is loaded, then loaded by `transformers` (so `dtype`, `device_map`, DeepSpeed ZeRO-3 and
+    the other `from_pretrained` options work as usual).
+
+    Args:
+        path: Local folder (download it first, e.g. `hf download tyfeld/MMaDA-Parallel-M --local-dir ...`).
+        kwargs: `from_pretrained` options (`dtype=torch.bfloat16`, `device_map`, `output_loading_info`, ...).
+            `config` overrides cannot be given: the folder's config.json is the model's definition.
+
+    Raises:
+        FileNotFoundError: `path` is not a folder, or it has no config.json or no weights.
+        ValueError: Unsupported config, or weights that do not fit it (listing every missing, unexpected and
+            mis-shaped key).
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path!r} is not a local folder; download the checkpoint first.")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{path!r} has no config.json.")
+    if "config" in kwargs:
+        raise ValueError("load_released_checkpoint builds the config from the folder's config.json; do not pass one.")
+    generation_path = os.path.join(path, "generation_config.json")
+    generation = read_json(generation_path) if os.path.isfile(generation_path) else None
+    config = config_from_released(read_json(config_path), generation)
+
+    files = find_weight_files(path, MODEL_WEIGHT_NAMES)
+    check_weight_shapes(read_weight_shapes(files), expected_weight_shapes(config), source=path)
+
+    want_info = kwargs.pop("output_loading_info", False)
+    model, info = MaskedDiffusionLM.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    # The pre-check makes this unreachable unless transformers renames keys; kept so a silent init can never pass.
+    leftovers = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
+    if leftovers or info.get("error_msgs"):
+        raise ValueError(f"loading {path} left {leftovers or info.get('error_msgs')}; refusing a partly random model.")
+    return (model, info) if want_info else model
+
+
+def check_pararl_checkpoint(path: str | os.PathLike, config: MaskedDiffusionConfig | None = None) -> None:
+    """Checks a pararl-saved folder (`save_pretrained` of a [`MaskedDiffusionLM`]) against the model its config builds,
+    from the safetensors headers, before anything is loaded: `transformers` would initialise missing keys at random
+    and only log them.
+
+    Args:
+        path: Local checkpoint folder.
+        config: The config the model will be built with; default: the folder's `config.json`.
+
+    Raises:
+        ValueError: Missing, unexpected or mis-shaped keys (all listed), or a weight file that cannot be read (named).
+    """
+    path = os.fspath(path)
+    if config is None:
+        config = MaskedDiffusionConfig.from_pretrained(path)
+    files = find_weight_files(path, MODEL_WEIGHT_NAMES)
+    check_weight_shapes(read_weight_shapes(files), expected_weight_shapes(config), source=path)
+
+
 AutoConfig.register(MaskedDiffusionConfig.model_type, MaskedDiffusionConfig, exist_ok=True)
 AutoModel.register(MaskedDiffusionConfig, MaskedDiffusionLM, exist_ok=True)
 AutoModelForMaskedLM.register(MaskedDiffusionConfig, MaskedDiffusionLM, exist_ok=True)
 
 
 __all__ = [
+    "ATTENTION_LORA_TARGETS",
     "MaskedDiffusionBlock",
     "MaskedDiffusionConfig",
     "MaskedDiffusionLM",
     "MaskedDiffusionLMOutput",
     "MaskedDiffusionPreTrainedModel",
+    "check_pararl_checkpoint",
+    "expected_weight_shapes",
+    "load_released_checkpoint",
 ]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..models.image_tokenizers import tensor_to_images
+from ..image_tokenizers import tensor_to_images
 
 
 __all__ = ["RewardStates", "Reward", "FunctionReward", "as_reward", "compute_rewards", "RewardFunc"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..models.image_tokenizers import images_to_tensor
+from ..image_tokenizers import images_to_tensor
 from .base import Reward, RewardStates
 from .normalization import RewardNormalizer
 

@@ -23,7 +23,11 @@ __all__ = [
     "FixedSteps",
     "AllSteps",
     "get_step_selector",
+    "STEP_SELECTIONS",
 ]
+
+# The selectors `get_step_selector` builds by name.
+STEP_SELECTIONS = ("uniform", "stratified", "final", "fixed", "all")
 
 
 @runtime_checkable
@@ -158,4 +162,4 @@ def get_step_selector(name: str, num_reward_steps: int = 3, steps: Sequence[int]
         if steps is None:
             raise ValueError('step selection "fixed" needs the list of steps.')
         return FixedSteps(steps)
-    raise ValueError(f"unknown step selection {name!r}; choose from uniform, stratified, final, fixed, all.")
+    raise ValueError(f"unknown step selection {name!r}; choose from {', '.join(STEP_SELECTIONS)}.")

@@ -267,8 +267,7 @@ class ParallelDecoder:
                 f"{preset.image_vocab_range}; use the model that belongs to the preset."
             )
         self.text_vocab_range, self.image_vocab_range = preset.text_vocab_range, preset.image_vocab_range
-        self._text_exclude = _column(preset.mask_token_id, self.text_vocab_range)
-        self._image_exclude = _column(preset.mask_token_id, self.image_vocab_range)
+        self._text_exclude, self._image_exclude = preset.text_mask_column, preset.image_mask_column
         if cfg.threshold_cap is not None:
             floors = [
                 (max(counts), name)
@@ -793,11 +792,6 @@ class _Span:
         for count in counts:
             self.masked_before.append(remaining)
             remaining -= count
-
-
-def _column(token_id: int, vocab_range: tuple[int, int]) -> int | None:
-    start, end = vocab_range
-    return token_id - start if start <= token_id < end else None
 
 
 def _pad_to(inputs: dict[str, torch.Tensor], length: int, pad_token_id: int) -> dict[str, torch.Tensor]:

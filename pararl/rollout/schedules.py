@@ -33,9 +33,12 @@ __all__ = [
     "RevealPlan",
     "build_reveal_plan",
     "DECODE_ORDERS",
+    "SCHEDULES",
 ]
 
 DECODE_ORDERS = ("parallel", "text_then_image", "image_then_text")
+# The schedules `get_schedule` knows by name.
+SCHEDULES = ("linear", "cosine")
 
 
 class RevealSchedule(ABC):
@@ -131,9 +134,9 @@ def get_schedule(schedule: "str | RevealSchedule | Callable[[int, int], float | 
         return schedule
     if isinstance(schedule, str):
         named = {"linear": LinearSchedule, "cosine": CosineSchedule}
-        if schedule not in named:
+        if schedule not in SCHEDULES:
             raise ValueError(
-                f"unknown schedule {schedule!r}; use one of {sorted(named)}, a RevealSchedule or a callable."
+                f"unknown schedule {schedule!r}; use one of {sorted(SCHEDULES)}, a RevealSchedule or a callable."
             )
         return named[schedule]()
     if callable(schedule):

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pararl.models.image_tokenizers import images_to_tensor, tensor_to_images
+from pararl.image_tokenizers import images_to_tensor, tensor_to_images
 
 from .trajectory import Trajectory
 

@@ -19,9 +19,9 @@ slots, not masked ones: a count of masked slots would make the estimator biased 
 undo the `1/t` weighting. Because every output part of a preset has the same layout, `N_text + N_image` is
 `batch_size * slots_per_sample`, so the normaliser is proportional to the batch size: averaging micro-batches or
 ranks gives exactly the loss of the whole batch, with no cross-rank token counting. (The released MMaDA-Parallel-M
-code instead sums a per-modality text term, divided by the sequence length, and a per-modality image mean; see
-`shared/reference/mmada_parallel.md` section 4.) The logged `loss/text` and `loss/image` divide each modality's sum
-by its own slot count, so `loss = (N_text * loss_text + N_image * loss_image) / (N_text + N_image)`.
+code instead sums a per-modality text term, divided by the sequence length, and a per-modality image mean.) The
+logged `loss/text` and `loss/image` divide each modality's sum by its own slot count, so
+`loss = (N_text * loss_text + N_image * loss_image) / (N_text + N_image)`.
 
 Each slot is scored under its own modality's distribution, the one the rollout samples from: text slots over
 `text_vocab_range` with the mask column excluded, image slots over `image_vocab_range`.

@@ -13,8 +13,8 @@ from transformers.utils import is_peft_available
 
 from ..data_validation import check_datasets
 from ..models import MaskedDiffusionLM
-from ..models.loading import check_resume_checkpoint
 from ..processing import ParallelProcessor
+from ..weight_files import check_resume_checkpoint
 from .config import ParallelSFTConfig
 from .data import DataCollatorForParallelSFT, pretokenize_dataset
 from .objective import parallel_sft_loss, sample_mask_ratio, sample_output_mask
@@ -196,7 +196,9 @@ class ParallelSFTTrainer(Trainer):
         device = self.accelerator.device
         self._mask_generator = torch.Generator(device=device).manual_seed(args.seed + args.process_index)
         self._eval_mask_generator = torch.Generator(device=device)
-        self._output_slots_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # The processor's slot masks, on the device once.
+        self._image_slots = processor.image_slot_mask.to(device)
+        self._text_slots = processor.text_slot_mask.to(device)
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
@@ -241,17 +243,6 @@ class ParallelSFTTrainer(Trainer):
                 dataset, processor, num_proc=args.dataset_num_proc, desc=f"Pre-tokenising the {name} dataset"
             )
 
-    def _output_slots(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean masks `(L_out,)` of the image and text slots of the output part, cached per device."""
-        if device not in self._output_slots_cache:
-            length = self.processor.output_length
-            image_slots = torch.zeros(length, dtype=torch.bool)
-            image_slots[self.processor.image_positions] = True
-            text_slots = torch.zeros(length, dtype=torch.bool)
-            text_slots[self.processor.text_positions] = True
-            self._output_slots_cache[device] = (image_slots.to(device), text_slots.to(device))
-        return self._output_slots_cache[device]
-
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Trainer resumes non-strictly (a PEFT adapter's missing keys would be dropped silently): check first.
         check_resume_checkpoint(model if model is not None else self.model, resume_from_checkpoint)
@@ -279,7 +270,7 @@ class ParallelSFTTrainer(Trainer):
         args, preset = self.args, self.processor.preset
         labels = inputs["labels"]
         batch_size, device = labels.shape[0], labels.device
-        image_slots, text_slots = self._output_slots(device)
+        image_slots, text_slots = self._image_slots.to(device), self._text_slots.to(device)
 
         # Noise the output part only: one t per sample, shared by both modalities.
         t = sample_mask_ratio(batch_size, args.min_mask_ratio, generator=generator, device=device)

@@ -55,6 +55,29 @@ def build_clip(output_dir: str | Path, quick: bool = False, seed: int = 0, log_e
     return metrics
 
 
+def stage_dataset(stage: dict):
+    """The training data of one SFT stage of `pararl.toy.policy.SFT_STAGES`; pops its data keys from `stage`.
+
+    `toy_train_samples` samples drawn with `toy_seed` from the whole world (`toy_world: "original"`: the six-category
+    world's streams), or from `toy_categories` only; then each `toy_extra` entry (one dict or a list of them:
+    `samples`, `seed`, `categories`) appended in order."""
+    import datasets
+
+    from . import build_toy_dataset
+    from .tasks import CATEGORIES, ORIGINAL_CATEGORIES
+
+    world = ORIGINAL_CATEGORIES if stage.pop("toy_world", "full") == "original" else CATEGORIES
+    categories = stage.pop("toy_categories", None)
+    train = build_toy_dataset(
+        "train", stage.pop("toy_train_samples"), seed=stage.pop("toy_seed"), categories=categories, world=world
+    )
+    extras = stage.pop("toy_extra", [])
+    for extra in [extras] if isinstance(extras, dict) else extras:
+        more = build_toy_dataset("train", extra["samples"], seed=extra["seed"], categories=extra["categories"])
+        train = datasets.concatenate_datasets([train, more])
+    return train
+
+
 def build_policy(
     output_dir: str | Path, quick: bool = False, seed: int = 0, log_every: int = 0, start_stage: int = 1
 ) -> dict:
@@ -63,14 +86,11 @@ def build_policy(
 
     `start_stage` > 1 continues from the policy already in `output_dir` (the result of the stages before it), so a
     rebuild can run in parts that each keep their result."""
-    import datasets
-
     from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
     from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
 
-    from . import build_toy_dataset, toy_processor
+    from . import toy_processor
     from .policy import SFT_STAGES, record_policy_metrics
-    from .tasks import CATEGORIES, ORIGINAL_CATEGORIES
 
     output_dir = Path(output_dir)
     processor = toy_processor()
@@ -104,12 +124,7 @@ def build_policy(
     for stage in stages:
         stage = dict(stage)
         stage.pop("model_size", None)
-        world = ORIGINAL_CATEGORIES if stage.pop("toy_world", "full") == "original" else CATEGORIES
-        train = build_toy_dataset("train", stage.pop("toy_train_samples"), seed=stage.pop("toy_seed"), world=world)
-        if "toy_extra" in stage:  # more samples of some categories, mixed in (e.g. to teach new task families)
-            extra = stage.pop("toy_extra")
-            more = build_toy_dataset("train", extra["samples"], seed=extra["seed"], categories=extra["categories"])
-            train = datasets.concatenate_datasets([train, more])
+        train = stage_dataset(stage)
         stage["seed"] = stage.get("seed", 0) + seed
         args = ParallelSFTConfig(
             **{

@@ -5,7 +5,7 @@ colours, in the order of :data:`TOY_COLOURS`. The background is a sand tone so t
 colour *and* from the mid-grey (0.5) that the processor paints over still-masked cells.
 """
 
-from pararl.models.image_tokenizers import PaletteImageTokenizer
+from pararl.image_tokenizers import PaletteImageTokenizer
 
 
 __all__ = [

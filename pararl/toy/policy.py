@@ -3,19 +3,18 @@
 import json
 from pathlib import Path
 
+from .tasks import ORIGINAL_CATEGORIES
+
 
 POLICY_DIR = Path(__file__).parent / "assets" / "policy"
 
 # The held-out evaluation whose scores `metrics.json` records (and the tests reproduce).
 POLICY_EVAL = {"split": "test", "num_samples": 24, "dataset_seed": 1, "diffusion_steps": 16, "rollout_seed": 0}
 
-# The SFT recipe of the shipped policy (`examples/sft.py` with these arguments): a 4-layer, 128-wide model trained
-# from scratch for 6 epochs on 4,000 train-split samples, 400 more steps on 5,000 fresh samples (toy seed 1),
-# 1,000 steps at a constant rate on 16,000 fresh samples (toy seed 2), 2,000 steps decayed to 0 (cosine) on 32,000
-# fresh samples (toy seed 3) — these four on the six-category world's streams (`"toy_world": "original"`), as they
-# were first trained — then 800 steps on 16,000 samples of all eight categories (toy seed 4) and 1,600 steps on
-# 16,000 more plus 8,000 open-ended ones (toy seeds 5, 6), which teach the open-ended categories. About 6,300 steps
-# of 32 samples in all; it stops well short of convergence: decent, clearly imperfect, room for RL.
+# The SFT recipe of the shipped policy, stage by stage: `ParallelSFTConfig` fields plus the data of each stage
+# (`toy_train_samples` drawn with `toy_seed`; `toy_world: "original"` = the six-category world's streams;
+# `toy_categories` = only those task families; `toy_extra` = more samples of some families, appended). A 4-layer,
+# 128-wide model from scratch, then continued; why each stage exists and what it scored: README, "The toy policy".
 SFT_STAGES = (
     {"model_size": "small", "num_train_epochs": 6, "toy_train_samples": 4000, "toy_seed": 0, "toy_world": "original",
      "learning_rate": 2e-3, "per_device_train_batch_size": 32, "seed": 0},
@@ -30,6 +29,12 @@ SFT_STAGES = (
     {"max_steps": 1600, "toy_train_samples": 16000, "toy_seed": 5, "learning_rate": 1e-3,
      "toy_extra": {"samples": 8000, "seed": 6, "categories": ["open_edit", "open_generation"]},
      "per_device_train_batch_size": 32, "warmup_steps": 50, "seed": 5},
+    {"max_steps": 400, "toy_train_samples": 8000, "toy_seed": 11, "toy_categories": ["open_generation"],
+     "learning_rate": 1e-3, "per_device_train_batch_size": 32, "warmup_steps": 20, "seed": 11},
+    {"max_steps": 1200, "toy_train_samples": 12000, "toy_seed": 12, "toy_categories": ["open_generation"],
+     "toy_extra": [{"samples": 4000, "seed": 12, "categories": ["open_edit"]},
+                   {"samples": 4000, "seed": 12, "categories": list(ORIGINAL_CATEGORIES)}],
+     "learning_rate": 1e-3, "per_device_train_batch_size": 32, "warmup_steps": 20, "seed": 12},
 )  # fmt: skip
 
 

@@ -81,7 +81,7 @@ def toy_grpo_config(**overrides):
     bf16 only on a GPU) with `overrides`."""
     import torch
 
-    from ..config import DiffusionGRPOConfig
+    from ..grpo.config import DiffusionGRPOConfig
 
     on_cpu = not torch.cuda.is_available()
     return DiffusionGRPOConfig(**{**TOY_GRPO_DEFAULTS, "use_cpu": on_cpu, "bf16": not on_cpu, **overrides})

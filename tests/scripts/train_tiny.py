@@ -12,11 +12,11 @@ import os
 import torch
 from peft import LoraConfig
 
-from pararl.config import DiffusionGRPOConfig
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
+from pararl.grpo import DiffusionGRPOConfig
+from pararl.grpo.trainer import DiffusionGRPOTrainer
+from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.toy import build_toy_dataset, toy_processor
-from pararl.trainer import DiffusionGRPOTrainer
 
 
 def word_count(completions, **kwargs):
@@ -91,7 +91,7 @@ def train(variant: str, args: argparse.Namespace) -> dict:
         seed=0,
         reward_calibration_fraction=1 / 16,
     )
-    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "attn_out"])
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=list(ATTENTION_LORA_TARGETS))
     trainer = DiffusionGRPOTrainer(
         model=model,
         reward_funcs=[word_count, NormalizedBrightness() if variant == "calibrate" else ImageBrightness()],

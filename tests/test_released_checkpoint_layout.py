@@ -1,14 +1,13 @@
 """Real-checkpoint loading, checked offline on synthetic checkpoints that have the released layouts at tiny sizes.
 
-What the layouts are, and where each fact comes from (the fact sheet, shared/reference/mmada_parallel.md, and the
-released MMaDA-Parallel code it describes):
+What the layouts are, from the released MMaDA-Parallel code and checkpoints:
 - MMaDA / LLaDA `config.json`: LLaDA field names, `model_type` "mmada" or "llada"; weights
   `model.transformer.{wte,blocks.N.{attn_norm,q_proj,k_proj,v_proj,attn_out,ff_norm,ff_proj,up_proj,ff_out},ln_f,ff_out}`
   in `model-0000K-of-0000N.safetensors` shards listed by `model.safetensors.index.json`.
 - MAGVIT-v2 (`showlab/magvitv2`): `config.json` with only the class name, `pytorch_model.safetensors` with
   `encoder.* / decoder.* / quantize.*` keys of a taming-style VQGAN.
 - aMUSEd VQ (MMaDA-Parallel-A): diffusers `VQModel` in the checkpoint's `vqvae/` subfolder.
-- Sequence templates: fact sheet section 2.4 (M: `<|interleave|> <|soi|> img <|eoi|> BOS text EOS`; A: the
+- Sequence templates (M: `<|interleave|> <|soi|> img <|eoi|> BOS text EOS`; A: the
   `<system>...</system><user>...</user>` prompt with the image before its last token, and
   `BOA BOI rows+newline EOI text </answer>` as the output).
 """
@@ -24,16 +23,16 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
-from pararl.models.image_tokenizers import PaletteImageTokenizer, tensor_to_images
-from pararl.models.loading import (
+from pararl.image_tokenizers import MAGVIT2Config, MAGVIT2ImageTokenizer, PaletteImageTokenizer, tensor_to_images
+from pararl.models import (
+    MaskedDiffusionConfig,
+    MaskedDiffusionLM,
     config_from_released,
     is_released_checkpoint,
     load_released_checkpoint,
-    load_text_tokenizer,
 )
-from pararl.models.magvit2 import MAGVIT2Config, MAGVIT2ImageTokenizer
 from pararl.processing import MMADA_PARALLEL_A, MMADA_PARALLEL_M, ParallelProcessor
+from pararl.released import load_text_tokenizer
 
 
 # ============================================================================================ released LLaDA / MMaDA
@@ -178,7 +177,7 @@ def test_released_config_maps_onto_masked_diffusion_config():
 
 
 def test_full_size_mmada_parallel_m_config():
-    # The released MMaDA-Parallel-M values (fact sheet 2.1), mapped without building anything.
+    # The released MMaDA-Parallel-M config values, mapped without building anything.
     raw = released_config(
         d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_hidden_size=12288, embedding_size=134656,
         llm_vocab_size=126464, new_vocab_size=134656, codebook_size=8192, vocab_size=126464,
@@ -294,7 +293,7 @@ def test_missing_shard_and_missing_weights(tmp_path):
 
 
 # ================================================================================= LLaDA-like text tokenizers
-# LLaDA ids (fact sheet 2.3): BOS <|startoftext|> 126080, EOS <|endoftext|> 126081, [MASK] 126336. The M tokenizer
+# LLaDA ids: BOS <|startoftext|> 126080, EOS <|endoftext|> 126081, [MASK] 126336. The M tokenizer
 # has len 126349 (= MMaDA's image-token offset, `len(text_tokenizer)`); A's covers Lumina-DiMOO's ids up to 126355.
 LLADA_SPECIALS = {126080: "<|startoftext|>", 126081: "<|endoftext|>", 126336: "<|mdm_mask|>"}
 WORDS = (
@@ -448,7 +447,7 @@ def test_a_preset_matches_released_inference_layout(a_tokenizer):
 
 
 def test_load_released_processor_m(tmp_path, m_tokenizer, monkeypatch):
-    from pararl.models.loading import load_released_processor, mmada_parallel_m_processor
+    from pararl.released import load_released_processor, mmada_parallel_m_processor
 
     write_released(tmp_path / "M")
     m_tokenizer.save_pretrained(tmp_path / "M")
@@ -477,7 +476,7 @@ def test_load_released_processor_m(tmp_path, m_tokenizer, monkeypatch):
 
 
 def test_load_released_processor_a(tmp_path, a_tokenizer):
-    from pararl.models.loading import load_released_processor
+    from pararl.released import load_released_processor
 
     write_released(tmp_path / "A", released_config("llada"))
     a_tokenizer.save_pretrained(tmp_path / "A")
@@ -630,7 +629,7 @@ def tiny_vq_model(**changes):
 
 
 def test_amused_vq_tokenizer_from_released_subfolder(tmp_path):
-    from pararl.models.amused import AmusedVQImageTokenizer
+    from pararl.image_tokenizers.amused import AmusedVQImageTokenizer
 
     vq = tiny_vq_model()
     vq.save_pretrained(tmp_path / "MMaDA-Parallel-A" / "vqvae")
@@ -664,7 +663,7 @@ def test_amused_vq_tokenizer_from_released_subfolder(tmp_path):
 
 
 def test_amused_without_diffusers_says_how_to_install(monkeypatch):
-    from pararl.models import amused
+    from pararl.image_tokenizers import amused
 
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r'pip install "pararl\[amused\]"'):

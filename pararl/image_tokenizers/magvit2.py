@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .image_tokenizers import check_codes, fit_images
-from .loading import check_weight_shapes, find_weight_files, read_state_dict, read_weight_shapes
+from ..weight_files import check_weight_shapes, find_weight_files, read_state_dict, read_weight_shapes
+from .base import check_codes, fit_images
 
 
 __all__ = ["MAGVIT2Config", "MAGVIT2ImageTokenizer", "MAGVIT2_WEIGHT_NAMES"]

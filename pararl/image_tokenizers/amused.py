@@ -13,8 +13,8 @@ import os
 import torch
 from PIL import Image
 
-from .image_tokenizers import check_codes, fit_images
-from .loading import check_weight_shapes, find_weight_files, read_weight_shapes
+from ..weight_files import check_weight_shapes, find_weight_files, read_weight_shapes
+from .base import check_codes, fit_images
 
 
 __all__ = ["AmusedVQImageTokenizer", "import_diffusers"]

@@ -59,15 +59,16 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import nanmax, nanmin, nanstd, use_adapter
 
+from ..data_validation import check_datasets
+from ..image_tokenizers import tensor_to_images
+from ..models import MaskedDiffusionLM
+from ..processing import ParallelProcessor
+from ..rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
+from ..rewards.steps import FinalStep, StepSelector, StratifiedSteps
+from ..rollout import ParallelDecoder, Trajectory, counter_uniform
+from ..weight_files import check_resume_checkpoint
+from .callbacks import TrajectoryPictureCallback
 from .config import DiffusionGRPOConfig
-from .data_validation import check_datasets
-from .models import MaskedDiffusionLM
-from .models.image_tokenizers import tensor_to_images
-from .models.loading import check_resume_checkpoint
-from .processing import ParallelProcessor
-from .rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
-from .rewards.steps import FinalStep, StepSelector, StratifiedSteps
-from .rollout import ParallelDecoder, Trajectory, counter_uniform
 
 
 _REWARD_STATE_FILE = "reward_state.json"
@@ -196,6 +197,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             self.ref_model = self._build_reference_model(model_path)
             if args.sync_ref_model:
                 self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        if args.log_trajectory_pictures:
+            self.add_callback(TrajectoryPictureCallback(self))
         self.reward_func_names = [reward.name for reward in self.rewards]
         for reward in self.rewards:
             reward.to(self.accelerator.device)
@@ -217,9 +220,6 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         # The likelihood's two modalities: which output slots, which vocabulary columns, and the largest number of
         # tokens one row scores there (known ahead from the decoder's own bound per step: the schedules' counts, or a
         # thresholded modality's block / span and cap; so the likelihood needs no host sync).
-        is_image_slot = torch.zeros(processing_class.output_length, dtype=torch.bool)
-        is_image_slot[processing_class.image_positions] = True
-        self._is_image_slot = is_image_slot
         text_bound, image_bound = decoder.max_reveals_per_modality
         trajectory = args.likelihood == "trajectory"
         text_range, image_range = preset.text_vocab_range, preset.image_vocab_range
@@ -227,14 +227,14 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             _LikelihoodSpan(
                 slots=processing_class.text_positions,
                 vocab_range=text_range,
-                exclude=_column(preset.mask_token_id, text_range),
+                exclude=preset.text_mask_column,
                 temperature=args.text_temperature,
                 num_scored=max(text_bound) if trajectory else len(processing_class.text_positions),
             ),
             _LikelihoodSpan(
                 slots=processing_class.image_positions,
                 vocab_range=image_range,
-                exclude=_column(preset.mask_token_id, image_range),
+                exclude=preset.image_mask_column,
                 temperature=args.image_temperature,
                 num_scored=max(image_bound) if trajectory else len(processing_class.image_positions),
             ),
@@ -390,7 +390,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         """TRL's top-entropy token mask, with the quantile taken per modality: text entropies (over ~10^5 columns) and
         image entropies (over the codebook) are on different scales, so one shared quantile would keep mostly one
         modality."""
-        image = self._is_image_slot.to(mask.device)
+        image = self.processor.image_slot_mask.to(mask.device)
         text_mask = super().get_high_entropy_mask(entropies, mask * ~image, threshold)
         return text_mask | super().get_high_entropy_mask(entropies, mask * image, threshold)
 
@@ -940,51 +940,6 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if self.log_completions or self.log_multimodal:  # the table's image column: the partial output image
             self._logs["images"].extend(gather_object([[states.images[i]] for i in state_of_row]))
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        super().log(logs, start_time)
-        if (
-            self.args.log_trajectory_pictures
-            and self.accelerator.is_main_process
-            and self._last_trajectory is not None
-            and self.model.training
-        ):
-            self._log_trajectory_picture()
-
-    def _log_trajectory_picture(self) -> None:
-        from .rollout.visualize import draw_trajectory
-
-        trajectory, prompts, rewards = self._last_trajectory
-        self._last_trajectory = None
-        picture = draw_trajectory(
-            trajectory,
-            self.processor,
-            index=0,
-            prompt=prompts[0],
-            grey_unknown=self.args.grey_unrevealed,
-            rewards=rewards,
-        )
-        folder = os.path.join(self.args.output_dir, "trajectories")
-        os.makedirs(folder, exist_ok=True)
-        picture.save(os.path.join(folder, f"step_{self.state.global_step:05d}.png"))
-        report_to = self.args.report_to or []
-        if "wandb" in report_to:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.log({"trajectory": wandb.Image(picture)}, commit=False)
-        if "trackio" in report_to:
-            import trackio
-
-            trackio.log({"trajectory": trackio.Image(picture)})
-        if "tensorboard" in report_to:
-            import numpy as np
-            from transformers.integrations import TensorBoardCallback
-
-            for callback in self.callback_handler.callbacks:
-                if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-                    image = np.asarray(picture.convert("RGB"))
-                    callback.tb_writer.add_image("trajectory", image, self.state.global_step, dataformats="HWC")
-
     # ------------------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -1117,8 +1072,3 @@ def _span_logps(
             logps = logits - normaliser.unsqueeze(-1)
             entropy = -(logps.exp() * logps.nan_to_num(neginf=0.0)).sum(-1)
     return token_logps, entropy
-
-
-def _column(token_id: int, vocab_range: tuple[int, int]) -> int | None:
-    start, end = vocab_range
-    return token_id - start if start <= token_id < end else None
