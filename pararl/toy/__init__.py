@@ -1,8 +1,7 @@
 """The toy world: procedural thinking-aware tasks, its exact image tokenizer, word tokenizer and sequence preset."""
 
-from pathlib import Path
-
 from .palette import TOY_COLOURS, TOY_PALETTE, toy_image_tokenizer
+from .policy import toy_policy_path
 from .processing import toy_preset, toy_processor
 from .scenes import SHAPES, ToyObject, parse_scene, render_scene, scene_codes
 from .tasks import CATEGORIES, ToySample, build_toy_dataset, combination_key, generate_samples, is_held_out
@@ -35,15 +34,3 @@ __all__ = [
     "toy_processor",
     "world_vocabulary",
 ]
-
-
-def toy_policy_path() -> str:
-    """Folder of the shipped tiny policy: a `MaskedDiffusionLM` trained with pararl's parallel SFT on the toy world's
-    train split (rebuilt by `python -m pararl.toy.build_assets --only policy`; its held-out scores are recorded in
-    `metrics.json` beside the weights)."""
-    path = Path(__file__).parent / "assets" / "policy"
-    if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(
-            f"the toy policy is missing from {path}; rebuild it with `python -m pararl.toy.build_assets --only policy`."
-        )
-    return str(path)

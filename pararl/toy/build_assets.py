@@ -1,7 +1,7 @@
 """Rebuilds the toy world's shipped assets, deterministically.
 
     python -m pararl.toy.build_assets                  # everything, into pararl/toy/assets/
-    python -m pararl.toy.build_assets --only clip      # the tiny CLIP only (about 20 minutes on one CPU core)
+    python -m pararl.toy.build_assets --only clip      # the tiny CLIP only (its cost: README, "Shipped assets")
     python -m pararl.toy.build_assets --quick          # seconds, into a temporary folder: checks the script runs
 
 Each asset goes to its own sub-folder of `--output_dir` (`clip/`, `policy/`) with a `metrics.json` recording what
@@ -63,8 +63,7 @@ def stage_dataset(stage: dict):
     `samples`, `seed`, `categories`) appended in order."""
     import datasets
 
-    from . import build_toy_dataset
-    from .tasks import CATEGORIES, ORIGINAL_CATEGORIES
+    from .tasks import CATEGORIES, ORIGINAL_CATEGORIES, build_toy_dataset
 
     world = ORIGINAL_CATEGORIES if stage.pop("toy_world", "full") == "original" else CATEGORIES
     categories = stage.pop("toy_categories", None)
@@ -89,8 +88,8 @@ def build_policy(
     from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
     from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
 
-    from . import toy_processor
     from .policy import SFT_STAGES, record_policy_metrics
+    from .processing import toy_processor
 
     output_dir = Path(output_dir)
     processor = toy_processor()

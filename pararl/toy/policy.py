@@ -38,6 +38,18 @@ SFT_STAGES = (
 )  # fmt: skip
 
 
+def toy_policy_path() -> str:
+    """Folder of the shipped tiny policy: a `MaskedDiffusionLM` trained with pararl's parallel SFT on the toy world's
+    train split (rebuilt by `python -m pararl.toy.build_assets --only policy`; its held-out scores are recorded in
+    `metrics.json` beside the weights)."""
+    if not (POLICY_DIR / "model.safetensors").exists():
+        raise FileNotFoundError(
+            f"the toy policy is missing from {POLICY_DIR}; rebuild it with "
+            "`python -m pararl.toy.build_assets --only policy`."
+        )
+    return str(POLICY_DIR)
+
+
 def load_toy_policy(path: str | Path | None = None):
     """The shipped policy (or the one in `path`), in eval mode."""
     from pararl.models import MaskedDiffusionLM
@@ -49,9 +61,10 @@ def evaluate_toy_policy(model, num_samples: int | None = None) -> dict:
     """Scores `model` on the recorded held-out evaluation (`POLICY_EVAL`) with the exact six-axis evaluator."""
     from pararl.rollout import RolloutConfig
 
-    from . import build_toy_dataset, toy_processor
     from .evaluate import generate_predictions
+    from .processing import toy_processor
     from .scoring import evaluate
+    from .tasks import build_toy_dataset
 
     dataset = build_toy_dataset(
         POLICY_EVAL["split"], num_samples or POLICY_EVAL["num_samples"], seed=POLICY_EVAL["dataset_seed"]
@@ -71,5 +84,5 @@ def record_policy_metrics(path: str | Path | None = None) -> dict:
 
 
 def scores_of(result: dict) -> dict[str, float | None]:
-    """The six axes and the overall score of an :func:`~pararl.toy.evaluate.evaluate` result."""
+    """The six axes and the overall score of an :func:`~pararl.toy.scoring.evaluate` result."""
     return {**result["axes"], "overall": result["overall"]}
