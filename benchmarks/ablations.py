@@ -54,6 +54,7 @@ import transformers
 from transformers import PrinterCallback
 
 from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
+from pararl.axes import AXES, AXIS_HEADERS
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionLM
 from pararl.toy import toy_processor
 from pararl.toy.clip import load_toy_clip
@@ -68,7 +69,6 @@ from pararl.toy.recipe import (
     toy_lora_config,
     toy_reward,
 )
-from pararl.toy.scoring import AXES, AXIS_HEADERS
 
 
 @dataclass(frozen=True)

@@ -376,7 +376,7 @@ def frontier_verdict(results: list[dict], tolerance: float = 1.0) -> dict:
 
 
 def frontier_table(results: list[dict], verdict: dict) -> str:
-    from pararl.toy.scoring import AXES, AXIS_HEADERS
+    from pararl.axes import AXES, AXIS_HEADERS
 
     reductions = {o["name"]: o for v in verdict.values() for o in v["options"]}
     header = ["option", "forwards / rollout", "rollout CPU s", *(AXIS_HEADERS[a] for a in AXES), "Overall", "vs exact"]

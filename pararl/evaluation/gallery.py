@@ -13,8 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .judges import AXES, Judgement, Sample
-from .report import AXIS_HEADERS
+from ..axes import AXES, AXIS_HEADERS
+from .judges import Judgement, Sample
 
 
 __all__ = ["write_gallery"]

@@ -26,6 +26,8 @@ from typing import Any
 
 from PIL import Image
 
+from ..axes import AXES
+
 
 __all__ = [
     "AXES",
@@ -41,15 +43,6 @@ __all__ = [
     "parse_reply",
 ]
 
-# ParaBench's six axes, in the column order of the paper's Table 2.
-AXES: tuple[str, ...] = (
-    "text_quality",
-    "text_alignment",
-    "image_consistency",
-    "image_alignment",
-    "image_quality",
-    "output_alignment",
-)
 AXIS_DESCRIPTIONS = {
     "text_quality": "Text quality: is the reasoning fluent, grammatical, coherent and free of repetition?",
     "text_alignment": "Text alignment: does the reasoning correctly work out what the instruction asks for?",

@@ -13,19 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .judges import AXES, Judgement, Sample
+from ..axes import AXES, AXIS_HEADERS
+from .judges import Judgement, Sample
 
 
 __all__ = ["AXIS_HEADERS", "compare_runs", "format_comparison", "format_report", "summarize"]
-
-AXIS_HEADERS = {
-    "text_quality": "TextQ",
-    "text_alignment": "TextA",
-    "image_consistency": "ImgCons",
-    "image_alignment": "ImgA",
-    "image_quality": "ImgQ",
-    "output_alignment": "OutA",
-}
 
 
 def _matrix(judgements: Sequence[Judgement]) -> np.ndarray:

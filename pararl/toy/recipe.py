@@ -181,7 +181,7 @@ def save_reward_curve(log_history: list[dict], path: str, title: str = "ParaRL o
 
 def format_category_changes(before: dict, after: dict, axes: tuple[str, ...] | None = None) -> str:
     """Per category (and `all`): every axis before -> after, from two :func:`toy_evaluation` results."""
-    from .scoring import AXES, AXIS_HEADERS
+    from ..axes import AXES, AXIS_HEADERS
 
     axes = axes or (*AXES, "overall")
     rows = [*before["categories"], "all"]

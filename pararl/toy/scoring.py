@@ -40,6 +40,7 @@ from functools import cache
 
 import torch
 
+from ..axes import AXES, AXIS_HEADERS
 from .claims import reasoning_claims, share_holding
 from .palette import TOY_GRID, TOY_PALETTE
 from .scenes import ToyObject, parse_scene, scene_codes
@@ -48,24 +49,6 @@ from .texts import MAX_REASONING_WORDS, reasoning_patterns, split_words, world_v
 
 
 __all__ = ["AXES", "AXIS_HEADERS", "evaluate", "evaluate_sample", "format_scores", "text_quality_checks"]
-
-# ParaBench's column order (Table 2 of the paper).
-AXES: tuple[str, ...] = (
-    "text_quality",
-    "text_alignment",
-    "image_consistency",
-    "image_alignment",
-    "image_quality",
-    "output_alignment",
-)
-AXIS_HEADERS = {
-    "text_quality": "TextQ",
-    "text_alignment": "TextA",
-    "image_consistency": "ImgCons",
-    "image_alignment": "ImgA",
-    "image_quality": "ImgQ",
-    "output_alignment": "OutA",
-}
 
 
 @cache
