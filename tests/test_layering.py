@@ -28,10 +28,6 @@ def test_the_image_tokenizers_import_nothing_of_pararl_but_the_weight_file_helpe
 # ------------------------------------------------------------------------------------------------- the import graph
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "pararl"
 
-# Import edges of the toy world that close a cycle today, and that its split (issue 18, item 5) removes: skipped by
-# the cycle tests below until then. Empty it as they go; an entry whose edge no longer exists fails the last test.
-TOY_EDGES_TO_REMOVE: set[tuple[str, str]] = set()
-
 
 def _module_files() -> dict[str, Path]:
     """`{dotted module name: file}` for every module of the package."""
@@ -126,19 +122,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def _without_allowed(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    return {name: {t for t in targets if (name, t) not in TOY_EDGES_TO_REMOVE} for name, targets in graph.items()}
-
-
 def test_the_module_import_graph_has_no_cycle():
     graph = module_import_graph()
     assert {"pararl.processing", "pararl.models.modeling", "pararl.grpo.trainer"} <= set(graph)
-    cycle = find_cycle(_without_allowed(graph))
+    cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 def test_the_layers_import_one_way():
-    graph = component_import_graph(_without_allowed(module_import_graph()))
+    graph = component_import_graph(module_import_graph())
     cycle = find_cycle(graph)
     assert cycle is None, "the layers import each other: " + " -> ".join(cycle)
     assert (
@@ -155,11 +147,6 @@ def test_the_cycle_finder_sees_function_level_and_relative_imports(tmp_path):
     path.write_text(source)
     modules = {"pkg.sub.a": path, "pkg.sub.b": path, "pkg.other": path, "pkg": path}
     assert _imported_names("pkg.sub.b", path, modules) == {"pkg.sub.a", "pkg.other"}
-
-
-def test_the_allowed_toy_edges_still_exist():
-    graph = module_import_graph()
-    assert all(t in graph.get(name, ()) for name, t in TOY_EDGES_TO_REMOVE), "remove fixed edges from the allowlist"
 
 
 # The evaluation harness's toy entry points (the exact toy judge, the toy benchmark's export, the shipped policy and
