@@ -30,7 +30,7 @@ import torch
 
 from pararl.rewards import CLIPAlignmentReward, RewardStates
 from pararl.rollout import ParallelDecoder, RolloutConfig
-from pararl.toy import CATEGORIES, build_toy_dataset, parse_scene, toy_processor
+from pararl.toy import build_toy_dataset, parse_scene, toy_processor
 from pararl.toy.claims import claim_holds, reasoning_claims
 from pararl.toy.clip import load_toy_clip
 from pararl.toy.palette import TOY_COLOURS
@@ -38,6 +38,7 @@ from pararl.toy.policy import load_toy_policy
 from pararl.toy.recipe import TOY_GRPO_DEFAULTS
 from pararl.toy.reward import ToyOutputAlignment
 from pararl.toy.scoring import evaluate_sample
+from pararl.toy.tasks import ALL_CATEGORIES
 
 
 FINAL_AXES = ("output_alignment", "image_quality", "image_alignment")
@@ -122,12 +123,10 @@ def main():
     P, G, T = args.prompts, args.generations, args.diffusion_steps
     processor = toy_processor()
     policy = load_toy_policy(args.model_name_or_path)
-    dataset = build_toy_dataset("train", P * (len(CATEGORIES) if args.categories else 1), seed=args.seed)
-    if args.categories:
-        unknown = sorted(set(args.categories) - set(CATEGORIES))
-        if unknown:
-            raise SystemExit(f"--categories: unknown {unknown}; the toy categories are {list(CATEGORIES)}.")
-        dataset = dataset.filter(lambda c: c in args.categories, input_columns="category").select(range(P))
+    unknown = sorted(set(args.categories or ()) - set(ALL_CATEGORIES))
+    if unknown:
+        raise SystemExit(f"--categories: unknown {unknown}; the toy categories are {list(ALL_CATEGORIES)}.")
+    dataset = build_toy_dataset("train", P, seed=args.seed, categories=args.categories)
     rows = [dataset[i] for i in range(P) for _ in range(G)]
     prompts = [row["prompt"] for row in rows]
     rollout_config = RolloutConfig(

@@ -312,3 +312,13 @@ def test_open_ended_choices_are_each_valid_but_must_agree():
     assert disagree["output_alignment"] == 0.0
     agree = evaluate_sample(second["reasoning"], second_codes, row)
     assert agree["output_alignment"] == 1.0 and agree["text_quality"] == 1.0
+
+
+def test_an_open_colour_text_and_picture_must_name_the_same_colour():
+    row = generate_samples("train", 4, seed=0, categories=["open_colour"])[0].to_row()
+    first, second = json.loads(row["answer"])["alternatives"][:2]
+    second_codes = scene_codes([ToyObject.from_dict(o) for o in second["objects"]])
+    disagree = evaluate_sample(first["reasoning"], second_codes, row)
+    assert disagree["text_alignment"] == disagree["image_alignment"] == 1.0
+    assert disagree["output_alignment"] == 0.0
+    assert evaluate_sample(second["reasoning"], second_codes, row)["output_alignment"] == 1.0

@@ -246,3 +246,20 @@ def test_sample_streams_are_the_recorded_ones(split, world):
     # shipped policy and tiny CLIP were trained on, and every recorded score with them.
     kwargs = {} if world == "all" else {"world": ORIGINAL_CATEGORIES}
     assert _stream_fingerprint(generate_samples(split, 64, seed=0, **kwargs)) == STREAM_FINGERPRINTS[split, world]
+
+
+def test_open_colour_is_outside_the_default_world_and_lists_every_free_colour():
+    from pararl.toy.tasks import ALL_CATEGORIES, EXTRA_CATEGORIES
+
+    assert "open_colour" in EXTRA_CATEGORIES and "open_colour" not in CATEGORIES
+    assert ALL_CATEGORIES[: len(CATEGORIES)] == CATEGORIES  # the default streams and held-out keys are untouched
+    for split in ("train", "test"):
+        samples = generate_samples(split, 24, seed=1, categories=["open_colour"])
+        assert {s.template for s in samples} == {"add_dot", "draw_dot"}
+        for s in samples:
+            assert is_held_out(*s.combination) == (split == "test")
+            (added,) = set(s.output_objects) - set(s.input_objects or ())
+            assert added.shape == "dot" and added.slot_name in s.prompt and added.colour not in s.prompt
+            taken = {o.colour for o in s.input_objects or () if o.shape == "dot"}
+            colours = [next(o for o in objects if o.slot == added.slot).colour for _, objects, _ in s.alternatives]
+            assert sorted(colours) == sorted(set(TOY_COLOURS) - taken)

@@ -117,11 +117,13 @@ def toy_datasets(
     train_categories: Sequence[str] | None = None,
 ):
     """The main job's `(train, held-out)` toy datasets: training prompts (of `train_categories` only, when given)
-    and held-out tasks of every category, so a narrowed training run is still judged on the whole world."""
-    from .tasks import build_toy_dataset
+    and held-out tasks of every category, so a narrowed training run is still judged on the whole world (plus any
+    family outside the default world that it trains on, e.g. `open_colour`)."""
+    from .tasks import CATEGORIES, EXTRA_CATEGORIES, build_toy_dataset
 
     train = build_toy_dataset("train", train_samples, seed=seed, categories=train_categories)
-    return train, build_toy_dataset("test", eval_samples, seed=seed)
+    world = CATEGORIES + tuple(c for c in EXTRA_CATEGORIES if c in (train_categories or ()))
+    return train, build_toy_dataset("test", eval_samples, seed=seed, world=world)
 
 
 def toy_evaluation(model, processor, dataset, args, keep_samples: bool = False) -> dict:

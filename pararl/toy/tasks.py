@@ -65,6 +65,11 @@ CATEGORIES: tuple[str, ...] = (
 # The six categories of the first toy world, before the open-ended ones: `world=ORIGINAL_CATEGORIES` draws its exact
 # streams (the shipped tiny CLIP and the policy's SFT stages 1-4 were trained on them; rebuilds stay identical).
 ORIGINAL_CATEGORIES: tuple[str, ...] = CATEGORIES[:6]
+# Task families outside the default world (drawn only when named in `categories` or `world`): `open_colour` leaves
+# the colour of a dot at a named place to the model ("add a dot at the top left ."), the one open decision that
+# needs no layout in the picture. Appended to the held-out rule's category order, so the default streams are unchanged.
+EXTRA_CATEGORIES: tuple[str, ...] = ("open_colour",)
+ALL_CATEGORIES: tuple[str, ...] = CATEGORIES + EXTRA_CATEGORIES
 
 
 @dataclass
@@ -136,7 +141,7 @@ class ToySample:
 
 def is_held_out(category: str, shape: str, colour: str) -> bool:
     """Whether the combination `(category, shape, colour)` belongs to the test split only."""
-    return (CATEGORIES.index(category) + SHAPES.index(shape) + TOY_COLOURS.index(colour)) % 4 == 0
+    return (ALL_CATEGORIES.index(category) + SHAPES.index(shape) + TOY_COLOURS.index(colour)) % 4 == 0
 
 
 def combination_key(sample: "ToySample | dict | str") -> tuple[str, str, str]:
@@ -745,6 +750,47 @@ def _draw_open_two(rng):
     return _open_sample("open_generation", "draw_open_two", None, [first, second], choices, words)
 
 
+def _colour_sample(template, reasoning_key, scene, slot, colour, free_colours) -> ToySample:
+    """An open-colour sample: a dot of `colour` at `slot`, every colour of `free_colours` a valid answer."""
+
+    def dot(c):
+        return ToyObject("dot", c, slot)
+
+    sample = _sample(
+        category="open_colour",
+        template=template,
+        input_objects=scene,
+        output_objects=[*(scene or []), dot(colour)],
+        focus=("dot", colour),
+        facts={"open": "colour"},
+        keywords=[f"{colour} dot", SLOT_NAMES[slot]],
+        words={"colour": colour, "shape": "dot", "slot": SLOT_NAMES[slot]},
+        reasoning_key=reasoning_key,
+    )
+    sample.alternatives = tuple(
+        (
+            TEXTS[reasoning_key].format(colour=c, shape="dot", slot=SLOT_NAMES[slot]),
+            tuple(sorted([*(scene or []), dot(c)], key=lambda o: o.slot)),
+            (f"{c} dot", SLOT_NAMES[slot]),
+        )
+        for c in free_colours
+    )
+    return sample
+
+
+def _add_any_colour(rng):
+    scene = _random_scene(rng, rng.randint(1, 3))
+    free = [s for s in range(9) if s not in {o.slot for o in scene}]
+    slot = rng.choice(free)
+    free_colours = [c for c in TOY_COLOURS if ("dot", c) not in {(o.shape, o.colour) for o in scene}]
+    return _colour_sample("add_dot", "add_open_reasoning", scene, slot, rng.choice(free_colours), free_colours)
+
+
+def _draw_any_colour(rng):
+    slot = rng.randrange(9)
+    return _colour_sample("draw_dot", "draw_open_reasoning", None, slot, rng.choice(TOY_COLOURS), TOY_COLOURS)
+
+
 BUILDERS: dict[str, tuple[Builder, ...]] = {
     "spatial": (_move_next, _add_next, _swap, _paint_relative),
     "temporal": (_fall, _melt, _steps, _grow),
@@ -754,6 +800,7 @@ BUILDERS: dict[str, tuple[Builder, ...]] = {
     "generation": (_draw_known, _draw_relative, _draw_count),
     "open_edit": (_add_open,),
     "open_generation": (_draw_open, _draw_open_two),
+    "open_colour": (_add_any_colour, _draw_any_colour),
 }
 
 
@@ -792,10 +839,12 @@ def generate_samples(
         raise ValueError(f"num_samples must be >= 0, got {num_samples}.")
     world = tuple(world)
     for name, chosen in (("world", world), ("categories", categories)):
-        if chosen is not None and (not chosen or set(chosen) - set(CATEGORIES)):
-            raise ValueError(f"{name} must be a non-empty subset of {CATEGORIES}, got {list(chosen)}.")
+        if chosen is not None and (not chosen or set(chosen) - set(ALL_CATEGORIES)):
+            raise ValueError(f"{name} must be a non-empty subset of {ALL_CATEGORIES}, got {list(chosen)}.")
     if categories is None:
         return [_make_sample(split, seed, i, world) for i in range(num_samples)]
+    if set(categories) - set(world):  # a family outside the default world: cycle over the families asked for
+        world = tuple(categories)
     kept = [i for i, category in enumerate(world) if category in categories]
     if not kept:
         raise ValueError(f"categories {list(categories)} are not in the world {list(world)}.")

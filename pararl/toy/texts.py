@@ -133,6 +133,8 @@ TEXTS: dict[str, str] = {
     "add_open_reasoning": "a {colour} {shape} goes at the {slot} .",
     "draw_open_prompt": "draw a {colour} {shape} .",
     "draw_open_reasoning": "a {colour} {shape} is drawn at the {slot} .",
+    "add_dot_prompt": "add a dot at the {slot} .",
+    "draw_dot_prompt": "draw a dot at the {slot} .",
     "draw_open_two_prompt": "draw a {colour} {shape} and a {colour2} {shape2} .",
     "draw_open_two_reasoning": "a {colour} {shape} is drawn at the {slot} and a {colour2} {shape2} at the {slot2} .",
     # captions (for the tiny CLIP's (image, caption) pairs)
