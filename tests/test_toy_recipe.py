@@ -52,3 +52,12 @@ def test_toy_datasets_narrow_the_training_prompts_but_judge_every_category():
     assert train["category"] == ["causal", "open_edit"] * 3 and train.split == "train"
     assert held_out["category"] == list(CATEGORIES) and held_out.split == "test"
     assert held_out["answer"] == build_toy_dataset("test", len(CATEGORIES), seed=3)["answer"]
+
+
+def test_toy_datasets_also_judge_a_family_outside_the_default_world_when_training_on_it():
+    from pararl.toy import CATEGORIES
+    from pararl.toy.recipe import toy_datasets
+
+    train, held_out = toy_datasets(4, 2 * (len(CATEGORIES) + 1), seed=0, train_categories=["open_colour"])
+    assert train["category"] == ["open_colour"] * 4
+    assert held_out["category"] == [*CATEGORIES, "open_colour"] * 2

@@ -70,7 +70,7 @@ def test_held_out_combinations_are_disjoint(train, test):
         assert {k[1] for k in train_keys if k[0] == category} == set(SHAPES)
         assert {k[2] for k in train_keys if k[0] == category} == set(TOY_COLOURS)
     # Every template reaches both splits, and the two splits together cover every combination.
-    templates = {builder.__name__ for builders in BUILDERS.values() for builder in builders}
+    templates = {builder.__name__ for category in CATEGORIES for builder in BUILDERS[category]}
     assert len({s.template for s in train}) == len({s.template for s in test}) == len(templates)
     assert len(train_keys | test_keys) == len(CATEGORIES) * len(SHAPES) * len(TOY_COLOURS)
 
