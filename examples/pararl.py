@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from pararl.cli import announce_defaults, check_flags, given_options
+from pararl.cli import announce_defaults, check_flags, given_options, load_script_datasets
 from pararl.grpo.config import DiffusionGRPOConfig
 from pararl.toy.recipe import TOY_EVAL_SAMPLES, TOY_GRPO_DEFAULTS, TOY_LORA, TOY_REWARDS, TOY_TRAIN_SAMPLES
 
@@ -248,21 +248,7 @@ def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig,
 def load_datasets(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig):
     """`(train, eval)` of `--dataset_name` as TRL's scripts load it (with `--dataset_config` and
     `--dataset_streaming`); the eval split only when `--eval_strategy` is not "no"."""
-    import datasets
-
-    if script_args.ignore_bias_buffers:
-        raise ValueError("--ignore_bias_buffers (TRL's DDP fix for boolean buffers) has no use here; remove it.")
-    if os.path.isdir(script_args.dataset_name):
-        dataset = datasets.load_from_disk(script_args.dataset_name)
-    else:
-        dataset = datasets.load_dataset(
-            script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
-        )
-    if not isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
-        dataset = {script_args.dataset_train_split: dataset}
-    train, test = dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
-    if script_args.dataset_streaming and isinstance(train, datasets.Dataset):  # saved with save_to_disk
-        train, test = (None if part is None else part.to_iterable_dataset() for part in (train, test))
+    train, test = load_script_datasets(script_args)
     return train, test if training_args.eval_strategy != "no" else None
 
 

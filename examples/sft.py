@@ -53,13 +53,11 @@ from pathlib import Path
 # `examples/pararl.py` shares the package's name: keep this folder off the import path so `import pararl` is the library.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-import os
 from dataclasses import dataclass, field
 
-import datasets
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from pararl.cli import announce_defaults, check_flags, given_options
+from pararl.cli import announce_defaults, check_flags, given_options, load_script_datasets
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.processing import ParallelProcessor, load_processor
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
@@ -139,20 +137,7 @@ def load_datasets(script_args: SFTScriptArguments):
         train = build_toy_dataset("train", script_args.toy_train_samples, seed=script_args.toy_seed)
         test = build_toy_dataset("test", script_args.toy_eval_samples, seed=script_args.toy_seed)
         return train, test
-    if script_args.ignore_bias_buffers:
-        raise ValueError("--ignore_bias_buffers (TRL's DDP fix for boolean buffers) has no use here; remove it.")
-    if os.path.isdir(script_args.dataset_name):
-        dataset = datasets.load_from_disk(script_args.dataset_name)
-    else:
-        dataset = datasets.load_dataset(
-            script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
-        )
-    if isinstance(dataset, datasets.Dataset | datasets.IterableDataset):
-        dataset = {script_args.dataset_train_split: dataset}
-    train, test = dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
-    if script_args.dataset_streaming and isinstance(train, datasets.Dataset):  # saved with save_to_disk
-        train, test = (None if part is None else part.to_iterable_dataset() for part in (train, test))
-    return train, test
+    return load_script_datasets(script_args)
 
 
 def main(script_args: SFTScriptArguments, training_args: ParallelSFTConfig, model_args: ModelConfig):

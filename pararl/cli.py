@@ -1,4 +1,5 @@
-"""Strict command lines for the example scripts: whole flag names only, and the closest flag for a typo.
+"""What the example scripts share: strict command lines (whole flag names only, the closest flag for a typo) and
+TRL's way of loading `--dataset_name`.
 
 argparse accepts any unambiguous prefix of a flag (`--num_rew 2` sets `--num_reward_steps`), so a flag added later
 can silently change what an old command means, and a typo only gets "unrecognized arguments". The scripts build
@@ -11,7 +12,7 @@ import os
 from collections.abc import Sequence
 
 
-__all__ = ["announce_defaults", "check_flags", "given_options"]
+__all__ = ["announce_defaults", "check_flags", "given_options", "load_script_datasets"]
 
 
 def _long_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -89,3 +90,25 @@ def announce_defaults(toy_defaults: dict) -> None:
         print(f"Toy world (no --model_name_or_path / --dataset_name): toy defaults applied: {applied}")
     else:
         print("Real run (--model_name_or_path or --dataset_name given): TRL's defaults for every flag not given.")
+
+
+def load_script_datasets(script_args) -> tuple:
+    """`(train, test)` splits of `--dataset_name` (a `save_to_disk` folder or a Hub id), loaded as TRL's scripts load
+    them: `--dataset_config`, `--dataset_streaming`, `--dataset_train_split` / `--dataset_test_split` (test is None
+    where the dataset has no such split). `script_args` is a `trl.ScriptArguments`."""
+    import datasets
+
+    if script_args.ignore_bias_buffers:
+        raise ValueError("--ignore_bias_buffers (TRL's DDP fix for boolean buffers) has no use here; remove it.")
+    if os.path.isdir(script_args.dataset_name):
+        dataset = datasets.load_from_disk(script_args.dataset_name)
+    else:
+        dataset = datasets.load_dataset(
+            script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
+        )
+    if isinstance(dataset, datasets.Dataset | datasets.IterableDataset):
+        dataset = {script_args.dataset_train_split: dataset}
+    train, test = dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
+    if script_args.dataset_streaming and isinstance(train, datasets.Dataset):  # saved with save_to_disk
+        train, test = (None if part is None else part.to_iterable_dataset() for part in (train, test))
+    return train, test
