@@ -55,6 +55,11 @@ def parse_args() -> argparse.Namespace:
         default=TOY_LORA["use_peft"],
         help="Train the toy LoRA adapter (default: as the main job) or, with --no-use_peft, every weight.",
     )
+    parser.add_argument(
+        "--output_level",
+        action="store_true",
+        help="Reward the final output only (output-level GRPO) instead of the main job's intermediate steps.",
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="The reward a seed must climb above.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None, help="Also write the per-seed curves as JSON here.")
@@ -66,6 +71,8 @@ def main():
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     settings = {"max_steps": args.max_steps, "learning_rate": args.learning_rate, "logging_steps": 1}
+    if args.output_level:
+        settings.update(num_reward_steps=1, reward_step_selection="final")
     results = []
     for seed in args.seeds:
         start = time.perf_counter()
