@@ -113,7 +113,8 @@ class ParaRLScriptArguments(ScriptArguments):
         default=None,
         metadata={
             "help": "Toy world: the task families the training prompts are drawn from (default: all of "
-            "`pararl.toy.CATEGORIES`). The held-out evaluation always covers every category."
+            "`pararl.toy.CATEGORIES`). The held-out evaluation always covers every default family, plus any family "
+            "outside the default world named here (e.g. `open_colour`)."
         },
     )
     toy_reward: str = field(
