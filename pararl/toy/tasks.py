@@ -832,6 +832,8 @@ def generate_samples(
     `categories` keeps only those categories (the same samples as the full stream has at their indices). `world`
     is the cycle itself: all of :data:`CATEGORIES` by default, or :data:`ORIGINAL_CATEGORIES` to draw exactly the
     streams of the six-category world (what the shipped tiny CLIP and the policy's first SFT stages were trained on).
+    When `categories` names a family outside `world` (one of :data:`EXTRA_CATEGORIES`), the cycle is `categories`
+    itself, in the order given.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
@@ -845,9 +847,7 @@ def generate_samples(
         return [_make_sample(split, seed, i, world) for i in range(num_samples)]
     if set(categories) - set(world):  # a family outside the default world: cycle over the families asked for
         world = tuple(categories)
-    kept = [i for i, category in enumerate(world) if category in categories]
-    if not kept:
-        raise ValueError(f"categories {list(categories)} are not in the world {list(world)}.")
+    kept = [i for i, category in enumerate(world) if category in categories]  # never empty: see the line above
     indices = [len(world) * (n // len(kept)) + kept[n % len(kept)] for n in range(num_samples)]
     return [_make_sample(split, seed, i, world) for i in indices]
 
