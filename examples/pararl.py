@@ -55,6 +55,7 @@ from pathlib import Path
 # `examples/pararl.py` shares the package's name: keep this folder off the import path so `import pararl` is the library.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
+import copy
 import json
 import os
 import time
@@ -65,14 +66,21 @@ from trl import ModelConfig, ScriptArguments, TrlParser
 
 from pararl.cli import announce_defaults, check_flags, given_options, load_script_datasets
 from pararl.grpo.config import DiffusionGRPOConfig
-from pararl.toy.recipe import TOY_EVAL_SAMPLES, TOY_GRPO_DEFAULTS, TOY_LORA, TOY_REWARDS, TOY_TRAIN_SAMPLES
+from pararl.toy.recipe import (
+    TOY_COORDINATION_PROMPTS,
+    TOY_EVAL_SAMPLES,
+    TOY_GRPO_DEFAULTS,
+    TOY_LORA,
+    TOY_REWARDS,
+    TOY_TRAIN_SAMPLES,
+)
 
 
 # The toy world's defaults live with the rest of its recipe (pararl.toy.recipe): applied only when neither
 # --model_name_or_path nor --dataset_name is given (the no-argument run on the shipped toy policy); the command line
 # and --config override each of them. A real run gets TRL's defaults (DiffusionGRPOConfig / ModelConfig) for every
 # flag it does not give.
-TOY_DEFAULTS = {**TOY_GRPO_DEFAULTS, **TOY_LORA}
+TOY_DEFAULTS = {**TOY_GRPO_DEFAULTS, **TOY_LORA, "paired_control": True}
 # Flags that make a run a real one (its own model or data): then no toy default applies.
 REAL_RUN_FLAGS = ("model_name_or_path", "dataset_name")
 
@@ -127,6 +135,21 @@ class ParaRLScriptArguments(ScriptArguments):
         },
     )
     evaluate: bool = field(default=True, metadata={"help": "Toy world: evaluate on held-out tasks before and after."})
+    coordination_prompts: int = field(
+        default=TOY_COORDINATION_PROMPTS,
+        metadata={
+            "help": "Toy world: held-out open_colour prompts (x num_generations rollouts) on which coordination, "
+            "sharpening and coupling are measured before and after (with --evaluate; 0 = off)."
+        },
+    )
+    paired_control: bool = field(
+        default=False,
+        metadata={
+            "help": "Also run the same job at learning rate 0 (same prompts and rollout noise, no update) and report "
+            "the reward's paired difference to it per logged step (summary.json, and the toy job's reward plot): a "
+            "reward curve means learning only beyond that control. Doubles the rollouts; the toy job turns it on."
+        },
+    )
 
 
 def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig, model_args: ModelConfig):
@@ -174,12 +197,14 @@ def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig,
         raise ValueError(
             f"--toy_reward {script_args.toy_reward} scores toy-world states; it needs the toy world (no --dataset_name)."
         )
-    if toy and script_args.clip_model is None:
-        from pararl.toy.recipe import toy_reward
 
-        reward = toy_reward(script_args.toy_reward, seed=training_args.seed, long_text=script_args.clip_long_text)
-    else:
-        reward = CLIPAlignmentReward(
+    def make_reward():
+        """A fresh reward (its own noise and normaliser), so that the no-update control is scored alike."""
+        if toy and script_args.clip_model is None:
+            from pararl.toy.recipe import toy_reward
+
+            return toy_reward(script_args.toy_reward, seed=training_args.seed, long_text=script_args.clip_long_text)
+        return CLIPAlignmentReward(
             script_args.clip_model,
             pretrained=script_args.clip_pretrained,
             normalizer=RewardNormalizer(),
@@ -187,11 +212,11 @@ def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig,
         )
 
     ################
-    # Training
+    # Training, and its no-update control
     ################
     trainer = DiffusionGRPOTrainer(
         model=model,
-        reward_funcs=[reward],
+        reward_funcs=[make_reward()],
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -199,14 +224,42 @@ def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig,
         peft_config=peft_config,
     )
     evaluate_toy = toy and script_args.evaluate and trainer.accelerator.is_main_process
+    coordination_prompts = script_args.coordination_prompts if evaluate_toy else 0
     if evaluate_toy:
-        from pararl.toy.recipe import toy_evaluation
+        from pararl.toy.recipe import toy_coordination, toy_evaluation
     before = toy_evaluation(trainer.model, processor, toy_eval_dataset, training_args) if evaluate_toy else None
+    coordination_before = (
+        toy_coordination(trainer.model, processor, training_args, coordination_prompts)
+        if coordination_prompts
+        else None
+    )
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
     trainer.save_model(training_args.output_dir)
     after = toy_evaluation(trainer.model, processor, toy_eval_dataset, training_args) if evaluate_toy else None
+    coordination_after = (
+        toy_coordination(trainer.model, processor, training_args, coordination_prompts)
+        if coordination_prompts
+        else None
+    )
+    control_history = None
+    if script_args.paired_control:
+        # The same resolved config (a copy: rebuilding it would re-derive its batch sizes), without the update.
+        control_args = copy.deepcopy(training_args)
+        control_args.learning_rate = 0.0
+        control_args.output_dir = os.path.join(training_args.output_dir, "no_update_control")
+        control_args.log_trajectory_pictures = False
+        control = DiffusionGRPOTrainer(
+            model=model,
+            reward_funcs=[make_reward()],
+            args=control_args,
+            train_dataset=train_dataset,
+            processing_class=processor,
+            peft_config=peft_config,
+        )
+        control.train()
+        control_history = control.state.log_history
 
     if trainer.accelerator.is_main_process:
         summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.state.global_step}
@@ -220,13 +273,23 @@ def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig,
             summary["reward_last_fifth"] = sum(rewards[-fifth:]) / fifth
             summary["rewards"] = rewards
             print("Training reward per logged step: " + " ".join(f"{r:.3f}" for r in rewards))
+        if rewards and control_history is not None:
+            from pararl.toy.recipe import paired_reward_summary
+
+            summary.update(paired_reward_summary(trainer.state.log_history, control_history))
+            print("No-update control (lr 0):        " + " ".join(f"{r:.3f}" for r in summary["control_rewards"]))
+            print("Paired difference per logged step: " + " ".join(f"{d:+.3f}" for d in summary["paired_difference"]))
+            print(f"Paired difference over the last half of the run: {summary['paired_difference_last_half']:+.3f}")
         if toy and rewards:
             from pararl.toy.recipe import save_reward_curve
 
             curve = os.path.join(training_args.output_dir, "trajectories", "reward_curve.png")
             os.makedirs(os.path.dirname(curve), exist_ok=True)
             save_reward_curve(
-                trainer.state.log_history, curve, title=f"ParaRL on the toy world ({script_args.toy_reward} reward)"
+                trainer.state.log_history,
+                curve,
+                title=f"ParaRL on the toy world ({script_args.toy_reward} reward)",
+                control_log_history=control_history,
             )
             print(f"Reward curve saved to {curve}")
         if before is not None:
@@ -240,9 +303,28 @@ def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig,
             print(f"Held-out toy tasks after ParaRL:\n{format_scores(after)}\n")
             print(f"Per category, before -> after:\n{format_category_changes(before, after)}\n")
             print(format_comparison(summary["before"], summary["after"]))
+        if coordination_before is not None:
+            from pararl.toy.recipe import format_coordination_changes
+
+            summary["coordination_before"], summary["coordination_after"] = coordination_before, coordination_after
+            print(
+                f"Coordination on {coordination_prompts} held-out open_colour prompts x {training_args.num_generations}"
+                " rollouts (colour word vs the dot's colour, %; decoding = the training rollouts, text_first / "
+                f"image_first = coupling), before -> after:\n"
+                f"{format_coordination_changes(coordination_before, coordination_after)}\n"
+            )
         with open(os.path.join(training_args.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        print(json.dumps({k: v for k, v in summary.items() if k not in ("before", "after")}, indent=2))
+        print(
+            json.dumps(
+                {
+                    k: v
+                    for k, v in summary.items()
+                    if k not in ("before", "after", "coordination_before", "coordination_after")
+                },
+                indent=2,
+            )
+        )
         print(f"Adapter/model, trajectory pictures and summary.json saved in {training_args.output_dir}")
 
 

@@ -19,6 +19,7 @@ REDUCED = [
     "--num_generations", "4",
     "--diffusion_steps", "8",
     "--reward_calibration_fraction", "0.25",
+    "--coordination_prompts", "3",
 ]  # fmt: skip
 
 
@@ -39,6 +40,10 @@ def test_main_job_single_process(tmp_path):
     assert (output_dir / "adapter_model.safetensors").exists()
     assert any((output_dir / "trajectories").glob("step_*.png"))
     assert "output_alignment" in result.stdout.lower() or "OutA" in result.stdout
+    # The toy job runs its no-update control: the first step is scored on the same prompts and noise before any update.
+    assert len(summary["control_rewards"]) == 2 and summary["paired_difference"][0] == pytest.approx(0.0, abs=1e-6)
+    assert set(summary["coordination_after"]) == {"decoding", "text_first", "image_first"}
+    assert "Coordination on 3 held-out open_colour prompts" in result.stdout
 
 
 @pytest.mark.slow

@@ -1,7 +1,14 @@
 import pytest
 
 from pararl.rewards import CLIPAlignmentReward
-from pararl.toy.recipe import format_category_changes, reward_curve, save_reward_curve, toy_reward
+from pararl.toy.recipe import (
+    format_category_changes,
+    format_coordination_changes,
+    paired_reward_summary,
+    reward_curve,
+    save_reward_curve,
+    toy_reward,
+)
 from pararl.toy.reward import RandomReward, ToyOutputAlignment
 
 
@@ -61,3 +68,26 @@ def test_toy_datasets_also_judge_a_family_outside_the_default_world_when_trainin
     train, held_out = toy_datasets(4, 2 * (len(CATEGORIES) + 1), seed=0, train_categories=["open_colour"])
     assert train["category"] == ["open_colour"] * 4
     assert held_out["category"] == [*CATEGORIES, "open_colour"] * 2
+
+
+def test_paired_reward_summary_subtracts_the_no_update_run_step_by_step(tmp_path):
+    run = [{"reward": r, "step": s} for s, r in enumerate([0.5, 0.6, 0.7, 0.9], start=1)]
+    control = [{"reward": r, "step": s} for s, r in enumerate([0.5, 0.5, 0.6, 0.6], start=1)]
+    paired = paired_reward_summary(run, control)
+    assert paired["control_rewards"] == [0.5, 0.5, 0.6, 0.6]
+    assert paired["paired_difference"] == pytest.approx([0.0, 0.1, 0.1, 0.3])
+    assert paired["paired_difference_mean"] == pytest.approx(0.125)
+    assert paired["paired_difference_last_half"] == pytest.approx(0.2)
+    save_reward_curve(run, tmp_path / "curve.png", control_log_history=control)
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no logged step"):
+        paired_reward_summary(run, [{"reward": 0.1, "step": 9}])
+
+
+def test_coordination_table_shows_each_decoding_before_and_after():
+    def stats(matched, independent):
+        return {"matched": matched, "independent": independent, "coordination": matched - independent,
+                "distinct_text_choices": 3.0, "distinct_image_choices": 2.5}  # fmt: skip
+
+    table = format_coordination_changes({"decoding": stats(20, 15)}, {"decoding": stats(40, 20)})
+    assert "20.0 -> 40.0 (+20.0)" in table and "+5.0 -> +20.0 (+15.0)" in table

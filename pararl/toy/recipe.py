@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 
 __all__ = [
+    "TOY_COORDINATION_PROMPTS",
     "TOY_EVAL_SAMPLES",
     "TOY_GRPO_DEFAULTS",
     "TOY_LORA",
@@ -16,8 +17,11 @@ __all__ = [
     "TOY_TRAIN_SAMPLES",
     "diffusion_peft_config",
     "format_category_changes",
+    "format_coordination_changes",
+    "paired_reward_summary",
     "reward_curve",
     "save_reward_curve",
+    "toy_coordination",
     "toy_datasets",
     "toy_evaluation",
     "toy_grpo_config",
@@ -48,6 +52,8 @@ TOY_LORA: dict = {"use_peft": True, "lora_r": 16, "lora_alpha": 32}
 # The main job's prompts (toy seed 0): training prompts, and the held-out tasks scored before and after.
 TOY_TRAIN_SAMPLES = 512
 TOY_EVAL_SAMPLES = 192
+# Held-out open_colour prompts whose rollouts (x num_generations) measure coordination before and after.
+TOY_COORDINATION_PROMPTS = 32
 
 TOY_REWARDS = ("clip", "exact", "random")
 
@@ -151,8 +157,16 @@ def reward_curve(log_history: list[dict]) -> list[tuple[int, float]]:
     return [(log["step"], log["reward"]) for log in log_history if "reward" in log and "step" in log]
 
 
-def save_reward_curve(log_history: list[dict], path: str, title: str = "ParaRL on the toy world") -> None:
-    """Draws the logged training reward per step (and its running mean over a fifth of the run) to a PNG."""
+def save_reward_curve(
+    log_history: list[dict],
+    path: str,
+    title: str = "ParaRL on the toy world",
+    control_log_history: list[dict] | None = None,
+) -> None:
+    """Draws the logged training reward per step (and its running mean over a fifth of the run) to a PNG.
+
+    With `control_log_history` (the same job at learning rate 0: same prompts and rollout noise, no update) its curve
+    is drawn beside, and a second panel shows the paired difference, the only part of the curve that is learning."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,24 +175,83 @@ def save_reward_curve(log_history: list[dict], path: str, title: str = "ParaRL o
     points = reward_curve(log_history)
     if not points:
         raise ValueError("the log history holds no 'reward' entry; was the trainer run with logging on?")
+    control = dict(reward_curve(control_log_history)) if control_log_history is not None else None
+    fig, axes = plt.subplots(1, 1 if control is None else 2, figsize=(6 if control is None else 11, 3.4), dpi=120)
+    ax = axes if control is None else axes[0]
+    _plot_rewards(ax, points, "#1f4e79", "ParaRL")
+    if control is not None:
+        _plot_rewards(ax, sorted(control.items()), "#b0b0b0", "no update (lr 0)")
+        paired = [(step, reward - control[step]) for step, reward in points if step in control]
+        _plot_rewards(axes[1], paired, "#7a1f1f", "ParaRL - no update")
+        axes[1].axhline(0.0, color="black", linewidth=0.8)
+        axes[1].set_title("paired difference (same prompts and rollout noise)")
+    ax.set_title(title)
+    ax.set_ylabel("mean reward of the step's rollouts")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_rewards(ax, points, colour: str, label: str) -> None:
+    """One reward curve: each logged step (thin) and its running mean over a fifth of the run (thick)."""
     steps, rewards = zip(*points)
     window = max(1, len(rewards) // 5)
     running = [
         sum(rewards[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(rewards))
     ]
-    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=120)
-    ax.plot(steps, rewards, color="#1f4e79" if window == 1 else "#9bb7d4", marker="o", markersize=3,
-            linewidth=2 if window == 1 else 1, label="reward (each logged step)")  # fmt: skip
+    ax.plot(steps, rewards, color=colour, alpha=1.0 if window == 1 else 0.35, marker="o", markersize=3,
+            linewidth=2 if window == 1 else 1, label=f"{label} (each logged step)")  # fmt: skip
     if window > 1:
-        ax.plot(steps, running, color="#1f4e79", linewidth=2, label=f"running mean over {window} logged steps")
+        ax.plot(steps, running, color=colour, linewidth=2, label=f"{label}, running mean over {window}")
     ax.set_xlabel("training step")
-    ax.set_ylabel("mean reward of the step's rollouts")
-    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    ax.legend(loc="best", fontsize=7)
+
+
+def paired_reward_summary(log_history: list[dict], control_log_history: list[dict]) -> dict:
+    """The reward's paired difference to the no-update run, per logged step and over the last half of the run."""
+    control = dict(reward_curve(control_log_history))
+    paired = [reward - control[step] for step, reward in reward_curve(log_history) if step in control]
+    if not paired:
+        raise ValueError("the run and its no-update control share no logged step; were both logged alike?")
+    last_half = paired[len(paired) // 2 :]
+    return {
+        "control_rewards": [control[step] for step in sorted(control)],
+        "paired_difference": paired,
+        "paired_difference_mean": sum(paired) / len(paired),
+        "paired_difference_last_half": sum(last_half) / len(last_half),
+    }
+
+
+def toy_coordination(model, processor, args, prompts: int = TOY_COORDINATION_PROMPTS, seed: int = 0) -> dict:
+    """Coordination of the policy's two outputs on held-out open_colour prompts (`prompts` x `args.num_generations`
+    rollouts, decoded with the training rollout settings of `args` and its seed), and its coupling: see
+    :func:`pararl.toy.coordination.coordination_report`."""
+    from .coordination import coordination_report
+    from .tasks import build_toy_dataset
+
+    dataset = build_toy_dataset("test", prompts, seed=seed, categories=["open_colour"])
+    return coordination_report(
+        model, processor, dataset, args.to_rollout_config(), generations=args.num_generations, seed=args.seed
+    )
+
+
+def format_coordination_changes(before: dict, after: dict) -> str:
+    """Per decoding: matched, independent draws, coordination and distinct choices per group, before -> after."""
+    columns = (("matched", "matched", "{:.1f}"), ("independent", "independent", "{:.1f}"),
+               ("coordination", "coordination", "{:+.1f}"), ("distinct_text_choices", "words/prompt", "{:.2f}"),
+               ("distinct_image_choices", "colours/prompt", "{:.2f}"))  # fmt: skip
+    rows = [["decoding", *(header for _, header, _ in columns)]]
+    for decoding in before:
+        cells = [decoding]
+        for key, _, form in columns:
+            old, new = before[decoding][key], after[decoding][key]
+            cells.append(f"{form.format(old)} -> {form.format(new)} ({new - old:+.1f})")
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    )
 
 
 def format_category_changes(before: dict, after: dict, axes: tuple[str, ...] | None = None) -> str:
