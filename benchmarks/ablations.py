@@ -63,6 +63,7 @@ from pararl.toy.recipe import (
     TOY_GRPO_DEFAULTS,
     TOY_LORA,
     TOY_TRAIN_SAMPLES,
+    toy_coordination,
     toy_datasets,
     toy_evaluation,
     toy_grpo_config,
@@ -117,6 +118,7 @@ FULL = {
     "diffusion_steps": TOY_GRPO_DEFAULTS["diffusion_steps"],
     "batch_size": TOY_GRPO_DEFAULTS["per_device_train_batch_size"],
     "num_generations": TOY_GRPO_DEFAULTS["num_generations"],
+    "coordination_prompts": 64,
 }
 QUICK = {
     "max_steps": 2,
@@ -126,6 +128,7 @@ QUICK = {
     "diffusion_steps": 8,
     "batch_size": 4,
     "num_generations": 4,
+    "coordination_prompts": 2,
 }
 # The trainer settings recorded in the JSON output for every variant.
 RECORDED_FIELDS = (
@@ -196,6 +199,13 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=1,
         help="torch CPU threads (default 1: the toy model gains little from more, and oversubscribed threads spin).",
+    )
+    parser.add_argument(
+        "--coordination_prompts",
+        type=int,
+        default=None,
+        help="Held-out open_colour prompts on which each model's coordination is measured (0 = off; default "
+        f"{FULL['coordination_prompts']}).",
     )
     parser.add_argument("--quick", action="store_true", help="Tiny settings, to check the script.")
     parser.add_argument("--work_dir", default=None, help="Trainer output folders (default: a temporary folder).")
@@ -268,6 +278,10 @@ def run_one(args, name: str, seed: int, processor, train_dataset, eval_dataset, 
     result = toy_evaluation(model, processor, eval_dataset, config)
     record["eval_seconds"] = round(time.perf_counter() - start, 1)
     record.update(overall=result["overall"], axes=result["axes"], categories=result["categories"])
+    if args.coordination_prompts:
+        report = toy_coordination(model, processor, config, args.coordination_prompts)
+        record["coordination"] = {decoding: stats["coordination"] for decoding, stats in report.items()}
+        record["coordination_report"] = report
     del model, trainer
     gc.collect()
     return record
@@ -287,14 +301,25 @@ def summarise(records: list[dict]) -> dict[str, dict[str, float] | None]:
     return summary
 
 
+def _value(record: dict, axis: str) -> float | None:
+    """An axis of one (variant, seed) record; `"coordination"` is that of the variant's own decoding."""
+    if axis == "coordination":
+        return record.get("coordination", {}).get("decoding")
+    return record["axes"][axis]
+
+
 def paired_change(results: dict, name: str, axis: str = "output_alignment") -> str:
-    """A trained variant's per-seed change of `axis` over its untrained baseline with the same seed (the same
-    evaluation noise, so the change is not drowned by it): mean ± std and how many seeds went up."""
+    """A trained variant's per-seed change of `axis` (or `"coordination"`) over its untrained baseline with the same
+    seed (the same evaluation noise, so the change is not drowned by it): mean ± std and how many seeds went up."""
     baseline = VARIANTS[name].baseline
     if baseline not in results:
         return "-"
-    before = {r["seed"]: r["axes"][axis] for r in results[baseline]["per_seed"]}
-    changes = [r["axes"][axis] - before[r["seed"]] for r in results[name]["per_seed"] if r["seed"] in before]
+    before = {r["seed"]: _value(r, axis) for r in results[baseline]["per_seed"]}
+    changes = [
+        _value(r, axis) - before[r["seed"]]
+        for r in results[name]["per_seed"]
+        if before.get(r["seed"]) is not None and _value(r, axis) is not None
+    ]
     if not changes:
         return "-"
     mean, std = mean_std(changes)
@@ -302,7 +327,7 @@ def paired_change(results: dict, name: str, axis: str = "output_alignment") -> s
 
 
 def markdown_table(results: dict) -> str:
-    columns = [*(AXIS_HEADERS[axis] for axis in AXES), "Overall", "OutA change (paired)"]
+    columns = [*(AXIS_HEADERS[axis] for axis in AXES), "Overall", "OutA change (paired)", "Coord. change (paired)"]
     lines = ["| Variant | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, entry in results.items():
         cells = []
@@ -310,6 +335,7 @@ def markdown_table(results: dict) -> str:
             stats = entry["summary"][axis]
             cells.append("-" if stats is None else f"{stats['mean']:.1f} ± {stats['std']:.1f}")
         cells.append(paired_change(results, name))
+        cells.append(paired_change(results, name, "coordination"))
         lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

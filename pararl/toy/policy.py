@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from .tasks import ORIGINAL_CATEGORIES
+from .tasks import CATEGORIES, ORIGINAL_CATEGORIES
 
 
 POLICY_DIR = Path(__file__).parent / "assets" / "policy"
@@ -35,6 +35,12 @@ SFT_STAGES = (
      "toy_extra": [{"samples": 4000, "seed": 12, "categories": ["open_edit"]},
                    {"samples": 4000, "seed": 12, "categories": list(ORIGINAL_CATEGORIES)}],
      "learning_rate": 1e-3, "per_device_train_batch_size": 32, "warmup_steps": 20, "seed": 12},
+    {"max_steps": 1000, "toy_train_samples": 9600, "toy_seed": 13, "toy_categories": ["open_colour"],
+     "toy_extra": {"samples": 6400, "seed": 13, "categories": list(CATEGORIES)},
+     "learning_rate": 1e-3, "per_device_train_batch_size": 32, "warmup_steps": 20, "seed": 13},
+    {"max_steps": 1200, "toy_train_samples": 11520, "toy_seed": 14, "toy_categories": ["open_colour"],
+     "toy_extra": {"samples": 7680, "seed": 14, "categories": list(CATEGORIES)},
+     "learning_rate": 1e-3, "per_device_train_batch_size": 32, "warmup_steps": 20, "seed": 14},
 )  # fmt: skip
 
 
