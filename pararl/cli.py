@@ -10,9 +10,10 @@ import argparse
 import difflib
 import os
 from collections.abc import Sequence
+from typing import NoReturn
 
 
-__all__ = ["announce_defaults", "check_flags", "given_options", "load_script_datasets"]
+__all__ = ["announce_defaults", "check_flags", "given_options", "load_script_datasets", "usage_error"]
 
 
 def _long_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -22,9 +23,13 @@ def _long_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
     return flags
 
 
-def _fail(parser: argparse.ArgumentParser, message: str) -> None:
-    # As `parser.error` (status 2), without its usage text: the example scripts have hundreds of flags.
+def usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exits as `parser.error` does (status 2, `prog: error: message`), without its usage text: the example scripts
+    have hundreds of flags, and `--help` lists them."""
     parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+_fail = usage_error
 
 
 def _one_per_option(candidates: list[str], flags: dict[str, str]) -> list[str]:

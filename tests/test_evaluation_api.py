@@ -286,7 +286,9 @@ def test_an_unreachable_judge_fails_in_seconds_with_its_cause(toy_run, tmp_path,
     captured = capsys.readouterr()
     assert "judged 3 samples with api: 3 asked, 0 from cache, 3 missing" in captured.out
     cause = "APIConnectionError: Connection error." if server_kind == "nothing listens" else "APITimeoutError"
-    assert (f"3 of 3 judgements missing:\n  3 x not asked: the server failed the reachability check: {cause}") in captured.err
+    assert (
+        f"3 of 3 judgements missing:\n  3 x not asked: the server failed the reachability check: {cause}"
+    ) in captured.err
     assert f"(base_url {url}/)" in captured.err
     assert "error: 3 of 3 judgements missing, more than --max_missing 0 allows" in captured.err
     # The report refuses to tabulate nothing.
@@ -308,7 +310,7 @@ def test_failed_requests_are_counted_against_max_missing_and_marked_in_the_repor
     assert exit_info.value.code == 1
     assert len(server.requests) == 4  # 2 answered + the failing one twice (one retry); the check is a GET
     err = capsys.readouterr().err
-    assert f"1 of 3 judgements missing:\n  1 x request failed: InternalServerError: Error code: 500" in err
+    assert "1 of 3 judgements missing:\n  1 x request failed: InternalServerError: Error code: 500" in err
     assert f"(base_url {server.url}/)" in err and "1 of 3 judgements missing, more than --max_missing 0 allows" in err
     # A third may be missing: accepted, and the report marks what it could not average.
     server.plan = {failing: ["500"] * 10}

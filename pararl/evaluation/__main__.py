@@ -298,7 +298,9 @@ def judge(args) -> dict:
         causes = missing_causes(judgements)
         lines = [f"  {count} x {cause}" for cause, count in causes[:3]]
         if len(causes) > 3:
-            lines.append(f"  ... and {len(causes) - 3} other causes (the 'error' field of {folder / args.judge}.jsonl)")
+            lines.append(
+                f"  ... and {len(causes) - 3} other causes (the 'error' field of {folder / args.judge}.jsonl)"
+            )
         print(f"{counts['missing']} of {len(samples)} judgements missing:\n" + "\n".join(lines), file=sys.stderr)
     if counts["missing"] > args.max_missing * len(samples):
         raise TooManyMissing(
