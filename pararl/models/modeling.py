@@ -611,10 +611,17 @@ def check_pararl_checkpoint(path: str | os.PathLike, config: MaskedDiffusionConf
         config: The config the model will be built with; default: the folder's `config.json`.
 
     Raises:
+        FileNotFoundError: No config was given and the folder has no config.json.
         ValueError: Missing, unexpected or mis-shaped keys (all listed), or a weight file that cannot be read (named).
     """
     path = os.fspath(path)
     if config is None:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            # transformers would fall back to the default (8B-shaped) config and list every key as missing.
+            raise FileNotFoundError(
+                f"{path} has no config.json; a MaskedDiffusionLM folder holds the config.json that `save_pretrained` "
+                "writes beside the weights (or pass config=...)."
+            )
         config = MaskedDiffusionConfig.from_pretrained(path)
     files = find_weight_files(path, MODEL_WEIGHT_NAMES)
     check_weight_shapes(read_weight_shapes(files), expected_weight_shapes(config), source=path)
