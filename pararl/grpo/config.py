@@ -363,6 +363,8 @@ class DiffusionGRPOConfig(GRPOConfig):
 
     def __post_init__(self):
         check_ranges(self, TRAINING_RANGES + GRPO_RANGES)  # before TRL's own __post_init__ divides by any of them
+        if self.activation_checkpointing is None:  # TRL's field keeps the old name (default True): no FutureWarning
+            self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
         choices = {
             "text_schedule": SCHEDULES,

@@ -387,6 +387,18 @@ class MaskedDiffusionLM(MaskedDiffusionPreTrainedModel):
             )
         return (model, info) if want_info else model
 
+    # TRL 1.16 still calls the `gradient_checkpointing*` names that transformers 5 deprecated, which would print a
+    # FutureWarning on every run: they are answered with the `activation_checkpointing*` implementation, silently.
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self._activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self._activation_checkpointing_disable()
+
     # Embedding accessors (LLaDA's tree does not match the default `embed_tokens` / `lm_head` lookups).
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.transformer.wte
