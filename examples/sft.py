@@ -30,7 +30,7 @@ accelerate launch --config_file ds_configs/zero3.yaml examples/sft.py \
     --warmup_steps 500 \
     --per_device_train_batch_size 4 \
     --gradient_accumulation_steps 6 \
-    --gradient_checkpointing \
+    --activation_checkpointing \
     --output_dir outputs/sft
 ```
 

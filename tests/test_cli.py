@@ -173,7 +173,10 @@ def test_a_usage_error_is_one_line_and_status_2(script, pararl_script, tmp_path,
     cases = {
         ("--learning_rate", "abc"): "argument --learning_rate/--learning-rate: invalid float value: 'abc'",
         ("--max_steps", "-5"): f"{config_name}: max_steps=-5 must be >= -1 (-1: train for num_train_epochs).",
-        ("--learning_rate", "-1"): f"{config_name}: learning_rate=-1.0 must be >= 0 (0: no update, e.g. a control run).",
+        (
+            "--learning_rate",
+            "-1",
+        ): f"{config_name}: learning_rate=-1.0 must be >= 0 (0: no update, e.g. a control run).",
         ("--config", str(tmp_path / "typo.yaml")): f"{tmp_path / 'typo.yaml'}: unknown key learnig_rate; did you mean "
         "learning_rate?",
         ("--config", str(tmp_path / "list.yaml")): f"--config {tmp_path / 'list.yaml'} must hold a mapping of flag "

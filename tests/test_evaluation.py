@@ -8,6 +8,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -68,11 +69,13 @@ def test_toy_benchmark_round_trip(toy_benchmark):
         assert (row.prompt, row.task, row.category) == (truth["prompt"], truth["task"], truth["category"])
         assert set(row.references) == {"reasoning", "output_image", "answer"}
         assert row.references["answer"] == truth["answer"]
-        assert list(row.references["output_image"].getdata()) == list(truth["output_image"].convert("RGB").getdata())
+        assert np.array_equal(
+            np.asarray(row.references["output_image"]), np.asarray(truth["output_image"].convert("RGB"))
+        )
         if truth["image"] is None:
             assert row.image is None and row.task == "generate"
         else:
-            assert list(row.image.getdata()) == list(truth["image"].convert("RGB").getdata())
+            assert np.array_equal(np.asarray(row.image), np.asarray(truth["image"].convert("RGB")))
     assert {r.task for r in rows} == {"edit", "generate"}
 
 

@@ -1154,7 +1154,7 @@ def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(
             expected = processor.decode_images(processor.image_tokenizer.encode([row["image"]]))
             assert isinstance(picture, PIL.Image.Image)
             assert torch.equal(
-                torch.as_tensor(np.asarray(picture)), torch.as_tensor(np.asarray(tensor_to_images(expected)[0]))
+                torch.as_tensor(np.array(picture)), torch.as_tensor(np.array(tensor_to_images(expected)[0]))
             )
 
 
