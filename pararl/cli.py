@@ -112,7 +112,9 @@ def _read_config(parser: argparse.ArgumentParser, path: str) -> dict:
     except OSError as error:
         _fail(parser, f"--config {path}: {error.strerror}")
     except yaml.YAMLError as error:
-        _fail(parser, f"--config {path} is not valid YAML ({error})")
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        _fail(parser, f"--config {path} is not valid YAML ({getattr(error, 'problem', None) or error}{where})")
     if config is None:
         return {}
     if not isinstance(config, dict):
@@ -141,12 +143,7 @@ def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[s
     for i, token in enumerate(argv):
         name = token.split("=", 1)[0]
         if name == "--config" and i + 1 < len(argv) and os.path.isfile(argv[i + 1]):
-            import yaml
-
-            with open(argv[i + 1]) as f:
-                config = yaml.safe_load(f)
-            if isinstance(config, dict):
-                given.update(key for key in config if key != "env")
+            given.update(key for key in _read_config(parser, argv[i + 1]) if key != "env")
         elif name in flags:
             given.add(flags[name])
     return given

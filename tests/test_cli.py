@@ -170,6 +170,7 @@ def test_a_usage_error_is_one_line_and_status_2(script, pararl_script, tmp_path,
     config_name = "DiffusionGRPOConfig" if script == "pararl.py" else "ParallelSFTConfig"
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"max_steps": 2, "learnig_rate": 0.1}))
     (tmp_path / "list.yaml").write_text("- max_steps\n")
+    (tmp_path / "broken.yaml").write_text("max_steps: [2\n")
     cases = {
         ("--learning_rate", "abc"): "argument --learning_rate/--learning-rate: invalid float value: 'abc'",
         ("--max_steps", "-5"): f"{config_name}: max_steps=-5 must be >= -1 (-1: train for num_train_epochs).",
@@ -181,6 +182,8 @@ def test_a_usage_error_is_one_line_and_status_2(script, pararl_script, tmp_path,
         "learning_rate?",
         ("--config", str(tmp_path / "list.yaml")): f"--config {tmp_path / 'list.yaml'} must hold a mapping of flag "
         "names to values, got list",
+        ("--config", str(tmp_path / "broken.yaml")): f"--config {tmp_path / 'broken.yaml'} is not valid YAML "
+        "(expected ',' or ']', but got '<stream end>' at line 2, column 1)",
     }
     for argv, message in cases.items():
         code, out, err = _run_main(script, list(argv), monkeypatch, capsys)
