@@ -312,6 +312,12 @@ def test_failed_requests_are_counted_against_max_missing_and_marked_in_the_repor
     err = capsys.readouterr().err
     assert "1 of 3 judgements missing:\n  1 x request failed: InternalServerError: Error code: 500" in err
     assert f"(base_url {server.url}/)" in err and "1 of 3 judgements missing, more than --max_missing 0 allows" in err
+    with pytest.raises(SystemExit) as exit_info:
+        _judge_cli(run, server.url, "--max_missing", "5")
+    assert (
+        exit_info.value.code == 2
+        and "--max_missing: a share of the samples is in [0, 1], got 5" in capsys.readouterr().err
+    )
     # A third may be missing: accepted, and the report marks what it could not average.
     server.plan = {failing: ["500"] * 10}
     _judge_cli(run, server.url, "--max_retries", "1", "--max_missing", "0.34")

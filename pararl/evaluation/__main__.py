@@ -28,6 +28,13 @@ def _csv(value: str | None) -> list[str] | None:
     return None if value is None else [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _share(value: str) -> float:
+    share = float(value)
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share of the samples is in [0, 1], got {value}")
+    return share
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("benchmark")
     group.add_argument(
@@ -142,7 +149,7 @@ def _add_judge_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--retry_missing", action="store_true", help="Ask again for cached missing verdicts.")
     group.add_argument(
         "--max_missing",
-        type=float,
+        type=_share,
         default=0.0,
         help="Share of the judged samples (0-1) that may end without a verdict (failed requests, malformed replies) "
         "before the command fails with exit status 1; the judgements are written either way.",
@@ -280,8 +287,6 @@ def judge(args) -> dict:
     from .cache import JudgeCache, cached_judge, merge_judgements, write_atomic
     from .judges import load_samples
 
-    if not 0.0 <= args.max_missing <= 1.0:
-        raise ValueError(f"--max_missing is a share of the samples in [0, 1], got {args.max_missing}.")
     samples = load_samples(args.output_dir, categories=_csv(args.categories) if "categories" in args else None)
     judge_ = build_judge(args)
     cache = JudgeCache(args.cache_dir or Path(args.output_dir) / "judge_cache")
