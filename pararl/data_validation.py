@@ -170,8 +170,9 @@ class _RowChecker:
         texts = [values[j] for j in good]
         encodings = _encode(self.processor.tokenizer, texts)
         if unk is not None:
+            shown = self.processor.tokenizer.unk_token  # where a slow tokenizer gives no offsets
             for j, text, (ids, offsets) in zip(good, texts, encodings):
-                unknown = [text[start:end] for token, (start, end) in zip(ids, offsets) if token == unk]
+                unknown = [text[start:end] or shown for token, (start, end) in zip(ids, offsets) if token == unk]
                 if unknown:
                     problems.append(RowProblem(indices[j], name, ", ".join(map(repr, unknown)), fatal=False))
         if truncate:
