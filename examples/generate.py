@@ -25,7 +25,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pararl.cli import check_flags  # noqa: E402
+from pararl.cli import check_flags, parse_command_line, usage_error  # noqa: E402
 from pararl.image_tokenizers import tensor_to_images  # noqa: E402
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM  # noqa: E402
 from pararl.processing import load_processor  # noqa: E402
@@ -82,7 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="Row seed of the sampling noise.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     check_flags(parser, sys.argv[1:] if argv is None else argv)  # no abbreviations; the closest flag for a typo
-    return parser.parse_args(argv)
+    args = parse_command_line(parser, sys.argv[1:] if argv is None else argv)
+    if not args.prompt.strip():
+        usage_error(parser, "--prompt is empty; give the instruction, e.g. --prompt 'draw a red square .'")
+    return args
 
 
 def load_model(args, processor) -> MaskedDiffusionLM:
@@ -169,8 +172,7 @@ def main(argv=None) -> dict[str, Path]:
     paths["reasoning"].write_text(reasoning + "\n")
     draw_trajectory(trajectory.to("cpu"), processor, prompt=args.prompt).save(paths["trajectory"])
     print(f"reasoning: {reasoning}")
-    for name, path in paths.items():
-        print(f"{name}: {path}")
+    print("saved: " + ", ".join(str(path) for path in paths.values()))
     return paths
 
 

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from pararl.cli import announce_defaults, check_flags, given_options, load_script_datasets
+from pararl.cli import announce_defaults, check_flags, given_options, load_script_datasets, parse_command_line
 from pararl.grpo.config import DiffusionGRPOConfig
 from pararl.toy.recipe import (
     TOY_COORDINATION_PROMPTS,
@@ -364,6 +364,6 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     parser, toy_defaults = make_parser(argv)
     check_flags(parser, argv)
+    script_args, training_args, model_args = parse_command_line(parser, argv)  # a usage error: one line, exit 2
     announce_defaults(toy_defaults)
-    script_args, training_args, model_args = parser.parse_args_and_config(argv)
     main(script_args, training_args, model_args)

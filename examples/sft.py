@@ -30,7 +30,7 @@ accelerate launch --config_file ds_configs/zero3.yaml examples/sft.py \
     --warmup_steps 500 \
     --per_device_train_batch_size 4 \
     --gradient_accumulation_steps 6 \
-    --gradient_checkpointing \
+    --activation_checkpointing \
     --output_dir outputs/sft
 ```
 
@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from pararl.cli import announce_defaults, check_flags, given_options, load_script_datasets
+from pararl.cli import announce_defaults, check_flags, given_options, load_script_datasets, parse_command_line
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.processing import ParallelProcessor, load_processor
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
@@ -203,6 +203,6 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     parser, toy_defaults = make_parser(argv)
     check_flags(parser, argv)
+    script_args, training_args, model_args = parse_command_line(parser, argv)  # a usage error: one line, exit 2
     announce_defaults(toy_defaults)
-    script_args, training_args, model_args = parser.parse_args_and_config(argv)
     main(script_args, training_args, model_args)

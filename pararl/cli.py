@@ -1,18 +1,30 @@
-"""What the example scripts share: strict command lines (whole flag names only, the closest flag for a typo) and
-TRL's way of loading `--dataset_name`.
+"""What the example scripts share: strict command lines (whole flag names only, the closest flag for a typo), one
+clean line for a usage error, and TRL's way of loading `--dataset_name`.
 
 argparse accepts any unambiguous prefix of a flag (`--num_rew 2` sets `--num_reward_steps`), so a flag added later
 can silently change what an old command means, and a typo only gets "unrecognized arguments". The scripts build
-their parsers with `allow_abbrev=False` and call [`check_flags`] before parsing, which names the closest flags.
+their parsers with `allow_abbrev=False` and call [`check_flags`] before parsing, which names the closest flags (of
+the command line and of the `--config` YAML file alike). [`parse_command_line`] then parses with every usage error
+(a value that does not parse, a setting a config's `__post_init__` refuses) as one line and exit status 2, like
+argparse's own errors but without a usage text hundreds of flags long.
 """
 
 import argparse
 import difflib
+import functools
 import os
 from collections.abc import Sequence
+from typing import NoReturn
 
 
-__all__ = ["announce_defaults", "check_flags", "given_options", "load_script_datasets"]
+__all__ = [
+    "announce_defaults",
+    "check_flags",
+    "given_options",
+    "load_script_datasets",
+    "parse_command_line",
+    "usage_error",
+]
 
 
 def _long_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -22,9 +34,13 @@ def _long_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
     return flags
 
 
-def _fail(parser: argparse.ArgumentParser, message: str) -> None:
-    # As `parser.error` (status 2), without its usage text: the example scripts have hundreds of flags.
+def usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exits as `parser.error` does (status 2, `prog: error: message`), without its usage text: the example scripts
+    have hundreds of flags, and `--help` lists them."""
     parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+_fail = usage_error
 
 
 def _one_per_option(candidates: list[str], flags: dict[str, str]) -> list[str]:
@@ -59,6 +75,64 @@ def check_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
         close = _one_per_option(difflib.get_close_matches(name, list(flags), n=6, cutoff=0.6), flags)[:3]
         hint = f"; did you mean {' or '.join(close)}?" if close else " (see --help)"
         _fail(parser, f"unrecognized flag {name}{hint}")
+    _check_config_keys(parser, argv, flags)
+
+
+def _check_config_keys(parser: argparse.ArgumentParser, argv: Sequence[str], flags: dict[str, str]) -> None:
+    """The keys of the `--config` YAML file (TrlParser's) are flags too: an unknown one gets the closest key."""
+    path = _config_path(argv)
+    if path is None:
+        return
+    config = _read_config(parser, path)
+    for key in config:
+        if key == "env" or f"--{key}" in flags:
+            continue
+        keys = {flag[2:]: dest for flag, dest in flags.items()}
+        close = [f"--{k}" for k in difflib.get_close_matches(str(key), list(keys), n=6, cutoff=0.6)]
+        close = [flag[2:] for flag in _one_per_option(close, flags)[:3]]
+        hint = f"; did you mean {' or '.join(close)}?" if close else " (see --help for the flags it may set)"
+        _fail(parser, f"{path}: unknown key {key}{hint}")
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--config="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def _read_config(parser: argparse.ArgumentParser, path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except OSError as error:
+        _fail(parser, f"--config {path}: {error.strerror}")
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        _fail(parser, f"--config {path} is not valid YAML ({getattr(error, 'problem', None) or error}{where})")
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        _fail(parser, f"--config {path} must hold a mapping of flag names to values, got {type(config).__name__}")
+    return config
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]):
+    """`parser.parse_args_and_config(argv)` (a TrlParser) or `parser.parse_args(argv)`, with every usage error as one
+    line and exit status 2: argparse's own (a value that does not parse: no usage text) and the `ValueError` of a
+    config's `__post_init__` (a setting out of range: no traceback)."""
+    parser.error = functools.partial(usage_error, parser)  # argparse's documented hook for its errors
+    try:
+        if hasattr(parser, "parse_args_and_config"):
+            return parser.parse_args_and_config(list(argv))
+        return parser.parse_args(list(argv))
+    except ValueError as error:
+        usage_error(parser, str(error))
 
 
 def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
@@ -69,12 +143,7 @@ def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[s
     for i, token in enumerate(argv):
         name = token.split("=", 1)[0]
         if name == "--config" and i + 1 < len(argv) and os.path.isfile(argv[i + 1]):
-            import yaml
-
-            with open(argv[i + 1]) as f:
-                config = yaml.safe_load(f)
-            if isinstance(config, dict):
-                given.update(key for key in config if key != "env")
+            given.update(key for key in _read_config(parser, argv[i + 1]) if key != "env")
         elif name in flags:
             given.add(flags[name])
     return given

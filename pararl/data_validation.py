@@ -7,13 +7,20 @@ column (the first 20 and a count).
 
 What a row must be (the pararl schema, shared by both trainers):
 
-- `prompt`: present and a string, within the preset's instruction budget unless the processor truncates;
+- `prompt`: present, a string that is not empty or whitespace only, within the preset's instruction budget unless
+  the processor truncates;
 - input image: `image` a PIL image (or an image file in a `datasets.Image` column) that decodes, has a mode that
   converts to RGB and, for an exact (palette) image tokenizer, the tokenizer's pixel size and only palette colours;
   or `image_codes` a `(rows, cols)` grid (or its flat form) of integer codes inside the codebook; or neither;
 - `task`: absent, or one the preset knows; `"generate"` takes no input image and `"edit"` needs one;
 - SFT only: `reasoning` present, a string, within the reasoning budget unless truncated; an output image in
   `output_image` / `output_image_codes`, checked like the input image.
+
+Prompts with words the text tokenizer does not know (they become its unknown token) are counted; when they are
+more than 1% of the rows, one warning gives the count and the first examples. A warning, not an error: only a
+word-level tokenizer like the toy world's has an unknown token in use (the released checkpoints' byte-level BPE
+reads any text), a few rare words do not make a dataset unusable, and an error would need an allow flag on every
+such run; above 1% the model is likely being trained on prompts it cannot read, which a user must hear about.
 
 Learned VQ encoders (MAGVIT-v2, aMUSEd) are not run here: they resize any RGB image, and a forward per image would
 cost as much as the training's own encoding; for them an image must decode and convert to RGB.
@@ -44,8 +51,11 @@ __all__ = ["DatasetRowError", "RowProblem", "check_dataset", "check_datasets"]
 
 Stage = Literal["pararl", "sft"]
 # Bumped whenever a check changes: part of the cache fingerprint, so an old "no problem" result is never reused.
-_CHECKS_VERSION = "1"
+_CHECKS_VERSION = "2"
 _MAX_LISTED = 20
+# Share of rows with unknown prompt words above which the check warns, and the examples the warning shows.
+_UNKNOWN_WORDS_SHARE = 0.01
+_UNKNOWN_WORDS_EXAMPLES = 5
 # Rows of a streamed (iterable) dataset read at construction; the rest would need a full pass over the stream.
 _STREAM_ROWS_CHECKED = 1000
 # (PIL column, code-grid column) of the input image and of the SFT target image.
@@ -54,17 +64,24 @@ _OUTPUT_IMAGE = ("output_image", "output_image_codes")
 # Pixel modes that `convert("RGB")` clips (16- and 32-bit integers, floats): such an image is not what it looks like.
 _UNCONVERTIBLE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 _PROBLEM_FEATURES = datasets.Features(
-    {"row": datasets.Value("int64"), "column": datasets.Value("string"), "problem": datasets.Value("string")}
+    {
+        "row": datasets.Value("int64"),
+        "column": datasets.Value("string"),
+        "problem": datasets.Value("string"),
+        "fatal": datasets.Value("bool"),
+    }
 )
 
 
 @dataclass(frozen=True)
 class RowProblem:
-    """One problem of one row: its index in the dataset, the column and what is wrong."""
+    """One problem of one row: its index in the dataset, the column and what is wrong; `fatal=False` for what
+    training survives (unknown prompt words), which is warned about, not raised."""
 
     row: int
     column: str
     problem: str
+    fatal: bool = True
 
     def __str__(self) -> str:
         return f"row {self.row}, column {self.column!r}: {self.problem}"
@@ -111,7 +128,9 @@ class _RowChecker:
     def __call__(self, columns: Mapping[str, Any], indices: Sequence[int]) -> list[RowProblem]:
         problems: list[RowProblem] = []
         preset, processor = self.processor.preset, self.processor
-        self._texts(columns, indices, "prompt", preset.max_prompt_tokens, processor.truncate_prompt, problems)
+        self._texts(
+            columns, indices, "prompt", preset.max_prompt_tokens, processor.truncate_prompt, problems, prompt=True
+        )
         has_input = self._images(columns, indices, *_INPUT_IMAGE, required=False, problems=problems)
         self._tasks(columns, indices, has_input, problems)
         if self.stage == "sft":
@@ -121,11 +140,18 @@ class _RowChecker:
         return problems
 
     # -------------------------------------------------------------------------------------------------- texts
-    def _texts(self, columns, indices, name, budget, truncate, problems) -> None:
+    def _texts(self, columns, indices, name, budget, truncate, problems, prompt=False) -> None:
+        """Checks a text column; a prompt must not be blank, and its unknown words are noted (not fatal)."""
         values = _python(columns.get(name), len(indices))
         good = []
         for j, value in enumerate(values):
-            if value is None:
+            if prompt and isinstance(value, str) and not value.strip():
+                problems.append(
+                    RowProblem(
+                        indices[j], name, f"is empty{' (whitespace only)' if value else ''}; give an instruction"
+                    )
+                )
+            elif value is None:
                 problems.append(RowProblem(indices[j], name, "missing (None); it must be a string"))
             elif not isinstance(value, str):
                 problems.append(
@@ -138,10 +164,21 @@ class _RowChecker:
                 )
             else:
                 good.append(j)
-        if truncate or not good:
+        unk = getattr(self.processor.tokenizer, "unk_token_id", None) if prompt else None
+        if (truncate and unk is None) or not good:
             return
-        lengths = _token_counts(self.processor.tokenizer, [values[j] for j in good])
-        for j, length in zip(good, lengths):
+        texts = [values[j] for j in good]
+        encodings = _encode(self.processor.tokenizer, texts)
+        if unk is not None:
+            shown = self.processor.tokenizer.unk_token  # where a slow tokenizer gives no offsets
+            for j, text, (ids, offsets) in zip(good, texts, encodings):
+                unknown = [text[start:end] or shown for token, (start, end) in zip(ids, offsets) if token == unk]
+                if unknown:
+                    problems.append(RowProblem(indices[j], name, ", ".join(map(repr, unknown)), fatal=False))
+        if truncate:
+            return
+        for j, (ids, _) in zip(good, encodings):
+            length = len(ids)
             if length > budget:
                 problems.append(
                     RowProblem(
@@ -281,13 +318,23 @@ class _RowChecker:
                 )
 
 
-def _token_counts(tokenizer, texts: list[str]) -> list[int]:
-    """Tokens per text without special tokens, as the processor counts them; a fast tokenizer's Rust backend directly
-    (the same ids, without building a `BatchEncoding`: most of the check's time is tokenisation)."""
+def _encode(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """`(ids, character offsets)` per text without special tokens, as the processor tokenises; a fast tokenizer's
+    Rust backend directly (the same ids, without building a `BatchEncoding`: most of the check's time is
+    tokenisation)."""
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     if backend is not None:
-        return [len(encoding.ids) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return list(zip(encoded["input_ids"], encoded["offset_mapping"]))
+    # A slow tokenizer has no offsets: the unknown words are then shown as the unknown token.
+    return [(ids, [(0, 0)] * len(ids)) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens per text without special tokens, as the processor counts them."""
+    return [len(ids) for ids, _ in _encode(tokenizer, texts)]
 
 
 def _python(values: Any, num_rows: int) -> list:
@@ -394,6 +441,7 @@ def _problems_of_dataset(dataset: datasets.Dataset, processor, stage: Stage, nam
             "row": [p.row for p in found],
             "column": [p.column for p in found],
             "problem": [p.problem for p in found],
+            "fatal": [p.fatal for p in found],
         }
 
     result = view.with_format("arrow").map(
@@ -408,7 +456,7 @@ def _problems_of_dataset(dataset: datasets.Dataset, processor, stage: Stage, nam
         desc=f"Checking the {name} dataset",
     )
     table = result.with_format(None).to_dict()
-    return [RowProblem(*fields) for fields in zip(table["row"], table["column"], table["problem"])]
+    return [RowProblem(*fields) for fields in zip(table["row"], table["column"], table["problem"], table["fatal"])]
 
 
 def _problems_of_rows(rows, checker: _RowChecker, batch_size: int) -> list[RowProblem]:
@@ -483,8 +531,32 @@ def check_dataset(
     else:
         num_rows = len(dataset)
         problems = _problems_of_rows((dataset[i] for i in range(num_rows)), checker, batch_size)
-    if problems:
-        raise DatasetRowError(name, num_rows, problems)
+    fatal = [p for p in problems if p.fatal]
+    if fatal:
+        raise DatasetRowError(name, num_rows, fatal)
+    _warn_unknown_words(processor, name, [p for p in problems if not p.fatal], num_rows)
+
+
+def _warn_unknown_words(processor, name: str, notes: Sequence[RowProblem], num_rows: int | None) -> None:
+    """One warning when more than 1% of the checked rows have prompt words the tokenizer does not know."""
+    if not notes or num_rows == 0:
+        return
+    import warnings
+
+    notes = sorted(notes, key=lambda p: p.row)
+    of = f" of {num_rows:,}" if num_rows is not None else ""
+    if num_rows is not None and len(notes) <= _UNKNOWN_WORDS_SHARE * num_rows:
+        return
+    examples = "; ".join(f"row {p.row}: {p.problem}" for p in notes[:_UNKNOWN_WORDS_EXAMPLES])
+    more = (
+        f"; ... and {len(notes) - _UNKNOWN_WORDS_EXAMPLES:,} more rows" if len(notes) > _UNKNOWN_WORDS_EXAMPLES else ""
+    )
+    tokenizer = processor.tokenizer
+    warnings.warn(
+        f"{len(notes):,}{of} prompts of the {name} dataset have words the tokenizer does not know, read by the model "
+        f"as {tokenizer.unk_token} ({examples}{more}); rephrase them with words of its vocabulary.",
+        stacklevel=3,
+    )
 
 
 def check_datasets(

@@ -154,3 +154,59 @@ def test_trl_dataset_flags_are_honoured(script, pararl_script, sft_script, tmp_p
         assert load()[1] is None
     with pytest.raises(ValueError, match="ignore_bias_buffers"):
         load("--ignore_bias_buffers")
+
+
+def _run_main(script, argv, monkeypatch, capsys) -> tuple[int, str, str]:
+    """The script's own `__main__` block in this process: exit status, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "examples" / script), run_name="__main__")
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("script", ["pararl.py", "sft.py"])
+def test_a_usage_error_is_one_line_and_status_2(script, pararl_script, tmp_path, monkeypatch, capsys):
+    config_name = "DiffusionGRPOConfig" if script == "pararl.py" else "ParallelSFTConfig"
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"max_steps": 2, "learnig_rate": 0.1}))
+    (tmp_path / "list.yaml").write_text("- max_steps\n")
+    (tmp_path / "broken.yaml").write_text("max_steps: [2\n")
+    cases = {
+        ("--learning_rate", "abc"): "argument --learning_rate/--learning-rate: invalid float value: 'abc'",
+        ("--max_steps", "-5"): f"{config_name}: max_steps=-5 must be >= -1 (-1: train for num_train_epochs).",
+        (
+            "--learning_rate",
+            "-1",
+        ): f"{config_name}: learning_rate=-1.0 must be >= 0 (0: no update, e.g. a control run).",
+        ("--config", str(tmp_path / "typo.yaml")): f"{tmp_path / 'typo.yaml'}: unknown key learnig_rate; did you mean "
+        "learning_rate?",
+        ("--config", str(tmp_path / "list.yaml")): f"--config {tmp_path / 'list.yaml'} must hold a mapping of flag "
+        "names to values, got list",
+        ("--config", str(tmp_path / "broken.yaml")): f"--config {tmp_path / 'broken.yaml'} is not valid YAML "
+        "(expected ',' or ']', but got '<stream end>' at line 2, column 1)",
+    }
+    for argv, message in cases.items():
+        code, out, err = _run_main(script, list(argv), monkeypatch, capsys)
+        assert (code, err) == (2, f"{script}: error: {message}\n"), argv
+        assert "defaults" not in out  # refused before anything is announced or loaded
+
+
+def test_generate_usage_errors_are_one_line(monkeypatch, capsys):
+    code, _, err = _run_main("generate.py", ["--prompt", "x", "--num_steps", "four"], monkeypatch, capsys)
+    assert (code, err) == (2, "generate.py: error: argument --num_steps: invalid int value: 'four'\n")
+
+
+def test_accelerate_launch_quiet_with_the_shipped_config_shows_one_line(tmp_path):
+    # What the README gives for the toy job: no "values were not passed" list, and with --quiet no launcher traceback.
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file",
+               str(REPO / "ds_configs" / "single_process.yaml"), str(REPO / "examples" / "pararl.py"), "--max_steps",
+               "-5"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1  # accelerate's status for a failed script under --quiet
+    assert result.stderr == (
+        "pararl.py: error: DiffusionGRPOConfig: max_steps=-5 must be >= -1 (-1: train for num_train_epochs).\n"
+    )

@@ -97,6 +97,8 @@ def _problem_cases(toy):
     return {
         "chat prompt": ({**generate, "prompt": [{"role": "user", "content": "hi"}]}, "prompt", "must be a string"),
         "missing prompt": ({**generate, "prompt": None}, "prompt", "missing"),
+        "empty prompt": ({**generate, "prompt": ""}, "prompt", "is empty; give an instruction"),
+        "blank prompt": ({**generate, "prompt": " \t "}, "prompt", "is empty (whitespace only)"),
         "prompt over budget": ({**generate, "prompt": "red " * 40}, "prompt", "over the budget"),
         "image wrong size": ({**edit, "image": wide}, "image", "30x32 pixels"),
         "colour off the palette": ({**edit, "image": off_palette}, "image", "not in the palette"),
@@ -242,3 +244,29 @@ def test_token_counts_are_the_processors(toy, processor):
     texts = [*toy["prompt"], *toy["reasoning"], "red " * 40, "", "zzz unknown !"]
     expected = [len(ids) for ids in processor.tokenizer(texts, add_special_tokens=False)["input_ids"]]
     assert _token_counts(processor.tokenizer, texts) == expected
+
+
+def test_unknown_prompt_words_warn_once_above_one_percent(toy, processor, tmp_path):
+    import warnings
+
+    rows = rows_of(toy, 300)
+    rows[7]["prompt"] = "write about a red apple ."  # 3 of 300 rows: 1%, not above it
+    for i in (40, 41):
+        rows[i]["prompt"] = rows[7]["prompt"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_dataset(datasets.Dataset.from_list(rows, features=FEATURES), processor)
+    for i in range(100, 110):  # 13 of 300
+        rows[i]["prompt"] = f"paint the zebra{i} red ."
+    with pytest.warns(UserWarning) as caught:
+        check_dataset(datasets.Dataset.from_list(rows, features=FEATURES), processor)
+    (warning,) = caught
+    assert str(warning.message) == (
+        "13 of 300 prompts of the train dataset have words the tokenizer does not know, read by the model as <unk> "
+        "(row 7: 'write', 'about', 'apple'; row 40: 'write', 'about', 'apple'; row 41: 'write', 'about', 'apple'; "
+        "row 100: 'zebra100'; row 101: 'zebra101'; ... and 8 more rows); rephrase them with words of its "
+        "vocabulary."
+    )
+    # The row-by-row path (lists, torch datasets) counts the same rows.
+    with pytest.warns(UserWarning, match="13 of 300 prompts of the train dataset"):
+        check_dataset(rows, processor, "sft")

@@ -8,6 +8,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -68,11 +69,13 @@ def test_toy_benchmark_round_trip(toy_benchmark):
         assert (row.prompt, row.task, row.category) == (truth["prompt"], truth["task"], truth["category"])
         assert set(row.references) == {"reasoning", "output_image", "answer"}
         assert row.references["answer"] == truth["answer"]
-        assert list(row.references["output_image"].getdata()) == list(truth["output_image"].convert("RGB").getdata())
+        assert np.array_equal(
+            np.asarray(row.references["output_image"]), np.asarray(truth["output_image"].convert("RGB"))
+        )
         if truth["image"] is None:
             assert row.image is None and row.task == "generate"
         else:
-            assert list(row.image.getdata()) == list(truth["image"].convert("RGB").getdata())
+            assert np.array_equal(np.asarray(row.image), np.asarray(truth["image"].convert("RGB")))
     assert {r.task for r in rows} == {"edit", "generate"}
 
 
@@ -290,7 +293,9 @@ def test_summary_means_missing_and_intervals():
     result = summarize(samples, judgements, num_bootstrap=200)
     x = result["categories"]["x"]
     assert (x["num_samples"], x["missing"]) == (3, 1)
-    assert x["axes"]["text_quality"] == {"mean": 20.0, "low": pytest.approx(10.0), "high": pytest.approx(30.0), "n": 2}
+    assert x["axes"]["text_quality"] == {
+        "mean": 20.0, "low": pytest.approx(10.0), "high": pytest.approx(30.0), "n": 2, "missing": 1
+    }  # fmt: skip
     assert result["categories"]["y"]["axes"]["image_consistency"]["mean"] is None
     overall = result["overall"]
     assert overall["missing"] == 1
@@ -417,6 +422,29 @@ def test_cli_runs_end_to_end_with_an_adapter(tmp_path, toy_benchmark, capsys):
     main(["generate", *common[:2], "--limit", "4", "--num_steps", "4", "--output_dir", str(base_dir)])
     with pytest.raises(ValueError, match=r"1 outputs of .* have no toy judgement \(e.g. \['test-00003'\]\)"):
         main(["report", "--output_dir", str(base_dir), "--judge", "toy"])
+
+
+def test_a_partial_judge_run_merges_into_the_judgements(generated_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from pararl.evaluation import cache
+    from pararl.evaluation.__main__ import main
+
+    run = shutil.copytree(generated_run, tmp_path / "run")
+    main(["judge", "--output_dir", str(run), "--judge", "toy"])
+    path = run / "judgements" / "toy.jsonl"
+    full = path.read_text()
+    assert len(full.splitlines()) == NUM_SAMPLES
+    category = read_outputs(run)[0]["category"]
+    main(["judge", "--output_dir", str(run), "--judge", "toy", "--categories", category])
+    assert "judged 1 samples with toy: 0 asked, 1 from cache" in capsys.readouterr().out
+    assert path.read_text() == full  # the other categories' verdicts are kept, in place
+    assert sorted(p.name for p in path.parent.iterdir()) == ["toy.json", "toy.jsonl"]  # no temporary file left
+    # A write that dies half-way leaves the old file whole.
+    monkeypatch.setattr(cache.os, "replace", lambda *args: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        main(["judge", "--output_dir", str(run), "--judge", "toy", "--categories", category])
+    assert path.read_text() == full and sorted(p.name for p in path.parent.iterdir()) == ["toy.json", "toy.jsonl"]
 
 
 def test_cli_help_explains_every_flag(capsys):

@@ -7,6 +7,8 @@ a reply slower than the client's timeout, or keep replying malformed JSON or out
 import base64
 import io
 import json
+import shutil
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -235,3 +237,92 @@ def test_cli_judges_a_run_with_the_api(server, tmp_path, capsys):
     assert (run / "gallery-api.html").read_text().count('class="card') == 3
     main(["judge", "--api_key", "k", *args])
     assert len(server.requests) == 3 and "0 asked, 3 from cache" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------- failures through the CLI
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """Three toy outputs (two steps each), generated once; each test judges a copy."""
+    from pararl.evaluation import export_toy_benchmark
+    from pararl.evaluation.__main__ import main
+
+    folder = tmp_path_factory.mktemp("api-run")
+    benchmark = export_toy_benchmark(folder / "toy.jsonl", 3, seed=1)
+    main(["generate", "--benchmark", str(benchmark), "--num_steps", "2", "--output_dir", str(folder / "run")])
+    return folder / "run"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _judge_cli(run, url, *flags):
+    from pararl.evaluation.__main__ import main
+
+    return main(["judge", "--output_dir", str(run), "--judge", "api", "--judge_model", "judge-model", "--base_url",
+                 url, "--api_key", "k", *flags])  # fmt: skip
+
+
+@pytest.mark.parametrize("server_kind", ["nothing listens", "never replies"])
+def test_an_unreachable_judge_fails_in_seconds_with_its_cause(toy_run, tmp_path, capsys, server_kind):
+    from pararl.evaluation.__main__ import main
+
+    run = shutil.copytree(toy_run, tmp_path / "run")
+    with socket.socket() as listener:
+        if server_kind == "never replies":  # the kernel accepts connections into the backlog; nobody answers
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(16)
+            port = listener.getsockname()[1]
+        else:
+            port = _free_port()
+        url = f"http://127.0.0.1:{port}/v1"
+        start = time.perf_counter()
+        with pytest.raises(SystemExit) as exit_info:
+            _judge_cli(run, url, "--timeout", "1", "--max_retries", "2")
+        assert time.perf_counter() - start < 15  # one check without retries, not 3 samples x 3 attempts x 1 s
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert "judged 3 samples with api: 3 asked, 0 from cache, 3 missing" in captured.out
+    cause = "APIConnectionError: Connection error." if server_kind == "nothing listens" else "APITimeoutError"
+    assert (
+        f"3 of 3 judgements missing:\n  3 x not asked: the server failed the reachability check: {cause}"
+    ) in captured.err
+    assert f"(base_url {url}/)" in captured.err
+    assert "error: 3 of 3 judgements missing, more than --max_missing 0 allows" in captured.err
+    # The report refuses to tabulate nothing.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--output_dir", str(run), "--judge", "api"])
+    assert exit_info.value.code == 1
+    assert "all 3 api judgements" in capsys.readouterr().err and not (run / "report-api.md").exists()
+
+
+def test_failed_requests_are_counted_against_max_missing_and_marked_in_the_report(server, toy_run, tmp_path, capsys):
+    from pararl.evaluation import read_outputs
+    from pararl.evaluation.__main__ import main
+
+    run = shutil.copytree(toy_run, tmp_path / "run")
+    failing = read_outputs(run)[0]["prompt"]
+    server.plan = {failing: ["500"] * 10}
+    with pytest.raises(SystemExit) as exit_info:
+        _judge_cli(run, server.url, "--max_retries", "1")
+    assert exit_info.value.code == 1
+    assert len(server.requests) == 4  # 2 answered + the failing one twice (one retry); the check is a GET
+    err = capsys.readouterr().err
+    assert "1 of 3 judgements missing:\n  1 x request failed: InternalServerError: Error code: 500" in err
+    assert f"(base_url {server.url}/)" in err and "1 of 3 judgements missing, more than --max_missing 0 allows" in err
+    with pytest.raises(SystemExit) as exit_info:
+        _judge_cli(run, server.url, "--max_missing", "5")
+    assert (
+        exit_info.value.code == 2
+        and "--max_missing: a share of the samples is in [0, 1], got 5" in capsys.readouterr().err
+    )
+    # A third may be missing: accepted, and the report marks what it could not average.
+    server.plan = {failing: ["500"] * 10}
+    _judge_cli(run, server.url, "--max_retries", "1", "--max_missing", "0.34")
+    main(["report", "--output_dir", str(run), "--judge", "api", "--num_bootstrap", "0"])
+    report = (run / "report-api.md").read_text()
+    assert "nan" not in report.lower() and "| **all** | 3 | 1 |" in report
+    assert " *" in report.split("| **all** |")[1].splitlines()[0]  # means over 2 of 3 samples are marked
+    assert "| missing |" in report  # the failing sample's category has no verdict at all

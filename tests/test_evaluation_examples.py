@@ -19,11 +19,26 @@ def script():
     return module
 
 
-def test_defaults_to_the_shipped_toy_policy(script, tmp_path):
+def test_defaults_to_the_shipped_toy_policy(script, tmp_path, capsys):
     paths = script.main(["--prompt", "draw a red dot at the top left .", "--num_steps", "4", "--num_pictures", "2",
                          "--output_dir", str(tmp_path), "--device", "cpu"])  # fmt: skip
     assert all(path.is_file() for path in paths.values())
-    assert paths["reasoning"].read_text().strip()
+    reasoning = paths["reasoning"].read_text().strip()
+    assert reasoning
+    # One label, one meaning: the reasoning under `reasoning:`, the files under `saved:`.
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("reasoning:")] == [f"reasoning: {reasoning}"]
+    assert lines[-1] == "saved: " + ", ".join(str(tmp_path / name) for name in ("image.png", "reasoning.txt",
+                                                                               "trajectory.png"))  # fmt: skip
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_an_empty_prompt_is_a_usage_error(script, prompt, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--prompt", prompt, "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith("error: --prompt is empty; give the instruction, e.g. --prompt 'draw a red "
+                                            "square .'\n")  # fmt: skip
 
 
 def test_refuses_random_weights_unless_asked(script, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 import dataclasses
 import re
 
+import pytest
 from transformers import HfArgumentParser
 
 from pararl import DiffusionGRPOConfig
@@ -69,3 +70,31 @@ def test_the_allowed_values_are_the_rollout_and_step_selector_modules_own():
     assert choices["remasking"] == list(REMASKING) and choices["guidance_drop"] == list(GUIDANCE_DROP)
     assert choices["decode_order"] == list(DECODE_ORDERS) and choices["threshold_floor"] == list(THRESHOLD_FLOORS)
     assert choices["reward_step_selection"] == list(STEP_SELECTIONS)
+
+
+@pytest.mark.parametrize("config_class", ["grpo", "sft"])
+def test_nonsense_training_settings_are_refused_with_the_range(config_class, tmp_path):
+    from pararl.sft import ParallelSFTConfig
+
+    cls = DiffusionGRPOConfig if config_class == "grpo" else ParallelSFTConfig
+    base = {"output_dir": str(tmp_path), "use_cpu": True, "bf16": False, "report_to": "none"}
+    cases = {
+        "max_steps": (-5, "max_steps=-5 must be >= -1 (-1: train for num_train_epochs)"),
+        "learning_rate": (-1.0, "learning_rate=-1.0 must be >= 0 (0: no update, e.g. a control run)"),
+        "per_device_train_batch_size": (0, "per_device_train_batch_size=0 must be >= 1"),
+        "adam_beta2": (1.0, "adam_beta2=1.0 must be in [0, 1)"),
+        "seed": (-1, "seed=-1 must be in [0, 2**32)"),
+    }
+    if config_class == "grpo":
+        cases["beta"] = (-0.1, "beta=-0.1 must be >= 0 (0: no KL term)")
+        cases["num_iterations"] = (0, "num_iterations=0 must be >= 1")
+    for name, (value, message) in cases.items():
+        with pytest.raises(ValueError) as error:
+            cls(**base, **{name: value})
+        assert str(error.value) == f"{cls.__name__}: {message}."
+    # Every bad field at once; and the edges of the ranges are accepted (learning rate 0 is the no-update control).
+    with pytest.raises(ValueError, match=r"max_steps=-2 .*; learning_rate=-0.1 "):
+        cls(**base, max_steps=-2, learning_rate=-0.1)
+    with pytest.raises(ValueError, match="num_train_epochs=0 with max_steps=-1 trains nothing"):
+        cls(**base, num_train_epochs=0)
+    cls(**base, max_steps=-1, learning_rate=0.0, max_grad_norm=0.0, seed=0)

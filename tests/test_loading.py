@@ -54,6 +54,15 @@ def test_all_bad_keys_are_listed_at_once(processor, tiny_model, tmp_path):
     assert "1 missing key(s)" in message and "1 unexpected key(s)" in message and "1 wrong shape(s)" in message
 
 
+def test_a_folder_without_config_json_is_named_up_front(processor, tiny_model, tmp_path):
+    saved(tiny_model(), tmp_path)
+    os.remove(tmp_path / "config.json")
+    with pytest.raises(FileNotFoundError) as error:
+        MaskedDiffusionLM.from_pretrained(str(tmp_path))
+    assert str(error.value).startswith(f"{tmp_path} has no config.json;")
+    assert "missing key" not in str(error.value)
+
+
 def test_good_checkpoint_loads_exactly(processor, tiny_model, tmp_path):
     model = tiny_model()
     saved(model, tmp_path)

@@ -1154,7 +1154,7 @@ def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(
             expected = processor.decode_images(processor.image_tokenizer.encode([row["image"]]))
             assert isinstance(picture, PIL.Image.Image)
             assert torch.equal(
-                torch.as_tensor(np.asarray(picture)), torch.as_tensor(np.asarray(tensor_to_images(expected)[0]))
+                torch.as_tensor(np.array(picture)), torch.as_tensor(np.array(tensor_to_images(expected)[0]))
             )
 
 
@@ -1259,3 +1259,22 @@ def test_the_loop_climbs_an_easy_reward(processor, tiny_model, tmp_path, selecti
     rewards = [log["reward"] for log in trainer.state.log_history if "reward" in log]
     # Seeded and single-threaded, so deterministic: about 0.04 -> 0.12 (output level) and 0.07 -> 0.9 (stratified).
     assert sum(rewards[-3:]) / 3 > 2 * sum(rewards[:3]) / 3, rewards
+
+
+def test_a_run_from_a_folder_warns_of_nothing_deprecated_or_ignored(processor, tiny_model, dataset, tmp_path, caplog):
+    import logging
+    import warnings
+
+    folder = tmp_path / "policy"
+    tiny_model().save_pretrained(folder)
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error", FutureWarning)
+        # TRL's defaults (activation checkpointing on), and model_init_kwargs that load the folder.
+        args = grpo_config(tmp_path / "out", max_steps=1, model_init_kwargs={"dtype": "float32"})
+        trainer = DiffusionGRPOTrainer(
+            model=str(folder), reward_funcs=[word_count], args=args, train_dataset=dataset, processing_class=processor
+        )
+        trainer.train()
+    assert "will be ignored" not in caplog.text
+    assert args.activation_checkpointing and trainer.model.is_activation_checkpointing
+    assert trainer.args.model_init_kwargs == {"dtype": "float32"}  # kept for the reference model

@@ -14,6 +14,8 @@ finished ids, judging reuses the cache.
 
 import argparse
 import json
+import sys
+from collections import Counter
 from pathlib import Path
 
 from .data import ColumnMap, export_toy_benchmark, load_benchmark
@@ -24,6 +26,13 @@ JUDGES = ("toy", "clip", "api")
 
 def _csv(value: str | None) -> list[str] | None:
     return None if value is None else [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _share(value: str) -> float:
+    share = float(value)
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share of the samples is in [0, 1], got {value}")
+    return share
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +147,13 @@ def _add_judge_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--clip_pretrained", default=None, help="clip: local weights file for --clip_model.")
     group.add_argument("--cache_dir", default=None, help="Judgement cache (default: <output_dir>/judge_cache).")
     group.add_argument("--retry_missing", action="store_true", help="Ask again for cached missing verdicts.")
+    group.add_argument(
+        "--max_missing",
+        type=_share,
+        default=0.0,
+        help="Share of the judged samples (0-1) that may end without a verdict (failed requests, malformed replies) "
+        "before the command fails with exit status 1; the judgements are written either way.",
+    )
 
 
 def _add_report_args(parser: argparse.ArgumentParser) -> None:
@@ -254,8 +270,21 @@ def build_judge(args):
     )
 
 
+class TooManyMissing(RuntimeError):
+    """More judgements missing than `--max_missing` allows (exit status 1)."""
+
+
+class NothingToReport(RuntimeError):
+    """Every judgement of the run is missing (exit status 1)."""
+
+
+def missing_causes(judgements) -> list[tuple[str, int]]:
+    """The distinct errors of the missing judgements with their counts, most frequent first."""
+    return Counter(j.error or "no verdict" for j in judgements if j.missing).most_common()
+
+
 def judge(args) -> dict:
-    from .cache import JudgeCache, cached_judge
+    from .cache import JudgeCache, cached_judge, merge_judgements, write_atomic
     from .judges import load_samples
 
     samples = load_samples(args.output_dir, categories=_csv(args.categories) if "categories" in args else None)
@@ -263,14 +292,26 @@ def judge(args) -> dict:
     cache = JudgeCache(args.cache_dir or Path(args.output_dir) / "judge_cache")
     judgements, counts = cached_judge(judge_, samples, cache, retry_missing=args.retry_missing, progress=True)
     folder = Path(args.output_dir) / "judgements"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{args.judge}.jsonl", "w") as f:
-        for judgement in judgements:
-            f.write(json.dumps(judgement.to_dict()) + "\n")
+    # Merged by sample id: a run over some categories never drops the verdicts of the others.
+    keys = [cache.key(judge_, sample) for sample in samples]
+    counts["total"] = merge_judgements(folder / f"{args.judge}.jsonl", judgements, keys)
     counts["identity"] = judge_.identity()
-    (folder / f"{args.judge}.json").write_text(json.dumps(counts, indent=2) + "\n")
+    write_atomic(folder / f"{args.judge}.json", json.dumps(counts, indent=2) + "\n")
     print(f"judged {len(samples)} samples with {args.judge}: {counts['judged']} asked, {counts['cached']} from cache, "
           f"{counts['missing']} missing")  # fmt: skip
+    if counts["missing"]:
+        causes = missing_causes(judgements)
+        lines = [f"  {count} x {cause}" for cause, count in causes[:3]]
+        if len(causes) > 3:
+            lines.append(
+                f"  ... and {len(causes) - 3} other causes (the 'error' field of {folder / args.judge}.jsonl)"
+            )
+        print(f"{counts['missing']} of {len(samples)} judgements missing:\n" + "\n".join(lines), file=sys.stderr)
+    if counts["missing"] > args.max_missing * len(samples):
+        raise TooManyMissing(
+            f"{counts['missing']} of {len(samples)} judgements missing, more than --max_missing {args.max_missing:g} "
+            "allows; fix the cause above and run `judge` again (cached verdicts cost nothing), or raise --max_missing."
+        )
     return counts
 
 
@@ -303,6 +344,13 @@ def report(args) -> dict:
     folder = Path(args.output_dir)
     categories = _csv(args.categories) if "categories" in args else None
     samples, judgements = _judged(args.output_dir, args.judge, categories)
+    if all(j.missing for j in judgements):
+        cause, count = missing_causes(judgements)[0]
+        raise NothingToReport(
+            f"all {len(judgements)} {args.judge} judgements of {folder} are missing ({count} x {cause}); nothing to "
+            f"report. Fix the cause and run `python -m pararl.evaluation judge --output_dir {folder} --judge "
+            f"{args.judge}` again."
+        )
     title = args.title or f"{folder.name} ({args.judge} judge)"
     result = summarize(samples, judgements, num_bootstrap=args.num_bootstrap)
     dump_json(result, folder / f"report-{args.judge}.json")
@@ -325,16 +373,20 @@ def report(args) -> dict:
 
 
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    if args.command == "generate":
-        return generate(args)
-    if args.command == "judge":
-        return judge(args)
-    if args.command == "report":
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return generate(args)
+        if args.command == "judge":
+            return judge(args)
+        if args.command == "report":
+            return report(args)
+        generate(args)
+        judge(args)
         return report(args)
-    generate(args)
-    judge(args)
-    return report(args)
+    except (TooManyMissing, NothingToReport) as error:
+        parser.exit(1, f"{parser.prog} {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ transport failures are not (nothing was paid, and a rerun should ask again).
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from .judges import Judge, Judgement, Sample
 
 
-__all__ = ["JudgeCache", "cached_judge"]
+__all__ = ["JudgeCache", "cached_judge", "merge_judgements", "write_atomic"]
 
 
 class JudgeCache:
@@ -94,3 +95,46 @@ def cached_judge(
     bar.close()
     missing = sum(1 for r in results if r.missing)
     return results, {"cached": len(samples) - len(todo), "judged": len(todo), "missing": missing}
+
+
+def merge_judgements(path: str | os.PathLike, judgements: Sequence[Judgement], keys: Sequence[str]) -> int:
+    """Merges judgements into the JSONL file at `path` (one line per sample id, with its cache `key`) and writes it
+    atomically (temporary file + rename); returns the number of lines.
+
+    A partial run (`--categories`, `--limit`) replaces only the lines of the samples it judged: every other line is
+    kept. A fresh *missing* verdict never replaces a valid one of the same key (same judge and content): a failed
+    request must not erase a verdict that was paid for.
+    """
+    path = Path(path)
+    lines: dict[str, dict] = {}
+    if path.is_file():
+        for number, text in enumerate(path.read_text().splitlines(), 1):
+            if text.strip():
+                try:
+                    entry = json.loads(text)
+                    lines[entry["id"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise ValueError(
+                        f"{path} line {number} is not a judgement ({error}); move the file away to judge afresh."
+                    ) from error
+    for judgement, key in zip(judgements, keys, strict=True):
+        old = lines.get(judgement.id)
+        if judgement.missing and old is not None and not old.get("missing") and old.get("key") == key:
+            continue
+        lines[judgement.id] = {**judgement.to_dict(), "key": key}
+    write_atomic(path, "".join(json.dumps(entry) + "\n" for entry in lines.values()))
+    return len(lines)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it over `path`: a killed run leaves the old file
+    or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(text)
+    try:
+        os.replace(f.name, path)
+    except BaseException:
+        os.unlink(f.name)
+        raise

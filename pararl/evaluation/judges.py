@@ -389,7 +389,10 @@ class APIJudge(Judge):
     PNG data URLs. The reply must parse with :func:`parse_reply`; a malformed one is asked again up to
     `max_parse_attempts` times in all, then recorded as missing. Transport errors (429, 5xx, timeouts, refused
     connections) are retried by the openai client with exponential backoff (`max_retries`), honouring the server's
-    `retry-after`; a sample that still fails is missing too, but not cached, so a rerun asks again.
+    `retry-after`; a sample that still fails is missing too, but not cached, so a rerun asks again. Before the first
+    request, one `GET /models` without retries (at most 30 s) checks that the server answers and takes the key: a dead
+    endpoint or a refused key makes every sample missing with that cause in seconds, instead of paying every
+    sample's retries.
 
     Args:
         model: The judge model (e.g. `"gpt-4.1"`, or the model name a vLLM server serves).
@@ -443,6 +446,9 @@ class APIJudge(Judge):
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.json_mode = json_mode
+        self.timeout = timeout
+        self._unreachable: str | None = None  # the cause, once the reachability check failed
+        self._checked = False
 
     @staticmethod
     def _read_templates(template_dir) -> dict[str, str]:
@@ -518,7 +524,7 @@ class APIJudge(Judge):
                     **kwargs,
                 )
             except openai.OpenAIError as failure:  # retries already spent by the client
-                return _missing(sample, f"request failed: {type(failure).__name__}: {failure}", cacheable=False)
+                return _missing(sample, f"request failed: {self._cause(failure)}", cacheable=False)
             try:
                 text = response.choices[0].message.content
                 scores, rationale = parse_reply(text, axes)
@@ -529,6 +535,28 @@ class APIJudge(Judge):
             return Judgement(sample.id, full, rationale)
         return _missing(sample, error)
 
+    def _cause(self, failure: Exception) -> str:
+        return f"{type(failure).__name__}: {failure} (base_url {self.client.base_url})"
+
+    def check_reachable(self) -> str | None:
+        """One `GET /models` without retries: `None` when the server answers (any HTTP status but 401 / 403), else
+        the cause. Checked once per judge."""
+        import openai
+
+        if not self._checked:
+            self._checked = True
+            client = self.client.with_options(max_retries=0, timeout=min(self.timeout, 30.0))
+            try:
+                client.models.list()
+            except (openai.APIConnectionError, openai.AuthenticationError, openai.PermissionDeniedError) as failure:
+                self._unreachable = self._cause(failure)
+            except openai.APIStatusError:  # e.g. 404: a chat server without /models still answers
+                pass
+        return self._unreachable
+
     def judge(self, samples: Sequence[Sample]) -> list[Judgement]:
+        if samples and self.check_reachable() is not None:
+            error = f"not asked: the server failed the reachability check: {self._unreachable}"
+            return [_missing(sample, error, cacheable=False) for sample in samples]
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             return list(pool.map(self._judge_one, samples))

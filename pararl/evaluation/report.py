@@ -3,7 +3,9 @@ the side-by-side comparison of two runs (e.g. before and after RL).
 
 An axis of a group is the mean of its per-sample scores over the samples where the axis applies and the verdict is
 not missing; *Overall* is the mean of the group's axis means (as ParaBench and `pararl.toy.evaluate` average).
-Missing verdicts are counted per group, never scored. Intervals are percentile bootstraps over the group's samples
+Missing verdicts are counted per group and per axis, never scored: the table marks a mean over fewer samples than
+the group holds (`*`), and writes `missing` where an axis of a group has no verdict at all (then Overall is `missing`
+too, not a mean of the other axes). Intervals are percentile bootstraps over the group's samples
 (the Overall interval re-averages the axes of each resample); comparisons resample the shared ids in pairs.
 """
 
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..axes import AXES, AXIS_HEADERS
-from .judges import Judgement, Sample
+from .judges import Judgement, Sample, axes_for
 
 
 __all__ = ["AXIS_HEADERS", "compare_runs", "format_comparison", "format_report", "summarize"]
@@ -59,8 +61,12 @@ def _number(value) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)
 
 
-def _group(values: np.ndarray, missing: int, num_bootstrap: int, rng: np.random.Generator) -> dict:
+def _group(values: np.ndarray, lost: np.ndarray, num_bootstrap: int, rng: np.random.Generator) -> dict:
+    """The table of one group; `lost` `(N, 6)` marks the axes that apply to a sample whose verdict is missing."""
+    missing = int(lost.any(1).sum())
     axes, overall = _means(values)
+    if (np.isnan(axes) & lost.any(0)).any():  # an axis with no verdict at all: no Overall over the others
+        overall = np.nan
     table = {"num_samples": int(values.shape[0]), "missing": int(missing), "axes": {}, "overall": {}}
     low, high = np.full(len(AXES), np.nan), np.full(len(AXES), np.nan)
     overall_low = overall_high = np.nan
@@ -76,7 +82,10 @@ def _group(values: np.ndarray, missing: int, num_bootstrap: int, rng: np.random.
             "low": _number(low[j]),
             "high": _number(high[j]),
             "n": count,
+            "missing": int(lost[:, j].sum()),
         }
+    if np.isnan(overall):
+        overall_low = overall_high = np.nan
     table["overall"] = {"mean": _number(overall), "low": _number(overall_low), "high": _number(overall_high)}
     return table
 
@@ -98,27 +107,33 @@ def summarize(
     samples: Sequence[Sample], judgements: Sequence[Judgement], num_bootstrap: int = 1000, seed: int = 0
 ) -> dict:
     """The report as a JSON-able dict: `{"overall": table, "tasks": {task: table}, "categories": {category: table},
-    "judge": ...}`, each table `{"num_samples", "missing", "axes": {axis: {"mean", "low", "high", "n"}},
-    "overall": {"mean", "low", "high"}}` (0-100; `low`/`high` the 95% bootstrap interval)."""
+    "judge": ...}`, each table `{"num_samples", "missing", "axes": {axis: {"mean", "low", "high", "n", "missing"}},
+    "overall": {"mean", "low", "high"}}` (0-100; `low`/`high` the 95% bootstrap interval; `None` where there is no
+    verdict to average)."""
     _check_pairs(samples, judgements)
     values = _matrix(judgements)
-    missing = np.array([j.missing for j in judgements], dtype=bool)
+    lost = np.array(
+        [[j.missing and axis in axes_for(s.task) for axis in AXES] for s, j in zip(samples, judgements)], dtype=bool
+    ).reshape(len(samples), len(AXES))
     rng = np.random.default_rng(seed)
-    result = {"overall": _group(values, int(missing.sum()), num_bootstrap, rng), "tasks": {}, "categories": {}}
+    result = {"overall": _group(values, lost, num_bootstrap, rng), "tasks": {}, "categories": {}}
     for kind, groups in _groups(samples).items():
         for name in sorted(groups):
             rows = np.array(groups[name])
-            result[kind][name] = _group(values[rows], int(missing[rows].sum()), num_bootstrap, rng)
+            result[kind][name] = _group(values[rows], lost[rows], num_bootstrap, rng)
     result["num_bootstrap"] = num_bootstrap
     return result
 
 
-def _cell(entry: dict, intervals: bool = True) -> str:
+def _cell(entry: dict, missing: int, intervals: bool = True) -> str:
+    """`mean [low, high]`; `*` after a mean over fewer samples than apply, `missing` for no verdict, `-` for an
+    axis that does not apply."""
     if entry.get("mean") is None:
-        return "-"
+        return "missing" if missing else "-"
+    mark = " *" if missing else ""
     if not intervals or entry.get("low") is None:
-        return f"{entry['mean']:.1f}"
-    return f"{entry['mean']:.1f} [{entry['low']:.1f}, {entry['high']:.1f}]"
+        return f"{entry['mean']:.1f}{mark}"
+    return f"{entry['mean']:.1f} [{entry['low']:.1f}, {entry['high']:.1f}]{mark}"
 
 
 def _markdown(headers: list[str], rows: list[list[str]]) -> str:
@@ -132,8 +147,9 @@ def format_report(result: dict, title: str | None = None) -> str:
     headers = ["group", "n", "missing", *(AXIS_HEADERS[a] for a in AXES), "Overall"]
 
     def row(name, table):
-        cells = [_cell(table["axes"][a]) for a in AXES]
-        return [name, str(table["num_samples"]), str(table["missing"]), *cells, _cell(table["overall"])]
+        cells = [_cell(table["axes"][a], table["axes"][a].get("missing", 0)) for a in AXES]
+        overall = _cell(table["overall"], table["missing"])
+        return [name, str(table["num_samples"]), str(table["missing"]), *cells, overall]
 
     rows = [row(name, table) for name, table in result["categories"].items()]
     rows += [row(f"**{task} (all)**", table) for task, table in result["tasks"].items()]
@@ -141,7 +157,8 @@ def format_report(result: dict, title: str | None = None) -> str:
     text = _markdown(headers, rows)
     note = (
         f"Scores 0-100; [low, high] = 95% bootstrap interval ({result.get('num_bootstrap')} resamples). "
-        "'missing' = verdicts the judge could not give (malformed replies, failed requests): counted, never scored."
+        "'missing' = verdicts the judge could not give (malformed replies, failed requests): counted, never scored; "
+        "`*` = a mean over the judged samples only; a `missing` cell has no verdict at all."
     )
     return (f"## {title}\n\n" if title else "") + text + "\n\n" + note + "\n"
 

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from ..config_ranges import GRPO_RANGES, TRAINING_RANGES, check_ranges
 from ..rewards.steps import STEP_SELECTIONS
 from ..rollout import RolloutConfig
 from ..rollout.decoder import GUIDANCE_DROP, REMASKING, THRESHOLD_FLOORS
@@ -361,6 +362,9 @@ class DiffusionGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        check_ranges(self, TRAINING_RANGES + GRPO_RANGES)  # before TRL's own __post_init__ divides by any of them
+        if self.activation_checkpointing is None:  # TRL's field keeps the old name (default True): no FutureWarning
+            self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
         choices = {
             "text_schedule": SCHEDULES,

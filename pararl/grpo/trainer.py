@@ -177,8 +177,12 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         # config is never changed.
         full_fine_tune_reference = args.beta != 0.0 and peft_config is None and not is_peft_model(model)
         trl_args = args
-        if full_fine_tune_reference:
+        # The model was loaded above with `model_init_kwargs`; TRL, given it loaded, would warn they "will be ignored".
+        loaded_here = model_path is not None and args.model_init_kwargs is not None
+        if full_fine_tune_reference or loaded_here:
             trl_args = copy.copy(args)
+            trl_args.model_init_kwargs = None if loaded_here else args.model_init_kwargs
+        if full_fine_tune_reference:
             trl_args.beta, trl_args.sync_ref_model = 0.0, False
         super().__init__(
             model=model,
@@ -191,6 +195,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             optimizers=optimizers,
             peft_config=peft_config,
         )
+        self.args.model_init_kwargs = args.model_init_kwargs
         if full_fine_tune_reference:
             self.args.beta, self.args.sync_ref_model = args.beta, args.sync_ref_model
             self.beta = args.beta

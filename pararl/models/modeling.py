@@ -387,6 +387,18 @@ class MaskedDiffusionLM(MaskedDiffusionPreTrainedModel):
             )
         return (model, info) if want_info else model
 
+    # TRL 1.16 still calls the `gradient_checkpointing*` names that transformers 5 deprecated, which would print a
+    # FutureWarning on every run: they are answered with the `activation_checkpointing*` implementation, silently.
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self._activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self._activation_checkpointing_disable()
+
     # Embedding accessors (LLaDA's tree does not match the default `embed_tokens` / `lm_head` lookups).
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.transformer.wte
@@ -611,10 +623,17 @@ def check_pararl_checkpoint(path: str | os.PathLike, config: MaskedDiffusionConf
         config: The config the model will be built with; default: the folder's `config.json`.
 
     Raises:
+        FileNotFoundError: No config was given and the folder has no config.json.
         ValueError: Missing, unexpected or mis-shaped keys (all listed), or a weight file that cannot be read (named).
     """
     path = os.fspath(path)
     if config is None:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            # transformers would fall back to the default (8B-shaped) config and list every key as missing.
+            raise FileNotFoundError(
+                f"{path} has no config.json; a MaskedDiffusionLM folder holds the config.json that `save_pretrained` "
+                "writes beside the weights (or pass config=...)."
+            )
         config = MaskedDiffusionConfig.from_pretrained(path)
     files = find_weight_files(path, MODEL_WEIGHT_NAMES)
     check_weight_shapes(read_weight_shapes(files), expected_weight_shapes(config), source=path)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from ..config_ranges import check_ranges
 from .objective import LOSS_WEIGHTS
 
 
@@ -174,6 +175,7 @@ class ParallelSFTConfig(TrainingArguments):
                     setattr(self, name, json.loads(value))
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{name} must be a dict or a JSON object string, got {value!r}.") from error
+        check_ranges(self)
         super().__post_init__()
 
         for name in ("text_loss_weight", "image_loss_weight"):

@@ -149,7 +149,7 @@ class ParallelSFTTrainer(Trainer):
             if not is_peft_available():
                 raise ImportError("peft_config needs the `peft` package: pip install peft.")
             model = get_peft_model(model, peft_config)
-        if is_peft_available() and isinstance(model, PeftModel) and args.gradient_checkpointing:
+        if is_peft_available() and isinstance(model, PeftModel) and args.activation_checkpointing:
             # Checkpointed blocks need an input that requires grad, which frozen embeddings do not provide.
             model.enable_input_require_grads()
 
