@@ -64,7 +64,14 @@ from dataclasses import dataclass, field
 import torch
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from pararl.cli import announce_defaults, check_flags, given_options, load_script_datasets, parse_command_line
+from pararl.cli import (
+    announce_defaults,
+    check_flags,
+    given_options,
+    load_script_datasets,
+    parse_command_line,
+    usage_error,
+)
 from pararl.grpo.config import DiffusionGRPOConfig
 from pararl.toy.recipe import (
     TOY_COORDINATION_PROMPTS,
@@ -72,6 +79,7 @@ from pararl.toy.recipe import (
     TOY_GRPO_DEFAULTS,
     TOY_LORA,
     TOY_REWARDS,
+    TOY_TRAIN_CATEGORIES,
     TOY_TRAIN_SAMPLES,
 )
 
@@ -80,7 +88,12 @@ from pararl.toy.recipe import (
 # --model_name_or_path nor --dataset_name is given (the no-argument run on the shipped toy policy); the command line
 # and --config override each of them. A real run gets TRL's defaults (DiffusionGRPOConfig / ModelConfig) for every
 # flag it does not give.
-TOY_DEFAULTS = {**TOY_GRPO_DEFAULTS, **TOY_LORA, "paired_control": True}
+TOY_DEFAULTS = {
+    **TOY_GRPO_DEFAULTS,
+    **TOY_LORA,
+    "toy_train_categories": list(TOY_TRAIN_CATEGORIES),
+    "paired_control": True,
+}
 # Flags that make a run a real one (its own model or data): then no toy default applies.
 REAL_RUN_FLAGS = ("model_name_or_path", "dataset_name")
 
@@ -120,9 +133,9 @@ class ParaRLScriptArguments(ScriptArguments):
     toy_train_categories: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Toy world: the task families the training prompts are drawn from (default: all of "
-            "`pararl.toy.CATEGORIES`). The held-out evaluation always covers every default family, plus any family "
-            "outside the default world named here (e.g. `open_colour`)."
+            "help": "Toy world: the task families the training prompts are drawn from (the toy job's default: "
+            "`open_colour`; with --model_name_or_path, all of `pararl.toy.CATEGORIES`). The held-out evaluation "
+            "always covers every default family, plus any family outside the default world named here."
         },
     )
     toy_reward: str = field(
@@ -344,6 +357,24 @@ def format_comparison(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
+def check_paired_control(parser, script_args, training_args, toy_defaults: dict) -> None:
+    """The no-update control is a second trainer in the same process, which DeepSpeed does not allow (one engine per
+    process): the toy default gives way with a note; an explicit `--paired_control` is a usage error."""
+    uses_deepspeed = training_args.deepspeed is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    if not (script_args.paired_control and uses_deepspeed):
+        return
+    if "paired_control" not in toy_defaults:
+        usage_error(
+            parser,
+            "--paired_control runs a second trainer in this process, which DeepSpeed does not allow; run the same "
+            "command with --learning_rate 0 as the control instead.",
+        )
+    toy_defaults.pop("paired_control")
+    script_args.paired_control = False
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("Under DeepSpeed the no-update control is off (one engine per process): run it with --learning_rate 0.")
+
+
 def make_parser(argv: list[str]) -> tuple[TrlParser, dict]:
     """The parser, with the toy defaults set when `argv` names neither a model nor a dataset; returns the toy defaults
     that apply (those that `argv` and its --config do not override)."""
@@ -365,5 +396,6 @@ if __name__ == "__main__":
     parser, toy_defaults = make_parser(argv)
     check_flags(parser, argv)
     script_args, training_args, model_args = parse_command_line(parser, argv)  # a usage error: one line, exit 2
+    check_paired_control(parser, script_args, training_args, toy_defaults)
     announce_defaults(toy_defaults)
     main(script_args, training_args, model_args)

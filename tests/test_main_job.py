@@ -72,3 +72,12 @@ def test_main_job_with_the_exact_toy_reward_on_chosen_categories(tmp_path):
     summary = json.loads((output_dir / "summary.json").read_text())
     assert summary["steps"] == 1
     assert summary["train_categories"] == ["generation", "open_edit"]
+
+
+def test_an_explicit_paired_control_under_deepspeed_is_a_usage_error(tmp_path):
+    # One DeepSpeed engine per process: the control's second trainer cannot run there, so asking for it fails at once.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_DEEPSPEED": "true"}
+    command = [sys.executable, "examples/pararl.py", "--paired_control", "true", "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--paired_control runs a second trainer" in result.stderr and "--learning_rate 0" in result.stderr

@@ -14,6 +14,7 @@ __all__ = [
     "TOY_GRPO_DEFAULTS",
     "TOY_LORA",
     "TOY_REWARDS",
+    "TOY_TRAIN_CATEGORIES",
     "TOY_TRAIN_SAMPLES",
     "diffusion_peft_config",
     "format_category_changes",
@@ -37,6 +38,11 @@ TOY_GRPO_DEFAULTS: dict = {
     "per_device_train_batch_size": 16,  # 2 prompts x 8 rollouts per step
     "num_generations": 8,
     "diffusion_steps": 16,
+    # The reasoning in two semi-autoregressive blocks of 13 (its 26-token span; 8 of the 16 steps each), the paper's
+    # way of decoding text: the colour word settles in the first block, the dot's cell at the end, so the picture
+    # decides with the text in view. Decoded in one block, both are revealed at the last step, each drawn while the
+    # other is masked, and no reward can make two independent draws agree (benchmarks/results/coordination_*).
+    "block_length": 13,
     "num_reward_steps": 3,
     "beta": 0.0,
     # One reward step per third of the trajectory: uniformly drawn steps often land early, where the toy policy
@@ -51,6 +57,9 @@ TOY_GRPO_DEFAULTS: dict = {
 TOY_LORA: dict = {"use_peft": True, "lora_r": 16, "lora_alpha": 32}
 # The main job's prompts (toy seed 0): training prompts, and the held-out tasks scored before and after.
 TOY_TRAIN_SAMPLES = 512
+# The main job trains on open_colour ("add a dot at the top left .", any colour valid): its one open decision is
+# written in both outputs, so coordination can be measured and learnt (held-out tasks still cover every family).
+TOY_TRAIN_CATEGORIES: tuple[str, ...] = ("open_colour",)
 TOY_EVAL_SAMPLES = 192
 # Held-out open_colour prompts whose rollouts (x num_generations) measure coordination before and after.
 TOY_COORDINATION_PROMPTS = 32
@@ -120,10 +129,10 @@ def toy_datasets(
     train_samples: int = TOY_TRAIN_SAMPLES,
     eval_samples: int = TOY_EVAL_SAMPLES,
     seed: int = 0,
-    train_categories: Sequence[str] | None = None,
+    train_categories: Sequence[str] | None = TOY_TRAIN_CATEGORIES,
 ):
-    """The main job's `(train, held-out)` toy datasets: training prompts (of `train_categories` only, when given)
-    and held-out tasks of every category, so a narrowed training run is still judged on the whole world (plus any
+    """The main job's `(train, held-out)` toy datasets: training prompts (of `train_categories` only; `None` = the
+    default world's eight families) and held-out tasks of every category, so a narrowed training run is still judged on the whole world (plus any
     family outside the default world that it trains on, e.g. `open_colour`)."""
     from .tasks import CATEGORIES, EXTRA_CATEGORIES, build_toy_dataset
 
