@@ -7,13 +7,15 @@
 """ParaRL: GRPO with CLIP alignment rewards at intermediate denoising steps of a parallel multimodal diffusion model.
 
 With no arguments the script post-trains the shipped tiny toy-world policy with a LoRA adapter on CPU in a few
-minutes, scoring the partial reasoning against the partial image with the shipped tiny CLIP. It evaluates the policy
-on held-out toy tasks before and after (ParaBench's six axes, computed exactly by rule), saves the adapter and a
-trajectory picture in the output folder and prints a summary table.
+minutes, scoring the partial reasoning against the partial image with the shipped tiny CLIP, and runs the same job at
+learning rate 0 as its paired control. It evaluates the policy on held-out toy tasks before and after (ParaBench's six
+axes, computed exactly by rule) and measures the coordination of its two outputs, saves the adapter, the reward plot
+and trajectory pictures in the output folder and prints the summary tables.
 
-The toy world's defaults (`TOY_DEFAULTS` below, from `pararl.toy.recipe`; overridable): LoRA r=16 on the attention
-projections, 30 steps of 2 prompts x 8 rollouts, 16 denoising steps, lr 1e-3, beta 0, `--reward_step_selection
-stratified` (one reward step drawn per third of the trajectory), no checkpoints. They apply only when neither `--model_name_or_path` nor
+The toy world's defaults (`TOY_DEFAULTS` below, from `pararl.toy.recipe`; overridable): `open_colour` training prompts,
+LoRA r=16 on the attention projections, 30 steps of 2 prompts x 8 rollouts, 16 denoising steps with the reasoning in
+two blocks of 13, lr 1e-3, beta 0, `--reward_step_selection stratified` (one reward step drawn per third of the
+trajectory), the paired no-update control, no checkpoints. They apply only when neither `--model_name_or_path` nor
 `--dataset_name` is given; a real run gets TRL's defaults for every flag it does not give (the script prints which
 applied). Flags must be written in full: an abbreviation or a typo is refused with the closest flag named.
 
