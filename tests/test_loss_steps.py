@@ -2,8 +2,6 @@
 credited with the reward to go; output-level RL crediting the whole output; TRL's machinery on these rows.
 Offline, CPU, a tiny random policy on toy-world prompts; log-probs checked against one full forward by hand."""
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,7 +129,10 @@ def check_rows(trainer, processor, out, trajectory, group: int) -> list[int]:
             scored = (step_map >= a) & (step_map < a + group)
             assert torch.equal(mask[i, r].bool(), scored)
             state = trajectory.state_at(a)[i]
-            assert torch.equal(out["completion_ids"][i * rows_per_rollout + r], trajectory.state_at(min(a + group, trajectory.num_steps))[i])
+            assert torch.equal(
+                out["completion_ids"][i * rows_per_rollout + r],
+                trajectory.state_at(min(a + group, trajectory.num_steps))[i],
+            )
             expected = hand_logps(trainer.model, processor, trajectory, i, state, scored)
             torch.testing.assert_close(logps[i, r], expected, atol=1e-5, rtol=0)
     return starts
@@ -228,3 +229,105 @@ def test_output_level_all_steps_gives_every_token_the_final_advantage(processor,
     assert (out["completion_mask"].view(trajectory.batch_size, NUM_STEPS, -1).sum(1)[:, maskable] == 1).all()
     torch.testing.assert_close(rows[:, maskable], expected.unsqueeze(1).expand(-1, int(maskable.sum())))
     assert (rows[:, ~maskable] == 0).all()
+
+
+def test_schedule_steps_that_reveal_nothing_make_no_row(processor, tiny_model, dataset, tmp_path):
+    # 32 steps, 2 text blocks of 13 tokens in 16 steps each, the image from step 16: steps 13-15 reveal nothing.
+    trainer, out, trajectory = generate(
+        tiny_model, processor, dataset, tmp_path, diffusion_steps=32, image_start=0.5, block_length=13
+    )
+    plan = trainer.reveal_plan
+    busy = [k for k in range(32) if plan.text_counts[k] + plan.image_counts[k]]
+    assert len(busy) == 29
+    rows = out["completion_mask"].view(trajectory.batch_size, len(busy), -1)
+    assert (rows.sum(-1) > 0).all()  # every built row scores a token
+    assert torch.equal(rows.sum(1), processor.maskable_mask.long().expand(trajectory.batch_size, -1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(loss_steps="every"), "loss_steps='every' is not one of"),
+        (dict(loss_step_group=0), "loss_step_group must be >= 1"),
+        (dict(loss_steps="rewarded", loss_step_group=4), "set loss_steps='all' or loss_step_group=1"),
+        (dict(likelihood="random_mask"), "use likelihood='trajectory' or loss_steps='rewarded'"),
+    ],
+)
+def test_nonsense_loss_step_settings_are_refused(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        grpo_config(tmp_path, **kwargs)
+
+
+def word_count(completions, **kwargs):
+    return [len(text.split()) / 10 for text in completions]
+
+
+def train(tiny_model, processor, dataset, output_dir, peft_config=None, **kwargs) -> DiffusionGRPOTrainer:
+    defaults = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_iterations=2, max_steps=2)
+    trainer = DiffusionGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=[word_count, StepReward()],
+        args=grpo_config(output_dir, **{**defaults, **kwargs}),
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("variant", ["full", "lora"])
+def test_all_steps_train_with_trls_loss_iterations_kl_and_accumulation(
+    processor, tiny_model, dataset, tmp_path, variant
+):
+    peft_config = None
+    if variant == "lora":
+        from peft import LoraConfig
+
+        from pararl.models import ATTENTION_LORA_TARGETS
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=list(ATTENTION_LORA_TARGETS))
+    trainer = train(
+        tiny_model, processor, dataset, tmp_path, peft_config, loss_step_group=2, beta=0.1, loss_type="dr_grpo"
+    )
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and trainer._generation_round == 1  # one generation, two iterations over it
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logs)
+    assert logs[0]["kl"] == pytest.approx(0.0, abs=1e-6) and logs[1]["kl"] > 0
+    assert "sampling/importance_sampling_ratio/mean" in logs[0]  # grouped steps are corrected
+    # 2 rollouts per micro-batch x 4 groups of 2 steps; every output token of the 4 rollouts scored once.
+    buffered = trainer._buffered_inputs
+    assert [batch["completion_ids"].shape[0] for batch in buffered] == [2 * 4, 2 * 4]
+    assert all(batch["advantages"].shape == batch["completion_ids"].shape for batch in buffered)
+    assert all("old_per_token_logps" in batch for batch in buffered)
+    tokens = int(processor.maskable_mask.sum())
+    assert trainer.state.num_input_tokens_seen == 4 * tokens
+
+
+def test_resume_mid_generation_window_is_exact_with_all_steps(processor, tiny_model, dataset, tmp_path):
+    kwargs = dict(
+        gradient_accumulation_steps=1,
+        num_iterations=1,
+        steps_per_generation=2,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=1,
+        loss_step_group=2,
+    )
+    uninterrupted = train(tiny_model, processor, dataset, tmp_path / "a", **kwargs)
+    resumed = DiffusionGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=[word_count, StepReward()],
+        args=grpo_config(tmp_path / "b", per_device_train_batch_size=2, **kwargs),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))  # mid-window: buffered rows
+    expected = {e["step"]: e for e in uninterrupted.state.log_history if "loss" in e}
+    actual = {e["step"]: e for e in resumed.state.log_history if "loss" in e}
+    for step in (2, 3, 4):
+        for key in ("loss", "entropy", "grad_norm"):
+            assert actual[step][key] == expected[step][key], (step, key)
+    final = dict(resumed.model.named_parameters())
+    for name, param in uninterrupted.model.named_parameters():
+        assert torch.equal(final[name], param), name
