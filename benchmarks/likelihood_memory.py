@@ -324,15 +324,19 @@ def measure_loss_steps(args) -> dict:
     likelihood = DiffusionGRPOTrainer._get_per_token_logps_and_entropies.__wrapped__
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
-    def optimizer_step():
+    def optimizer_step() -> float:
+        """One step; returns the seconds of its no-grad pass."""
+        begin = time.perf_counter()
         if group > 1:  # the importance-sampling correction's old log-probs: one pass without a graph
             with torch.no_grad():
                 likelihood(trainer, model, ids, mask, keep, batch_size=ids.size(0))
+        no_grad_seconds = time.perf_counter() - begin
         logps = likelihood(trainer, model, ids, mask, keep, compute_entropy=True)[0]
         loss = -(logps * completion_mask).sum() / completion_mask.sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return no_grad_seconds
 
     # Peak over the first step too (it creates AdamW's state, the same for every setting of a model): the allocator
     # caches what a step frees, so later steps alone would show only what outgrows the first.
@@ -340,10 +344,10 @@ def measure_loss_steps(args) -> dict:
         f.write("5")
     start = rss_kib("VmRSS")
     optimizer_step()  # warm-up for the timing
-    times = []
+    times, no_grad_times = [], []
     for _ in range(args.repeats):
         begin = time.perf_counter()
-        optimizer_step()
+        no_grad_times.append(optimizer_step())
         times.append(time.perf_counter() - begin)
     peak = rss_kib("VmHWM")
     return {
@@ -358,8 +362,64 @@ def measure_loss_steps(args) -> dict:
         "scored_tokens_per_rollout": int(completion_mask.sum()) / rollouts,
         "output_tokens": int(processor.maskable_mask.sum()),
         "seconds_per_rollout": round(sorted(times)[len(times) // 2] / rollouts, 4),
+        "no_grad_seconds_per_rollout": round(sorted(no_grad_times)[len(times) // 2] / rollouts, 4),
         "peak_mib": round((peak - start) / 1024, 1),
     }
+
+
+def grouping_gap(groups=(2, 4, 8), num_prompts: int = 2) -> list[dict]:
+    """How far step grouping's scored distribution is from the sampled one, on real rollouts of the shipped toy policy
+    (toy main job's settings, 8 rollouts per prompt): per group size, the mean and largest |old - sampling| log-prob
+    of a scored token, and TRL's default `sequence_mask` ratio of the rows (mean, share zeroed above clip_max 3)."""
+    import tempfile
+    import warnings
+
+    from pararl.rewards import Reward
+    from pararl.toy import build_toy_dataset, toy_policy_path, toy_processor
+    from pararl.toy.recipe import toy_grpo_config
+
+    class Words(Reward):
+        def score(self, states):
+            return [len(text.split()) / 10 for text in states.texts]
+
+    dataset = build_toy_dataset("train", 16)
+    batch = [dataset[i] for i in range(num_prompts) for _ in range(8)]
+    results = []
+    for group in groups:
+        with tempfile.TemporaryDirectory() as output_dir, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = toy_grpo_config(
+                output_dir=output_dir,
+                use_cpu=True,
+                bf16=False,
+                loss_steps="all",
+                loss_step_group=group,
+                per_device_train_batch_size=len(batch),
+                log_trajectory_pictures=False,
+            )
+            trainer = DiffusionGRPOTrainer(
+                model=toy_policy_path(),
+                reward_funcs=[Words()],
+                args=config,
+                train_dataset=dataset,
+                processing_class=toy_processor(),
+            )
+            trainer.model.train()
+            out = trainer._generate_and_score_completions(batch)
+        scored = out["completion_mask"].bool()
+        gap = (out["old_per_token_logps"] - out["sampling_per_token_logps"])[scored].abs()
+        ratio = out["importance_sampling_ratio"].flatten()
+        results.append(
+            {
+                "loss_step_group": group,
+                "mean_abs_logp_gap": round(gap.mean().item(), 4),
+                "max_abs_logp_gap": round(gap.max().item(), 3),
+                "sequence_mask_ratio_mean": round(ratio.mean().item(), 3),
+                "sequence_mask_rows_zeroed": round((ratio == 0).float().mean().item(), 3),
+            }
+        )
+        print(results[-1], flush=True)
+    return results
 
 
 def run_loss_steps(args) -> None:
@@ -374,6 +434,8 @@ def run_loss_steps(args) -> None:
             ).stdout
             results.append(json.loads(output.strip().splitlines()[-1]))
             print(results[-1], flush=True)
+    torch.set_num_threads(1)
+    gap = grouping_gap()
     report = {
         "machine": f"2-core x86_64 CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
         f"torch {torch.__version__}, 1 thread",
@@ -386,6 +448,12 @@ def run_loss_steps(args) -> None:
         f"{args.repeats} after a warm-up step; peak = resident memory above the loaded model's, over all steps "
         "(the first creates AdamW's state)",
         "results": results,
+        "grouping_gap": {
+            "what": "step grouping's approximation on 16 real rollouts (2 prompts x 8) of the shipped toy policy at the "
+            "main job's settings: |old - sampling| log-prob per scored token, and TRL's default sequence_mask "
+            "importance-sampling ratio per row",
+            "results": gap,
+        },
     }
     LOSS_STEPS_RESULTS.parent.mkdir(parents=True, exist_ok=True)
     LOSS_STEPS_RESULTS.write_text(json.dumps(report, indent=2) + "\n")
