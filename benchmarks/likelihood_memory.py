@@ -449,8 +449,8 @@ def run_loss_steps(args) -> None:
         "(the first creates AdamW's state)",
         "results": results,
         "grouping_gap": {
-            "what": "step grouping's approximation on 16 real rollouts (2 prompts x 8) of the shipped toy policy at the "
-            "main job's settings: |old - sampling| log-prob per scored token, and TRL's default sequence_mask "
+            "what": "step grouping's approximation on 16 real rollouts (2 prompts x 8) of the shipped toy policy at "
+            "the main job's settings: |old - sampling| log-prob per scored token, and TRL's default sequence_mask "
             "importance-sampling ratio per row",
             "results": gap,
         },

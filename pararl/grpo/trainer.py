@@ -20,9 +20,9 @@ size 1): `completion_ids` is the output after the group, `completion_mask` the t
 advantages are per token (TRL's `(B, T)` form), each token's from the first rewarded step at or after its own.
 
 The likelihood rebuilds the model input by masking the scored tokens again, which gives exactly the state before
-step k (before the group's first step). TRL's clipped ratio, loss types, `num_iterations`, β·KL to the reference, gradient accumulation and metrics
-then act on these rows unchanged, and everything is per row, so TRL's shuffle and split of the generation batch
-cannot break it.
+step k (before the group's first step). TRL's clipped ratio, loss types, `num_iterations`, β·KL to the reference,
+gradient accumulation and metrics then act on these rows unchanged, and everything is per row, so TRL's shuffle and
+split of the generation batch cannot break it.
 
 What "exact" means. The likelihood of a row is the probability of the values revealed at step k given the state
 before step k, under the distribution the sampler drew them from: the policy's forward, the modality's temperature
@@ -532,7 +532,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
         # R loss rows per rollout, row = rollout * R + r: the rewarded steps (R = s), or every step group (see
         # `_loss_row_steps`).
-        first_steps, group = self._loss_row_steps(steps, row_num_steps if late_steps else None)
+        first_steps, group = self._loss_row_steps(steps, row_num_steps)
         rows_per_rollout = first_steps.size(1)
         rollout_of_row = torch.arange(local_size, device=device).repeat_interleave(rows_per_rollout)
         prompt_ids = trajectory.input_ids.to(device)[rollout_of_row]
