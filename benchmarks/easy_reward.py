@@ -9,6 +9,7 @@ Results (numbers, machine) are in the README and `benchmarks/results/easy_reward
 
     python benchmarks/easy_reward.py                      # seeds 0-4 at the main job's settings
     python benchmarks/easy_reward.py --seeds 0 --no-use_peft --learning_rate 3e-4   # every weight instead of LoRA
+    python benchmarks/easy_reward.py --seeds 0 --loss_steps all --loss_step_group 4   # every token, 4 steps a row
 """
 
 import argparse
@@ -60,6 +61,13 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="Reward the final output only (output-level GRPO) instead of the main job's intermediate steps.",
     )
+    parser.add_argument(
+        "--loss_steps",
+        choices=["rewarded", "all"],
+        default="rewarded",
+        help="Which tokens the loss scores: those of the rewarded steps (the main job's) or every revealed one.",
+    )
+    parser.add_argument("--loss_step_group", type=int, default=1, help="Steps per loss row with --loss_steps all.")
     parser.add_argument("--threshold", type=float, default=0.5, help="The reward a seed must climb above.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None, help="Also write the per-seed curves as JSON here.")
@@ -71,6 +79,7 @@ def main():
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     settings = {"max_steps": args.max_steps, "learning_rate": args.learning_rate, "logging_steps": 1}
+    settings.update(loss_steps=args.loss_steps, loss_step_group=args.loss_step_group)
     if args.output_level:
         settings.update(num_reward_steps=1, reward_step_selection="final")
     results = []

@@ -20,6 +20,17 @@ variant's logits is 16.5 GB).
 
     python benchmarks/likelihood_memory.py                      # all cases, JSON to benchmarks/results/
     python benchmarks/likelihood_memory.py --case trajectory --variant after --grad   # one measurement
+
+Which tokens the loss scores (`loss_steps`, `loss_step_group`): `--loss_steps` measures, per setting, the loss rows
+(sequence forwards) of one rollout, the no-grad forwards the trainer adds (the importance-sampling correction's old
+log-probs, for step groups > 1), and the time and peak memory of one optimizer step (AdamW, full parameters) on
+all rows of `--rollouts` rollouts in one micro-batch, as TRL's loss pass runs them: the trainer's own row builder
+and likelihood on trajectories drawn from the reveal schedule. Settings: `rewarded` s = 3, `all` with groups of 1, 4
+and 8 steps; models: the shipped toy policy at the toy main job's schedule (16 steps), and the LLaDA-8B layout at
+reduced width (as above) at 64 steps.
+
+    python benchmarks/likelihood_memory.py --loss_steps         # all settings, JSON to benchmarks/results/
+    python benchmarks/likelihood_memory.py --loss_steps --model toy --setting all-g4   # one measurement
 """
 
 import argparse
@@ -29,6 +40,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +55,10 @@ from pararl.rollout.schedules import build_reveal_plan
 
 
 RESULTS = Path(__file__).resolve().parent / "results" / "likelihood_memory_cpu.json"
+LOSS_STEPS_RESULTS = RESULTS.with_name("loss_steps_cost_cpu.json")
+# `--loss_steps` settings: (loss_steps, loss_step_group); models: (diffusion steps, rollouts measured together).
+LOSS_SETTINGS = {"rewarded-s3": ("rewarded", 1), "all-g1": ("all", 1), "all-g4": ("all", 4), "all-g8": ("all", 8)}
+LOSS_MODELS = {"toy": (16, 8), "llada": (64, 1)}
 CASES = {"trajectory": 24, "random_mask": 1}  # rows per micro-batch
 STEPS = 64
 
@@ -217,13 +233,250 @@ def measure(args) -> dict:
     }
 
 
+def loss_setup(model_name: str, width: int):
+    """The model, processor and reveal plan of a `--loss_steps` model."""
+    from pararl.rollout import ParallelDecoder
+    from pararl.toy import toy_processor
+    from pararl.toy.policy import load_toy_policy
+    from pararl.toy.recipe import toy_grpo_config
+
+    if model_name == "toy":
+        model, processor = load_toy_policy(), toy_processor()
+        rollout_config = toy_grpo_config(use_cpu=True, bf16=False).to_rollout_config()
+        return model, processor, ParallelDecoder(model, processor, rollout_config).plan
+    model, processor = build(width)
+    return model, processor, build_reveal_plan(STEPS, len(processor.text_positions), len(processor.image_positions))
+
+
+def synthetic_trajectory(processor, plan, rollouts: int, generator: torch.Generator):
+    """A stand-in `Trajectory` (input part, final output, step map) whose steps reveal the plan's counts, at random
+    slots (the cost does not depend on which)."""
+    preset = processor.preset
+    inputs = processor.encode_prompts(["w1 w2 w3 w4"] * rollouts, [None] * rollouts)
+    text, image = processor.text_positions, processor.image_positions
+    outputs = processor.masked_outputs(rollouts)
+    low, high = preset.text_vocab_range
+    outputs[:, text] = torch.randint(max(low, 10), high - 1, (rollouts, len(text)), generator=generator)
+    codebook = preset.image_vocab_range[1] - preset.image_vocab_range[0]
+    outputs[:, image] = preset.image_vocab_range[0] + torch.randint(
+        0, codebook, (rollouts, len(image)), generator=generator
+    )
+    step_map = torch.full(outputs.shape, -1, dtype=torch.long)
+    for positions, counts in ((text, plan.text_counts), (image, plan.image_counts)):
+        order = positions[torch.rand(rollouts, len(positions), generator=generator).argsort(1)]
+        steps = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        step_map.scatter_(1, order, steps.expand(rollouts, -1))
+    return SimpleNamespace(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_ids=outputs, step_map=step_map
+    )
+
+
+def loss_trainer(processor, plan, loss_steps: str, group: int) -> SimpleNamespace:
+    """A stand-in trainer with what the row builder and the likelihood read, sized as `__init__` sizes them."""
+    from pararl.grpo.trainer import _grouped_bounds
+
+    preset = processor.preset
+    spans = tuple(
+        _LikelihoodSpan(
+            slots=slots,
+            vocab_range=vocab_range,
+            exclude=exclude,
+            temperature=1.0,
+            num_scored=min(max(_grouped_bounds(counts, group)), len(slots)),
+        )
+        for slots, vocab_range, exclude, counts in (
+            (processor.text_positions, preset.text_vocab_range, preset.text_mask_column, plan.text_counts),
+            (processor.image_positions, preset.image_vocab_range, preset.image_mask_column, plan.image_counts),
+        )
+    )
+    counts = [t + i for t, i in zip(plan.text_counts, plan.image_counts)]
+    return SimpleNamespace(
+        _spans=spans,
+        processor=processor,
+        rollout_config=SimpleNamespace(top_k=None),
+        accelerator=SimpleNamespace(autocast=contextlib.nullcontext),
+        loss_all_steps=loss_steps == "all",
+        args=SimpleNamespace(loss_step_group=group),
+        _loss_group_starts=[a for a in range(0, len(counts), group) if sum(counts[a : a + group])],
+    )
+
+
+def measure_loss_steps(args) -> dict:
+    """One optimizer step on every loss row of `rollouts` rollouts, built by the trainer's own row builder."""
+    torch.set_num_threads(1)
+    loss_steps, group = LOSS_SETTINGS[args.setting]
+    num_steps, rollouts = LOSS_MODELS[args.model]
+    model, processor, plan = loss_setup(args.model, args.width)
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    trajectory = synthetic_trajectory(processor, plan, rollouts, generator)
+    trainer = loss_trainer(processor, plan, loss_steps, group)
+    rewarded = torch.stack([torch.randperm(num_steps, generator=generator)[:3].sort().values for _ in range(rollouts)])
+    first_steps, group = DiffusionGRPOTrainer._loss_row_steps(trainer, rewarded, None)
+    rows_per_rollout = first_steps.size(1)
+    rollout_of_row = torch.arange(rollouts).repeat_interleave(rows_per_rollout)
+    completion_ids, completion_mask = DiffusionGRPOTrainer._trajectory_rows(
+        trainer, trajectory, rollout_of_row, first_steps.flatten(), group
+    )
+    ids = torch.cat([trajectory.input_ids[rollout_of_row], completion_ids], dim=1)
+    mask = torch.cat([trajectory.attention_mask[rollout_of_row], completion_mask], dim=1)
+    keep = completion_ids.size(1)
+    likelihood = DiffusionGRPOTrainer._get_per_token_logps_and_entropies.__wrapped__
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def optimizer_step() -> float:
+        """One step; returns the seconds of its no-grad pass."""
+        begin = time.perf_counter()
+        if group > 1:  # the importance-sampling correction's old log-probs: one pass without a graph
+            with torch.no_grad():
+                likelihood(trainer, model, ids, mask, keep, batch_size=ids.size(0))
+        no_grad_seconds = time.perf_counter() - begin
+        logps = likelihood(trainer, model, ids, mask, keep, compute_entropy=True)[0]
+        loss = -(logps * completion_mask).sum() / completion_mask.sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return no_grad_seconds
+
+    # Peak over the first step too (it creates AdamW's state, the same for every setting of a model): the allocator
+    # caches what a step frees, so later steps alone would show only what outgrows the first.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = rss_kib("VmRSS")
+    optimizer_step()  # warm-up for the timing
+    times, no_grad_times = [], []
+    for _ in range(args.repeats):
+        begin = time.perf_counter()
+        no_grad_times.append(optimizer_step())
+        times.append(time.perf_counter() - begin)
+    peak = rss_kib("VmHWM")
+    return {
+        "model": args.model,
+        "setting": args.setting,
+        "diffusion_steps": num_steps,
+        "rollouts": rollouts,
+        "rollout_forwards_per_rollout": num_steps,  # the decoder's, for scale
+        "rows_per_rollout": rows_per_rollout,
+        "grad_forwards_per_rollout": rows_per_rollout,
+        "no_grad_forwards_per_rollout": rows_per_rollout if group > 1 else 0,
+        "scored_tokens_per_rollout": int(completion_mask.sum()) / rollouts,
+        "output_tokens": int(processor.maskable_mask.sum()),
+        "seconds_per_rollout": round(sorted(times)[len(times) // 2] / rollouts, 4),
+        "no_grad_seconds_per_rollout": round(sorted(no_grad_times)[len(times) // 2] / rollouts, 4),
+        "peak_mib": round((peak - start) / 1024, 1),
+    }
+
+
+def grouping_gap(groups=(2, 4, 8), num_prompts: int = 2) -> list[dict]:
+    """How far step grouping's scored distribution is from the sampled one, on real rollouts of the shipped toy policy
+    (toy main job's settings, 8 rollouts per prompt): per group size, the mean and largest |old - sampling| log-prob
+    of a scored token, and TRL's default `sequence_mask` ratio of the rows (mean, share zeroed above clip_max 3)."""
+    import tempfile
+    import warnings
+
+    from pararl.rewards import Reward
+    from pararl.toy import build_toy_dataset, toy_policy_path, toy_processor
+    from pararl.toy.recipe import toy_grpo_config
+
+    class Words(Reward):
+        def score(self, states):
+            return [len(text.split()) / 10 for text in states.texts]
+
+    dataset = build_toy_dataset("train", 16)
+    batch = [dataset[i] for i in range(num_prompts) for _ in range(8)]
+    results = []
+    for group in groups:
+        with tempfile.TemporaryDirectory() as output_dir, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = toy_grpo_config(
+                output_dir=output_dir,
+                use_cpu=True,
+                bf16=False,
+                loss_steps="all",
+                loss_step_group=group,
+                per_device_train_batch_size=len(batch),
+                log_trajectory_pictures=False,
+            )
+            trainer = DiffusionGRPOTrainer(
+                model=toy_policy_path(),
+                reward_funcs=[Words()],
+                args=config,
+                train_dataset=dataset,
+                processing_class=toy_processor(),
+            )
+            trainer.model.train()
+            out = trainer._generate_and_score_completions(batch)
+        scored = out["completion_mask"].bool()
+        gap = (out["old_per_token_logps"] - out["sampling_per_token_logps"])[scored].abs()
+        ratio = out["importance_sampling_ratio"].flatten()
+        results.append(
+            {
+                "loss_step_group": group,
+                "mean_abs_logp_gap": round(gap.mean().item(), 4),
+                "max_abs_logp_gap": round(gap.max().item(), 3),
+                "sequence_mask_ratio_mean": round(ratio.mean().item(), 3),
+                "sequence_mask_rows_zeroed": round((ratio == 0).float().mean().item(), 3),
+            }
+        )
+        print(results[-1], flush=True)
+    return results
+
+
+def run_loss_steps(args) -> None:
+    """Every (model, setting) in a fresh subprocess; JSON to `LOSS_STEPS_RESULTS`."""
+    results = []
+    for model_name in LOSS_MODELS:
+        for setting in LOSS_SETTINGS:
+            command = [sys.executable, __file__, "--loss_steps", "--model", model_name, "--setting", setting]
+            command += ["--width", str(args.width), "--repeats", str(args.repeats)]
+            output = subprocess.run(
+                command, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            ).stdout
+            results.append(json.loads(output.strip().splitlines()[-1]))
+            print(results[-1], flush=True)
+    torch.set_num_threads(1)
+    gap = grouping_gap()
+    report = {
+        "machine": f"2-core x86_64 CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+        f"torch {torch.__version__}, 1 thread",
+        "models": {
+            "toy": "the shipped toy policy, the toy main job's schedule (16 steps), 8 rollouts in one micro-batch",
+            "llada": f"LLaDA-8B layout and vocabulary, width {args.width}, 1 layer, 64 steps, 1 rollout",
+        },
+        "measured": "one AdamW step (full parameters, fp32) on all loss rows of the rollouts: likelihood forward "
+        "with a graph, backward, step; plus the no-grad old-log-prob pass of step groups > 1; median of "
+        f"{args.repeats} after a warm-up step; peak = resident memory above the loaded model's, over all steps "
+        "(the first creates AdamW's state)",
+        "results": results,
+        "grouping_gap": {
+            "what": "step grouping's approximation on 16 real rollouts (2 prompts x 8) of the shipped toy policy at "
+            "the main job's settings: |old - sampling| log-prob per scored token, and TRL's default sequence_mask "
+            "importance-sampling ratio per row",
+            "results": gap,
+        },
+    }
+    LOSS_STEPS_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    LOSS_STEPS_RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {LOSS_STEPS_RESULTS}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", choices=list(CASES))
     parser.add_argument("--variant", choices=["before", "after"])
     parser.add_argument("--grad", action="store_true", help="the loss pass: forward with a graph, then backward")
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--loss_steps", action="store_true", help="the loss-steps cost table (see the docstring)")
+    parser.add_argument("--model", choices=list(LOSS_MODELS))
+    parser.add_argument("--setting", choices=list(LOSS_SETTINGS))
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.loss_steps:
+        if args.setting is None:
+            run_loss_steps(args)
+        else:
+            print(json.dumps(measure_loss_steps(args)))
+        return
     if args.case is not None:
         print(json.dumps(measure(args)))
         return

@@ -13,7 +13,7 @@ import pytest
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("full", "lora")
+VARIANTS = ("full", "lora", "all_steps")
 
 
 def launch(tmp: Path, launch_args: list[str], variants: list[str], timeout: int = 600) -> dict:
@@ -49,7 +49,7 @@ def launch(tmp: Path, launch_args: list[str], variants: list[str], timeout: int 
 
 @pytest.fixture(scope="module")
 def zero3_summaries(tmp_path_factory):
-    """Both ZeRO-3 variants in one launch (process start-up and imports dominate a run this small)."""
+    """The ZeRO-3 variants in one launch (process start-up and imports dominate a run this small)."""
     tmp = tmp_path_factory.mktemp("zero3")
     # The accelerate config names the DeepSpeed JSON relative to the repo root; make it absolute. Do not set
     # ACCELERATE_USE_CPU here: with it, accelerate silently drops DeepSpeed and runs plain DDP (MULTI_CPU).
@@ -92,6 +92,15 @@ def test_zero3_lora(zero3_summaries):
     check_common(ranks)
     assert not any(summary["has_ref_model"] for summary in ranks)
     assert ranks[0]["num_trainable"] == 2 * 4 * 2  # lora_A and lora_B of 4 projections in 2 layers
+
+
+@pytest.mark.slow
+def test_zero3_all_steps_in_groups(zero3_summaries):
+    ranks = zero3_summaries["all_steps"]
+    check_common(ranks)
+    # Grouped steps are importance-sampling corrected; every output token of the 4 rollouts per step is scored once.
+    assert all(all(value is not None for value in summary["importance_sampling"]) for summary in ranks)
+    assert all(summary["num_tokens"] == 2 * 4 * 90 for summary in ranks)
 
 
 def zero3_config(tmp: Path) -> Path:

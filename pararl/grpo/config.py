@@ -14,6 +14,7 @@ from ..rollout.schedules import DECODE_ORDERS, SCHEDULES
 # The options this trainer implements itself; the rollout's and the step selectors' come from their modules.
 ADVANTAGE_MODES = ("per_step", "trajectory_mean")
 LIKELIHOODS = ("trajectory", "random_mask")
+LOSS_STEPS = ("rewarded", "all")
 
 
 @dataclass
@@ -25,14 +26,17 @@ class DiffusionGRPOConfig(GRPOConfig):
     Every [`~trl.GRPOConfig`] field keeps its meaning and default, with these ParaRL readings:
 
     - `num_generations` (G) counts rollouts per prompt; `per_device_train_batch_size` counts *rollouts* per device and
-      micro-step. Each rollout becomes `num_reward_steps` loss rows (one per selected step), so a micro-step's loss
-      sees `per_device_train_batch_size * num_reward_steps` rows. TRL's divisibility rules are unchanged: the global
+      micro-step. Each rollout becomes R loss rows, so a micro-step's loss sees `per_device_train_batch_size * R` rows:
+      R = `num_reward_steps` (one per selected step) with `loss_steps="rewarded"`; with `loss_steps="all"`, R is the
+      number of groups of `loss_step_group` consecutive steps in which the reveal schedule reveals a token (16 for the
+      toy default's 16 steps at group size 1, 4 at group size 4), or, with confidence thresholds, the groups up to the
+      longest row of the generation batch. TRL's divisibility rules are unchanged: the global
       generation batch (`per_device_train_batch_size * num_processes * steps_per_generation`) must be a multiple of
       `num_generations`.
     - `temperature` is the default of both modality temperatures; `top_k` (0 = off) filters both modalities, and the
       likelihood applies the same filter, so top-k rollouts stay on-policy.
     - `max_completion_length` is ignored: the output length is fixed by the model's sequence preset. `dr_grpo`'s
-      constant normaliser (TRL's `max_completion_length`) is the most tokens one (rollout, step) row scores.
+      constant normaliser (TRL's `max_completion_length`) is the most tokens one loss row scores.
     - `vllm_importance_sampling_correction`, `vllm_importance_sampling_mode`, `vllm_importance_sampling_clip_min`
       and `vllm_importance_sampling_clip_max` keep TRL's meaning but apply to pararl's own sampler: when the rollout
       is off-policy (`RolloutConfig.off_policy`: classifier-free guidance, or `input_cache_refresh` > 1), the
@@ -124,6 +128,22 @@ class DiffusionGRPOConfig(GRPOConfig):
             up to a constant; with `"low_confidence"` it depends on the drawn values and is left out. `"random_mask"`:
             MMaDA UniGRPO's estimator (a random mask ratio per row, masked output tokens scored given the rest), for
             comparison.
+        loss_steps (`str`, *optional*, defaults to `"rewarded"`):
+            Which revealed tokens the loss scores. `"rewarded"`: the tokens revealed at the s rewarded steps, each row
+            with its own step's advantage (the paper's literal objective; about s / `diffusion_steps` of the output).
+            `"all"`: every revealed token, each scored on the state before its own step (TraceRL's step-aligned
+            credit), credited with the advantage of the first rewarded step at or after its step (reward to go; a
+            token revealed after the last rewarded step takes the last one's); with `advantage_mode="trajectory_mean"`
+            every token takes its rollout's trajectory-mean advantage, and with `reward_step_selection="final"` every
+            token takes the final output's advantage. Costs one forward per step group instead of s. Needs
+            `likelihood="trajectory"`.
+        loss_step_group (`int`, *optional*, defaults to `1`):
+            With `loss_steps="all"`: g consecutive steps `[a, a + g)` (from step 0) are scored in one forward, on the
+            state before step a (TraceRL's shrinkage), which divides the forwards by g. g = 1 is exact; g > 1 is an
+            approximation: a token revealed at a later step of its group is scored without the tokens revealed
+            before it in the group, so the scored distribution is not the sampled one; the rollout's own log-probs
+            stay the behaviour policy and TRL's importance-sampling correction (`vllm_importance_sampling_*`)
+            reweights the loss when `vllm_importance_sampling_correction` is on.
         reward_clip (`float`, *optional*, defaults to `1.0`):
             Clip constant c of the reward normalisation: z clipped to [-c, c], then mapped to [0, 1].
         reward_calibration_fraction (`float`, *optional*, defaults to `0.01`):
@@ -321,6 +341,31 @@ class DiffusionGRPOConfig(GRPOConfig):
             "choices": list(LIKELIHOODS),
         },
     )
+    loss_steps: str = field(
+        default="rewarded",
+        metadata={
+            "help": 'Which revealed tokens the loss scores. `"rewarded"`: the tokens revealed at the s rewarded '
+            "steps, each row with its own step's advantage (the paper's literal objective; about s / "
+            '`diffusion_steps` of the output). `"all"`: every revealed token, each scored on the state before its '
+            "own step (TraceRL's step-aligned credit), credited with the advantage of the first rewarded step at "
+            "or after its step (reward to go; a token revealed after the last rewarded step takes the last one's); "
+            'with `advantage_mode="trajectory_mean"` every token takes its rollout\'s trajectory-mean advantage, '
+            'and with `reward_step_selection="final"` every token takes the final output\'s advantage. Costs one '
+            'forward per step group instead of s. Needs `likelihood="trajectory"`.',
+            "choices": list(LOSS_STEPS),
+        },
+    )
+    loss_step_group: int = field(
+        default=1,
+        metadata={
+            "help": 'With `loss_steps="all"`: g consecutive steps `[a, a + g)` (from step 0) are scored in one '
+            "forward, on the state before step a (TraceRL's shrinkage), which divides the forwards by g. g = 1 is "
+            "exact; g > 1 is an approximation: a token revealed at a later step of its group is scored without "
+            "the tokens revealed before it in the group, so the scored distribution is not the sampled one; the "
+            "rollout's own log-probs stay the behaviour policy and TRL's importance-sampling correction "
+            "(`vllm_importance_sampling_*`) reweights the loss when `vllm_importance_sampling_correction` is on.",
+        },
+    )
     reward_clip: float = field(
         default=1.0,
         metadata={
@@ -376,6 +421,7 @@ class DiffusionGRPOConfig(GRPOConfig):
             "reward_step_selection": STEP_SELECTIONS,
             "advantage_mode": ADVANTAGE_MODES,
             "likelihood": LIKELIHOODS,
+            "loss_steps": LOSS_STEPS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -407,6 +453,7 @@ class DiffusionGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"num_reward_steps={self.num_reward_steps} must be between 1 and diffusion_steps={self.diffusion_steps}."
             )
+        self._check_loss_steps()
         if self.reward_clip <= 0:
             raise ValueError(f"reward_clip must be > 0, got {self.reward_clip}.")
         if not 0.0 <= self.reward_calibration_fraction <= 1.0:
@@ -453,6 +500,21 @@ class DiffusionGRPOConfig(GRPOConfig):
     def thresholded(self) -> bool:
         """Whether some modality decodes by confidence threshold (rows then end at different steps)."""
         return self.text_threshold is not None or self.image_threshold is not None
+
+    def _check_loss_steps(self) -> None:
+        if self.loss_step_group < 1:
+            raise ValueError(f"loss_step_group must be >= 1, got {self.loss_step_group}.")
+        if self.loss_steps == "rewarded" and self.loss_step_group != 1:
+            raise ValueError(
+                f"loss_step_group={self.loss_step_group} groups the steps of loss_steps='all'; with "
+                "loss_steps='rewarded' each row is one rewarded step: set loss_steps='all' or loss_step_group=1."
+            )
+        if self.loss_steps == "all" and self.likelihood != "trajectory":
+            raise ValueError(
+                f"loss_steps='all' scores every token on the state before its own step, which is the trajectory "
+                f"likelihood; likelihood={self.likelihood!r} scores a random mask instead: use "
+                "likelihood='trajectory' or loss_steps='rewarded'."
+            )
 
     def _check_fast_decoding(self) -> None:
         self.to_rollout_config()  # the decoder's own checks of every rollout field (thresholds, cap, floor, cache)

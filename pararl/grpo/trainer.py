@@ -15,10 +15,14 @@ Each (rollout, step) pair is one TRL *completion row*, encoded so that TRL's los
 - `completion_ids`: the output part as it stands *after* step k (tokens revealed later are `[MASK]`);
 - `completion_mask`: 1 at the tokens revealed *at* step k, i.e. the tokens the loss scores.
 
+With `loss_steps="all"` the rows are instead the rollout's step groups `[a, a + loss_step_group)` (every step at group
+size 1): `completion_ids` is the output after the group, `completion_mask` the tokens revealed in it, and the
+advantages are per token (TRL's `(B, T)` form), each token's from the first rewarded step at or after its own.
+
 The likelihood rebuilds the model input by masking the scored tokens again, which gives exactly the state before
-step k. TRL's clipped ratio, loss types, `num_iterations`, β·KL to the reference, gradient accumulation and metrics
-then act on these rows unchanged, and everything is per row, so TRL's shuffle and split of the generation batch
-cannot break it.
+step k (before the group's first step). TRL's clipped ratio, loss types, `num_iterations`, β·KL to the reference,
+gradient accumulation and metrics then act on these rows unchanged, and everything is per row, so TRL's shuffle and
+split of the generation batch cannot break it.
 
 What "exact" means. The likelihood of a row is the probability of the values revealed at step k given the state
 before step k, under the distribution the sampler drew them from: the policy's forward, the modality's temperature
@@ -225,29 +229,37 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         # The likelihood's two modalities: which output slots, which vocabulary columns, and the largest number of
         # tokens one row scores there (known ahead from the decoder's own bound per step: the schedules' counts, or a
         # thresholded modality's block / span and cap; so the likelihood needs no host sync).
-        text_bound, image_bound = decoder.max_reveals_per_modality
+        # With loss_steps="all", a row scores a group of `loss_step_group` steps: its bound is the group's sum.
+        self.loss_all_steps = args.loss_steps == "all"
+        group = args.loss_step_group
+        text_bound, image_bound = (_grouped_bounds(bound, group) for bound in decoder.max_reveals_per_modality)
         trajectory = args.likelihood == "trajectory"
         text_range, image_range = preset.text_vocab_range, preset.image_vocab_range
+        text_slots, image_slots = processing_class.text_positions, processing_class.image_positions
         self._spans = (
             _LikelihoodSpan(
-                slots=processing_class.text_positions,
+                slots=text_slots,
                 vocab_range=text_range,
                 exclude=preset.text_mask_column,
                 temperature=args.text_temperature,
-                num_scored=max(text_bound) if trajectory else len(processing_class.text_positions),
+                num_scored=min(max(text_bound), len(text_slots)) if trajectory else len(text_slots),
             ),
             _LikelihoodSpan(
-                slots=processing_class.image_positions,
+                slots=image_slots,
                 vocab_range=image_range,
                 exclude=preset.image_mask_column,
                 temperature=args.image_temperature,
-                num_scored=max(image_bound) if trajectory else len(processing_class.image_positions),
+                num_scored=min(max(image_bound), len(image_slots)) if trajectory else len(image_slots),
             ),
         )
         if trajectory:
-            self._max_scored_tokens = decoder.max_reveals_per_step
+            per_row = max(t + i for t, i in zip(text_bound, image_bound))
+            self._max_scored_tokens = min(per_row, self._spans[0].num_scored + self._spans[1].num_scored)
         else:
             self._max_scored_tokens = int(processing_class.maskable_mask.sum())
+        # The first steps of the scheduled loss groups that reveal a token (rows that would score none are not built).
+        plan_counts = [t + i for t, i in zip(decoder.plan.text_counts, decoder.plan.image_counts)]
+        self._loss_group_starts = [a for a in range(0, args.diffusion_steps, group) if sum(plan_counts[a : a + group])]
 
         # dr_grpo divides every row's summed loss by a constant, TRL's `max_completion_length` (= |o| of the paper):
         # for a (rollout, step) row that is the most tokens one row scores, not the whole output length (which would
@@ -255,7 +267,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.max_completion_length = self._max_scored_tokens
         # Off-policy rollouts (guidance; a stale input cache) are corrected with the sampler's log-probs as behaviour
         # policy, with TRL's vLLM importance-sampling settings.
-        off_policy = self.rollout_config.off_policy
+        # Grouped steps (loss_step_group > 1) score a token on an earlier state than it was drawn from: corrected too.
+        off_policy = self.rollout_config.off_policy or (self.loss_all_steps and group > 1)
         self._corrects_off_policy = off_policy and args.vllm_importance_sampling_correction
         if self._corrects_off_policy and args.likelihood != "trajectory":
             raise ValueError(
@@ -266,8 +279,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             )
         if off_policy and not args.vllm_importance_sampling_correction:
             warnings.warn(
-                "The rollout samples off-policy (classifier-free guidance or input_cache_refresh > 1) and "
-                "vllm_importance_sampling_correction="
+                "The rollout samples off-policy (classifier-free guidance or input_cache_refresh > 1) or the loss "
+                "scores grouped steps (loss_step_group > 1), and vllm_importance_sampling_correction="
                 "False: the loss treats the rollouts as the policy's own samples, uncorrected.",
                 stacklevel=2,
             )
@@ -502,6 +515,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             steps = self._loss_step_selector.select(num_groups, self.args.diffusion_steps, generator)
             steps = steps[global_rows // num_generations]  # (local_size, s)
             record_steps = self._reward_steps_of(steps)[1]
+        row_num_steps = None  # with thresholds: the steps each row of the gathered batch ran
         with profiling_context(self, "rollout"):
             trajectory = self._rollout(
                 prompts, images, tasks, sorted(set(record_steps)), self._row_seeds(global_rows, generation_round)
@@ -521,19 +535,19 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             reward_rollouts = torch.arange(local_size).repeat_interleave(s)
             reward_of_row = torch.arange(local_size * s)
 
-        # One row per (rollout, step): row = rollout * s + j.
-        row_steps = steps.flatten().to(device)
-        rollout_of_row = torch.arange(local_size, device=device).repeat_interleave(s)
-        step_map = trajectory.step_map.to(device)[rollout_of_row]
-        final = trajectory.output_ids.to(device)[rollout_of_row]
+        # R loss rows per rollout, row = rollout * R + r: the rewarded steps (R = s), or every step group (see
+        # `_loss_row_steps`).
+        first_steps, group = self._loss_row_steps(steps, row_num_steps)
+        rows_per_rollout = first_steps.size(1)
+        rollout_of_row = torch.arange(local_size, device=device).repeat_interleave(rows_per_rollout)
         prompt_ids = trajectory.input_ids.to(device)[rollout_of_row]
         prompt_mask = trajectory.attention_mask.to(device)[rollout_of_row]
-        mask_id = self.processor.preset.mask_token_id
         if self.args.likelihood == "trajectory":
-            completion_ids = final.masked_fill(step_map > row_steps.unsqueeze(1), mask_id)
-            completion_mask = (step_map == row_steps.unsqueeze(1)).long()
+            completion_ids, completion_mask = self._trajectory_rows(
+                trajectory, rollout_of_row, first_steps.flatten().to(device), group
+            )
         else:
-            completion_ids = final
+            completion_ids = trajectory.output_ids.to(device)[rollout_of_row]
             row_ids = global_rows.repeat_interleave(s) * s + torch.arange(s).repeat(local_size)
             row_seeds = self._row_seeds(row_ids, generation_round)
             completion_mask = self._random_masks(row_seeds.to(device))
@@ -553,13 +567,15 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         process_rows = local_size * s
         all_advantages = advantages
         advantages = advantages[process_index * process_rows : (process_index + 1) * process_rows]
+        if self.loss_all_steps:
+            advantages = self._token_advantages(advantages, steps, trajectory, rollout_of_row, completion_mask)
 
         # Old-policy and reference log-probs, as TRL computes them.
         logits_to_keep = completion_ids.size(1)
         prompt_completion_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        batch_size *= s
+        batch_size *= rows_per_rollout
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             generate_every = self.args.steps_per_generation * self.num_iterations
             old_per_token_logps = importance_sampling_ratio = None
@@ -627,6 +643,60 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if ref_per_token_logps is not None:
             output["ref_per_token_logps"] = ref_per_token_logps
         return output
+
+    def _loss_row_steps(self, steps: torch.Tensor, batch_num_steps: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """The first step of every loss row of each rollout, `(rollouts, R)`, and the steps a row spans.
+
+        `loss_steps="rewarded"`: the rewarded (loss) steps, one step each. `"all"`: the groups of `loss_step_group`
+        consecutive steps from step 0 in which the reveal schedule reveals a token; with confidence thresholds
+        (`batch_num_steps`, the gathered steps each row ran) the groups up to the batch's longest row, the same on
+        every rank (a fixed count per rollout keeps TRL's split and ZeRO-3's collective forwards aligned), so a
+        rollout that ended earlier carries rows that score nothing.
+        """
+        if not self.loss_all_steps:
+            return steps, 1
+        group = self.args.loss_step_group
+        if batch_num_steps is None:
+            starts = torch.tensor(self._loss_group_starts)
+        else:
+            starts = torch.arange(0, int(batch_num_steps.max()), group)
+        return starts.expand(steps.size(0), -1), group
+
+    def _trajectory_rows(
+        self, trajectory: Trajectory, rollout_of_row: torch.Tensor, first_steps: torch.Tensor, group: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`completion_ids` (the output after the row's last step) and `completion_mask` (the tokens revealed in
+        steps `[first, first + group)`) of trajectory rows; the likelihood masks the scored tokens again, which gives
+        the state before the row's first step."""
+        device = first_steps.device
+        step_map = trajectory.step_map.to(device)[rollout_of_row]
+        final = trajectory.output_ids.to(device)[rollout_of_row]
+        first = first_steps.unsqueeze(1)
+        completion_ids = final.masked_fill(step_map >= first + group, self.processor.preset.mask_token_id)
+        completion_mask = ((step_map >= first) & (step_map < first + group)).long()
+        return completion_ids, completion_mask
+
+    def _token_advantages(
+        self,
+        advantages: torch.Tensor,
+        steps: torch.Tensor,
+        trajectory: Trajectory,
+        rollout_of_row: torch.Tensor,
+        completion_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-token advantages `(rows, L_out)` of `loss_steps="all"`: each revealed token takes the advantage of its
+        rollout's first rewarded step at or after its own step (the last rewarded step's past it); 0 where unscored.
+
+        `advantages (rollouts * s,)` are this process's (rollout, rewarded step) advantages, `steps (rollouts, s)`
+        their sorted steps. Output-level RL's s advantages of a rollout are all the final output's, and
+        `advantage_mode="trajectory_mean"`'s all the trajectory mean's, so every token gets that one value."""
+        device = completion_mask.device
+        steps = steps.to(device).contiguous()
+        s = steps.size(1)
+        token_steps = trajectory.step_map.to(device).clamp(min=0).contiguous()
+        slot = torch.searchsorted(steps, token_steps).clamp(max=s - 1)  # first rewarded step >= the token's
+        per_token = advantages.to(device).view(-1, s).gather(1, slot)
+        return per_token[rollout_of_row] * completion_mask
 
     def _importance_sampling_ratio(
         self, old_per_token_logps: torch.Tensor, sampling_per_token_logps: torch.Tensor, completion_mask: torch.Tensor
@@ -1042,6 +1112,11 @@ def _split_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list, list, 
     reserved = {"prompt"}
     columns = {key: [row.get(key) for row in rows] for key in rows[0] if key not in reserved} if rows else {}
     return prompts, images, tasks, columns
+
+
+def _grouped_bounds(bounds: Sequence[int], group: int) -> list[int]:
+    """Per group of `group` consecutive steps (from step 0), the sum of the steps' bounds."""
+    return [sum(bounds[start : start + group]) for start in range(0, len(bounds), group)]
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,9 @@ def full_parameters(model: torch.nn.Module, trainable_only: bool = True) -> dict
 
 
 def train(variant: str, args: argparse.Namespace) -> dict:
-    """One run: `full` (full fine-tuning, reference model when beta > 0), `lora` (adapters only) or `calibrate` (full
-    fine-tuning with a normalised reward calibrated on a single prompt, so that rank 1 has no calibration prompt)."""
+    """One run: `full` (full fine-tuning, reference model when beta > 0), `lora` (adapters only), `calibrate` (full
+    fine-tuning with a normalised reward calibrated on a single prompt, so that rank 1 has no calibration prompt) or
+    `all_steps` (full fine-tuning with `loss_steps="all"` in groups of 2 steps, importance-sampling corrected)."""
     processor = toy_processor()
     preset = processor.preset
     config = MaskedDiffusionConfig(
@@ -90,6 +91,7 @@ def train(variant: str, args: argparse.Namespace) -> dict:
         beta=args.beta,
         seed=0,
         reward_calibration_fraction=1 / 16,
+        **(dict(loss_steps="all", loss_step_group=2) if variant == "all_steps" else {}),
     )
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=list(ATTENTION_LORA_TARGETS))
     trainer = DiffusionGRPOTrainer(
@@ -127,6 +129,8 @@ def train(variant: str, args: argparse.Namespace) -> dict:
         "ref_sharded": bool(ref_params) and all(hasattr(p, "ds_numel") and p.numel() == 0 for p in ref_params),
         "num_trainable": len(before),
         "num_changed": sum(not torch.equal(before[name], after[name]) for name in before),
+        "importance_sampling": [entry.get("sampling/importance_sampling_ratio/mean") for entry in logs],
+        "num_tokens": trainer.state.num_input_tokens_seen,
     }
     if variant == "calibrate":
         reward = trainer.rewards[1]
@@ -142,7 +146,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--summary_dir", required=True)
-    parser.add_argument("--variants", nargs="+", default=["full"], choices=["full", "lora", "calibrate"])
+    parser.add_argument("--variants", nargs="+", default=["full"], choices=["full", "lora", "calibrate", "all_steps"])
     parser.add_argument("--max_steps", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.0)
     args = parser.parse_args()
