@@ -11,6 +11,9 @@ learning rate and LoRA adapter for every trained variant), this script compares:
   main job: one step drawn per s-th of the trajectory, shared by a prompt group). Every rewarded step is one loss
   row, so s also sets the loss rows per step (rollouts x s), exactly as in the paper's Table 5; the JSON output
   records the rows of every variant;
+- `output_level_all` and `pararl_s3_all`: the same two with every revealed token in the loss (`loss_steps="all"`,
+  steps grouped by 4): output-level gives every token the final advantage, ParaRL each token its reward to go, so
+  the trajectory-vs-output comparison is not tilted by how much of the output each credits;
 - `no_rl_sequential` and `pararl_s3_sequential`: the same two points decoded text first, then image
   (`decode_order="text_then_image"`); each model is trained and evaluated with its own decoding order, so
   `pararl_s3` vs `pararl_s3_sequential` is the paper's parallel vs sequential comparison (Table 10);
@@ -18,7 +21,11 @@ learning rate and LoRA adapter for every trained variant), this script compares:
   run: whatever it changes is drift of the optimiser, not learning, so a variant's change means something only
   beyond it) and `exact_judge` (the evaluator's own output alignment of each state,
   [`~pararl.toy.reward.ToyOutputAlignment`]: a perfect judge, so what it fails to move the optimiser cannot move
-  in this budget whatever the judge).
+  in this budget whatever the judge), and `exact_judge_output_all` (the exact judge at the output, every token
+  credited: the strongest signal this budget can give).
+
+Every model's coordination (`pararl.toy.coordination`: colour word vs the dot's colour on held-out `open_colour`
+prompts, minus independent draws) is measured beside the six axes, and reported as a paired per-seed change.
 
 Apart from the controls, the reward is the shipped tiny CLIP's alignment between the partial reasoning and the
 partial image, normalised with a fresh `RewardNormalizer()` that each trainer calibrates on its own rollouts. Every
@@ -88,10 +95,20 @@ VARIANTS: dict[str, Variant] = {
     "output_level": Variant(
         "output-level RL", overrides={"reward_step_selection": "final", "num_reward_steps": 3}, baseline="no_rl"
     ),
+    "output_level_all": Variant(
+        "output-level RL, every token credited",
+        overrides={"reward_step_selection": "final", "num_reward_steps": 3, "loss_steps": "all", "loss_step_group": 4},
+        baseline="no_rl",
+    ),
     "pararl_s1": Variant("ParaRL s=1", overrides={"num_reward_steps": 1}, baseline="no_rl"),
     "pararl_s2": Variant("ParaRL s=2", overrides={"num_reward_steps": 2}, baseline="no_rl"),
     "pararl_s3": Variant("ParaRL s=3", overrides={"num_reward_steps": 3}, baseline="no_rl"),
     "pararl_s4": Variant("ParaRL s=4", overrides={"num_reward_steps": 4}, baseline="no_rl"),
+    "pararl_s3_all": Variant(
+        "ParaRL s=3, every token credited (reward to go)",
+        overrides={"num_reward_steps": 3, "loss_steps": "all", "loss_step_group": 4},
+        baseline="no_rl",
+    ),
     "no_rl_sequential": Variant(
         "no RL, sequential (text then image)", train=False, overrides={"decode_order": "text_then_image"}
     ),
@@ -105,6 +122,12 @@ VARIANTS: dict[str, Variant] = {
     ),
     "exact_judge": Variant(
         "control: ParaRL s=3, exact judge", overrides={"num_reward_steps": 3}, reward="exact", baseline="no_rl"
+    ),
+    "exact_judge_output_all": Variant(
+        "control: output-level exact judge, every token credited",
+        overrides={"reward_step_selection": "final", "num_reward_steps": 3, "loss_steps": "all", "loss_step_group": 4},
+        reward="exact",
+        baseline="no_rl",
     ),
 }
 
@@ -150,6 +173,8 @@ RECORDED_FIELDS = (
     "image_temperature",
     "image_start",
     "block_length",
+    "loss_steps",
+    "loss_step_group",
     "grey_unrevealed",
     "reward_calibration_fraction",
     "reward_clip",
@@ -265,7 +290,10 @@ def run_one(args, name: str, seed: int, processor, train_dataset, eval_dataset, 
         start = time.perf_counter()
         trainer.train()
         record["train_seconds"] = round(time.perf_counter() - start, 1)
-        record["loss_rows_per_step"] = config.per_device_train_batch_size * config.num_reward_steps
+        # With loss_steps="all": one row per step group that reveals a token (every group, on the toy schedules).
+        groups = -(-config.diffusion_steps // config.loss_step_group)
+        rows_per_rollout = config.num_reward_steps if config.loss_steps == "rewarded" else groups
+        record["loss_rows_per_step"] = config.per_device_train_batch_size * rows_per_rollout
         record["rewards"] = [log["reward"] for log in trainer.state.log_history if "reward" in log]
         if variant.reward == "clip":
             record["reward_normalizer"] = {"mean": reward.normalizer.mean, "std": reward.normalizer.std}
