@@ -229,35 +229,38 @@ def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig,
     ################
     # Training, and its no-update control
     ################
-    trainer = DiffusionGRPOTrainer(
-        model=model,
-        reward_funcs=[make_reward()],
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=processor,
-        peft_config=peft_config,
-    )
+    def make_trainer(args, eval_dataset=None):
+        return DiffusionGRPOTrainer(
+            model=model,
+            reward_funcs=[make_reward()],
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processor,
+            peft_config=peft_config,
+        )
+
+    trainer = make_trainer(training_args, eval_dataset)
     evaluate_toy = toy and script_args.evaluate and trainer.accelerator.is_main_process
     coordination_prompts = script_args.coordination_prompts if evaluate_toy else 0
-    if evaluate_toy:
+
+    def measure():
+        """Held-out scores and coordination of the current policy (None for what this run does not measure)."""
+        if not evaluate_toy:
+            return None, None
         from pararl.toy.recipe import toy_coordination, toy_evaluation
-    before = toy_evaluation(trainer.model, processor, toy_eval_dataset, training_args) if evaluate_toy else None
-    coordination_before = (
-        toy_coordination(trainer.model, processor, training_args, coordination_prompts)
-        if coordination_prompts
-        else None
-    )
+
+        scores = toy_evaluation(trainer.model, processor, toy_eval_dataset, training_args)
+        if not coordination_prompts:
+            return scores, None
+        return scores, toy_coordination(trainer.model, processor, training_args, coordination_prompts)
+
+    before, coordination_before = measure()
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
     trainer.save_model(training_args.output_dir)
-    after = toy_evaluation(trainer.model, processor, toy_eval_dataset, training_args) if evaluate_toy else None
-    coordination_after = (
-        toy_coordination(trainer.model, processor, training_args, coordination_prompts)
-        if coordination_prompts
-        else None
-    )
+    after, coordination_after = measure()
     control_history = None
     if script_args.paired_control:
         # The same resolved config (a copy: rebuilding it would re-derive its batch sizes), without the update.
@@ -265,14 +268,7 @@ def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig,
         control_args.learning_rate = 0.0
         control_args.output_dir = os.path.join(training_args.output_dir, "no_update_control")
         control_args.log_trajectory_pictures = False
-        control = DiffusionGRPOTrainer(
-            model=model,
-            reward_funcs=[make_reward()],
-            args=control_args,
-            train_dataset=train_dataset,
-            processing_class=processor,
-            peft_config=peft_config,
-        )
+        control = make_trainer(control_args)
         control.train()
         control_history = control.state.log_history
 
