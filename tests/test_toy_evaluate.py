@@ -260,8 +260,11 @@ def test_generate_predictions_and_cli(tiny_policy, capsys):
     assert model.training  # restored
     assert len(predictions["texts"]) == 6 and all(isinstance(t, str) for t in predictions["texts"])
     assert predictions["codes"].shape == (6, 8, 8) and predictions["codes"].dtype == torch.long
-    again = generate_predictions(model, toy_processor(), dataset, config, batch_size=6, seed=3)
+    again = generate_predictions(model, toy_processor(), dataset, config, batch_size=6, seed=3, keep_step_maps=True)
     assert again["texts"] == predictions["texts"]  # per-sample seeds: batching does not matter
+    assert "step_map" not in predictions and again["output_ids"].shape == again["step_map"].shape
+    assert toy_processor().decode_text(again["output_ids"]) == predictions["texts"]
+    assert int(again["step_map"].max()) == config.num_steps - 1  # every maskable slot revealed within the steps
     result = evaluate(predictions, dataset)
     assert 0.0 <= result["overall"] <= 100.0
 

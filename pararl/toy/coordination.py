@@ -145,29 +145,14 @@ def measure_coordination(
     Row noise comes from (`seed`, rollout index), so the result does not depend on `batch_size`."""
     import json
 
-    from pararl.rollout import ParallelDecoder
+    from .evaluate import generate_predictions
 
-    rows = [dataset[i] for i in range(len(dataset)) for _ in range(generations)]
-    answers = [json.loads(row["answer"]) for row in rows]
-    decoder = ParallelDecoder(model, processor, rollout_config)
-    was_training = getattr(model, "training", False)
-    model.eval()
-    outputs, step_maps = [], []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
-                trajectory = decoder.generate(
-                    [row["prompt"] for row in batch],
-                    images=[row["image"] for row in batch],
-                    tasks=[row["task"] for row in batch],
-                    seeds=torch.arange(start, start + len(batch)) + int(seed) * 1_000_003,
-                )
-                outputs.append(trajectory.output_ids.cpu())
-                step_maps.append(trajectory.step_map.cpu())
-    finally:
-        model.train(was_training)
-    decisions = read_colour_decisions(answers, torch.cat(outputs), torch.cat(step_maps), processor)
+    rollouts = dataset.select([i for i in range(len(dataset)) for _ in range(generations)])
+    predictions = generate_predictions(
+        model, processor, rollouts, rollout_config, batch_size=batch_size, seed=seed, keep_step_maps=True
+    )
+    answers = [json.loads(answer) for answer in rollouts["answer"]]
+    decisions = read_colour_decisions(answers, predictions["output_ids"], predictions["step_map"], processor)
     return {
         **agreement_statistics(decisions.text, decisions.image, generations),
         "reveal": _reveal_statistics(decisions),

@@ -27,6 +27,7 @@ def generate_predictions(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = False,
+    keep_step_maps: bool = False,
 ) -> dict:
     """Runs the parallel decoder over a toy dataset.
 
@@ -41,9 +42,11 @@ def generate_predictions(
         batch_size: Prompts per rollout.
         seed: Base of the per-sample row seeds.
         progress: Show a progress bar over the batches.
+        keep_step_maps: Also return the final output parts and their step maps (when each token was revealed).
 
     Returns:
-        `{"texts": list[str], "codes": LongTensor (N, 8, 8)}` (-1 where a cell is not an image token).
+        `{"texts": list[str], "codes": LongTensor (N, 8, 8)}` (-1 where a cell is not an image token), plus
+        `"output_ids"` and `"step_map"` (`LongTensor (N, L_out)`) with `keep_step_maps`.
     """
     from tqdm.auto import tqdm
 
@@ -53,7 +56,7 @@ def generate_predictions(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     decoder = ParallelDecoder(model, processor, rollout_config)
     size = len(dataset)
-    texts, codes = [], []
+    texts, codes, output_parts, step_maps = [], [], [], []
     was_training = getattr(model, "training", False)
     model.eval()
     try:
@@ -71,10 +74,16 @@ def generate_predictions(
             output_ids = trajectory.output_ids.cpu()
             texts.extend(processor.decode_text(output_ids))
             codes.append(processor.image_codes(output_ids))
+            if keep_step_maps:
+                output_parts.append(output_ids)
+                step_maps.append(trajectory.step_map.cpu())
     finally:
         model.train(was_training)
     grids = torch.cat(codes) if codes else torch.empty(0, *TOY_GRID, dtype=torch.long)
-    return {"texts": texts, "codes": grids}
+    predictions = {"texts": texts, "codes": grids}
+    if keep_step_maps:
+        predictions.update(output_ids=torch.cat(output_parts), step_map=torch.cat(step_maps))
+    return predictions
 
 
 # --------------------------------------------------------------------------------------------------------- CLI

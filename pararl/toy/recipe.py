@@ -132,8 +132,8 @@ def toy_datasets(
     train_categories: Sequence[str] | None = TOY_TRAIN_CATEGORIES,
 ):
     """The main job's `(train, held-out)` toy datasets: training prompts (of `train_categories` only; `None` = the
-    default world's eight families) and held-out tasks of every category, so a narrowed training run is still judged on the whole world (plus any
-    family outside the default world that it trains on, e.g. `open_colour`)."""
+    default world's eight families) and held-out tasks of every category, so a narrowed training run is still judged
+    on the whole world (plus any family outside the default world that it trains on, e.g. `open_colour`)."""
     from .tasks import CATEGORIES, EXTRA_CATEGORIES, build_toy_dataset
 
     train = build_toy_dataset("train", train_samples, seed=seed, categories=train_categories)
