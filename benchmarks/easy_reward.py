@@ -5,7 +5,7 @@ A sanity check of the whole loop (rollout, reward, advantages, likelihood, updat
 everything but the reward is the main job's (`pararl.toy.recipe.TOY_GRPO_DEFAULTS`: the same model, steps, batch,
 learning rate and reward steps), so if this stays flat for a seed, the main job's budget cannot be expected to move
 anything subtler. It prints the logged reward per step for each seed and whether it climbed above `--threshold`.
-Results (numbers, machine) are in the README and `benchmarks/results/easy_reward_toy_cpu.json`.
+Results (numbers, machine) are in `benchmarks/RESULTS.md` and `benchmarks/results/easy_reward_*.json`.
 
     python benchmarks/easy_reward.py                      # seeds 0-4 at the main job's settings
     python benchmarks/easy_reward.py --seeds 0 --no-use_peft --learning_rate 3e-4   # every weight instead of LoRA

@@ -156,7 +156,7 @@ def after(model, processor, case, ids, mask, logits_to_keep):
 
 
 def before(model, processor, case, ids, mask, logits_to_keep):
-    """The likelihood at commit c4cb2d5 (before this change), reproduced: every scored slot over the columns
+    """The baseline the per-modality likelihood replaced, reproduced: every scored slot over the columns
     [0, last image code), the other modality's columns masked."""
     preset = processor.preset
     plan = build_reveal_plan(STEPS, len(processor.text_positions), len(processor.image_positions))

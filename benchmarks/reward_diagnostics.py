@@ -13,8 +13,8 @@ reports:
 
 A judge worth training against shows clearly positive correlations at the steps it rewards. It also prints, per
 step, the share of the final reasoning's claims already readable in the partial text and in the revealed cells. The
-measurements on the shipped assets are in the README ("What the toy world shows so far") and
-`benchmarks/results/premises_toy_cpu.json`.
+measurements on the toy policies are in `benchmarks/RESULTS.md` (the premises entries) and
+`benchmarks/results/premises_*.json`.
 
     python benchmarks/reward_diagnostics.py                       # shipped policy and tiny CLIP
     python benchmarks/reward_diagnostics.py --reward exact --grey_unrevealed

@@ -388,7 +388,7 @@ def make_parser(argv: list[str]) -> tuple[TrlParser, dict]:
 
 if __name__ == "__main__":
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
-        # Toy-sized models on a CPU: thread hand-offs cost more than they save (see the README, "Performance").
+        # Toy-sized models on a CPU: thread hand-offs cost more than they save (benchmarks/RESULTS.md#thread-count).
         torch.set_num_threads(1)
     argv = sys.argv[1:]
     parser, toy_defaults = make_parser(argv)

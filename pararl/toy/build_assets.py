@@ -1,7 +1,7 @@
 """Rebuilds the toy world's shipped assets, deterministically.
 
     python -m pararl.toy.build_assets                  # everything, into pararl/toy/assets/
-    python -m pararl.toy.build_assets --only clip      # the tiny CLIP only (its cost: README, "Shipped assets")
+    python -m pararl.toy.build_assets --only clip      # the tiny CLIP only (cost: benchmarks/RESULTS.md#toy-policy)
     python -m pararl.toy.build_assets --quick          # seconds, into a temporary folder: checks the script runs
 
 Each asset goes to its own sub-folder of `--output_dir` (`clip/`, `policy/`) with a `metrics.json` recording what

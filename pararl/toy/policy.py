@@ -14,7 +14,7 @@ POLICY_EVAL = {"split": "test", "num_samples": 24, "dataset_seed": 1, "diffusion
 # The SFT recipe of the shipped policy, stage by stage: `ParallelSFTConfig` fields plus the data of each stage
 # (`toy_train_samples` drawn with `toy_seed`; `toy_world: "original"` = the six-category world's streams;
 # `toy_categories` = only those task families; `toy_extra` = more samples of some families, appended). A 4-layer,
-# 128-wide model from scratch, then continued; why each stage exists and what it scored: README, "The toy policy".
+# 128-wide model from scratch, then continued; what the stages score: benchmarks/RESULTS.md#toy-policy.
 SFT_STAGES = (
     {"model_size": "small", "num_train_epochs": 6, "toy_train_samples": 4000, "toy_seed": 0, "toy_world": "original",
      "learning_rate": 2e-3, "per_device_train_batch_size": 32, "seed": 0},
