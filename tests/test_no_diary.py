@@ -90,13 +90,16 @@ def python_prose(path: Path) -> list[tuple[int, str]]:
 def file_hits(path: Path) -> list[str]:
     """`file:line: pattern name: 'matched words'` for every diary hit in a markdown or Python file."""
     rel = path.relative_to(ROOT)
-    chunks = [(1, path.read_text(encoding="utf-8"))] if path.suffix == ".md" else python_prose(path)
+    text = path.read_text(encoding="utf-8")
+    if not diary_hits(text):  # nothing anywhere in the file: no need to find its docstrings and comments
+        return []
+    chunks = [(1, text)] if path.suffix == ".md" else python_prose(path)
     found = []
     for first_line, text in chunks:
         # A docstring's first line is the line of its opening quotes, so its line numbers are exact.
         for line, name, words in diary_hits(text):
-            found.append(f"{rel}:{first_line + line - 1}: {name}: {words!r}")
-    return found
+            found.append((first_line + line - 1, f"{rel}:{first_line + line - 1}: {name}: {words!r}"))
+    return [hit for _, hit in sorted(found)]
 
 
 GROUPS = {
