@@ -58,7 +58,7 @@ class RolloutConfig:
             on-policy RL rollouts.
         guidance_drop (`str`, defaults to `"both"`): What the unconditional rows drop from the input part:
             `"prompt"` (instruction replaced by the empty one, `<bos> <eos>`; input image kept), `"image"` (the
-            `<soi> codes <eoi>` span of the input image removed; instruction kept) or `"both"`. The task token is
+            input image's `<soi> codes <eoi>` tokens removed; instruction kept) or `"both"`. The task token is
             always kept, and so is the current output part. For generation tasks (no input image) `"image"` drops
             nothing, so image-only guidance is a no-op there.
         order (`str`, defaults to `"parallel"`): `"parallel"` decodes both modalities on the whole axis;
