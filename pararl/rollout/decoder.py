@@ -482,39 +482,31 @@ class ParallelDecoder:
         for step, (start, end) in enumerate(plan.text_windows):
             windows[step, start:end] = True
         blocked = any(w != plan.text_windows[0] for w in plan.text_windows)
-        text = _Span.start(
-            outputs=outputs,
-            input_length=input_length,
-            name="text",
-            slots=proc.text_positions.to(device),
-            vocab_range=self.text_vocab_range,
-            exclude=self._text_exclude,
-            temperature=cfg.text_temperature,
-            guidance_scale=cfg.text_guidance_scale,
-            threshold=cfg.text_threshold,
-            counts=plan.text_counts,
-            windows=windows.to(device) if blocked else None,
-            active_steps=plan.text_steps,
-            blocks=1 if cfg.block_length is None else self.num_text_tokens // cfg.block_length,
-            value_stream=TEXT_VALUES,
-            confidence_stream=TEXT_CONFIDENCE,
-        )
-        image = _Span.start(
-            outputs=outputs,
-            input_length=input_length,
-            name="image",
-            slots=proc.image_positions.to(device),
-            vocab_range=self.image_vocab_range,
-            exclude=self._image_exclude,
-            temperature=cfg.image_temperature,
-            guidance_scale=cfg.image_guidance_scale,
-            threshold=cfg.image_threshold,
-            counts=plan.image_counts,
-            windows=None,
-            active_steps=plan.image_steps,
-            blocks=1,
-            value_stream=IMAGE_VALUES,
-            confidence_stream=IMAGE_CONFIDENCE,
+        own = {  # what only one modality has: text blocks; and each modality's noise streams
+            "text": dict(
+                windows=windows.to(device) if blocked else None,
+                blocks=1 if cfg.block_length is None else self.num_text_tokens // cfg.block_length,
+                value_stream=TEXT_VALUES,
+                confidence_stream=TEXT_CONFIDENCE,
+            ),
+            "image": dict(windows=None, blocks=1, value_stream=IMAGE_VALUES, confidence_stream=IMAGE_CONFIDENCE),
+        }
+        text, image = (
+            _Span.start(
+                outputs=outputs,
+                input_length=input_length,
+                name=name,
+                slots=getattr(proc, f"{name}_positions").to(device),
+                vocab_range=getattr(self, f"{name}_vocab_range"),
+                exclude=getattr(self, f"_{name}_exclude"),
+                temperature=getattr(cfg, f"{name}_temperature"),
+                guidance_scale=getattr(cfg, f"{name}_guidance_scale"),
+                threshold=getattr(cfg, f"{name}_threshold"),
+                counts=getattr(plan, f"{name}_counts"),
+                active_steps=getattr(plan, f"{name}_steps"),
+                **own[name],
+            )
+            for name in ("text", "image")
         )
         return text, image
 
