@@ -1,5 +1,6 @@
 """The parallel decoder: writes reasoning text and image together by iterative unmasking on one shared step axis."""
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class RolloutConfig:
             on-policy RL rollouts.
         guidance_drop (`str`, defaults to `"both"`): What the unconditional rows drop from the input part:
             `"prompt"` (instruction replaced by the empty one, `<bos> <eos>`; input image kept), `"image"` (the
-            `<soi> codes <eoi>` span of the input image removed; instruction kept) or `"both"`. The task token is
+            input image's `<soi> codes <eoi>` tokens removed; instruction kept) or `"both"`. The task token is
             always kept, and so is the current output part. For generation tasks (no input image) `"image"` drops
             nothing, so image-only guidance is a no-op there.
         order (`str`, defaults to `"parallel"`): `"parallel"` decodes both modalities on the whole axis;
@@ -432,94 +433,89 @@ class ParallelDecoder:
         Returns:
             [`Trajectory`]
         """
-        cfg, plan, proc = self.config, self.plan, self.processor
         attention_mask, uncond_attention_mask, seeds, record = self._check_inputs(
             input_ids, attention_mask, uncond_input_ids, uncond_attention_mask, seeds, record_steps
         )
-        device = input_ids.device
-        batch, input_length = input_ids.shape
-        guided = cfg.guided
-        rows_ids = torch.cat([input_ids, uncond_input_ids.to(device)]) if guided else input_ids
-        rows_mask = torch.cat([attention_mask, uncond_attention_mask.to(device)]) if guided else attention_mask
-        groups = rows_ids.shape[0] // batch
+        if self.config.guided:  # the unconditional rows stacked below the conditional ones
+            device = input_ids.device
+            rows_ids = torch.cat([input_ids, uncond_input_ids.to(device)])
+            rows_mask = torch.cat([attention_mask, uncond_attention_mask.to(device)])
+        else:
+            rows_ids, rows_mask = input_ids, attention_mask
+        run = self._start(rows_ids, rows_mask, input_ids.shape[0], seeds, record, step_callback, progress)
+        if self.config.fast:
+            self._fast_loop(run)
+        else:
+            self._scheduled_loop(run)
+        run.bar.close()
+        return self._trajectory(run, input_ids, attention_mask)
 
-        outputs = proc.masked_outputs(batch, device)
+    def _start(self, rows_ids, rows_mask, batch, seeds, record, step_callback, progress) -> "_DecodeRun":
+        """The sequences of a decode (input rows `rows_ids (B * groups, L_in)`, then a fully masked output part) and
+        the per-modality state; `record` are the sorted steps whose x0 estimate to keep."""
+        device = rows_ids.device
+        input_length = rows_ids.shape[1]
+        outputs = self.processor.masked_outputs(batch, device)
         output_length = outputs.shape[1]
-        sequence = torch.cat([rows_ids, outputs.repeat(groups, 1)], dim=1)
+        sequence = torch.cat([rows_ids, outputs.repeat(rows_ids.shape[0] // batch, 1)], dim=1)
         full_mask = torch.cat(
             [rows_mask.long(), torch.ones(len(rows_ids), output_length, dtype=torch.long, device=device)], 1
         )
-        # Host syncs before the loop only: without padding no mask is passed, which keeps attention on the fast
-        # kernels. Steps where no guided modality is active run the conditional rows alone (keys: row counts).
-        forward_masks = {
-            rows: None if bool(full_mask[:rows].all()) else full_mask[:rows] for rows in {batch, len(rows_ids)}
-        }
-        state = sequence[:batch, input_length:]  # a view: the output part of the conditional rows
+        return _DecodeRun(
+            spans=self._new_spans(outputs, input_length),
+            sequence=sequence,
+            full_mask=full_mask,
+            state=sequence[:batch, input_length:],  # a view: the output part of the conditional rows
+            seeds=seeds,
+            groups=rows_ids.shape[0] // batch,
+            record_index={step: i for i, step in enumerate(record)},
+            x0=torch.empty(batch, len(record), output_length, dtype=torch.long, device=device),
+            step_callback=step_callback,
+            bar=tqdm(total=self.plan.num_steps, desc="decoding", disable=not progress, leave=False),
+        )
 
+    def _new_spans(self, outputs: torch.Tensor, input_length: int) -> tuple["_Span", "_Span"]:
+        """The text and image spans of a decode, each with its slots of the masked `outputs (B, L_out)`."""
+        cfg, plan, proc = self.config, self.plan, self.processor
+        device = outputs.device
         windows = torch.zeros(plan.num_steps, self.num_text_tokens, dtype=torch.bool)
         for step, (start, end) in enumerate(plan.text_windows):
             windows[step, start:end] = True
-        spans = [
-            _Span(
-                "text",
-                proc.text_positions.to(device),
-                input_length,
-                self.text_vocab_range,
-                self._text_exclude,
-                cfg.text_temperature,
-                cfg.text_guidance_scale,
-                plan.text_counts,
-                TEXT_VALUES,
-                TEXT_CONFIDENCE,
-                windows.to(device) if any(w != plan.text_windows[0] for w in plan.text_windows) else None,
-                outputs,
+        blocked = any(w != plan.text_windows[0] for w in plan.text_windows)
+        own = {  # what only one modality has: text blocks; and each modality's noise streams
+            "text": dict(
+                windows=windows.to(device) if blocked else None,
+                blocks=1 if cfg.block_length is None else self.num_text_tokens // cfg.block_length,
+                value_stream=TEXT_VALUES,
+                confidence_stream=TEXT_CONFIDENCE,
             ),
-            _Span(
-                "image",
-                proc.image_positions.to(device),
-                input_length,
-                self.image_vocab_range,
-                self._image_exclude,
-                cfg.image_temperature,
-                cfg.image_guidance_scale,
-                plan.image_counts,
-                IMAGE_VALUES,
-                IMAGE_CONFIDENCE,
-                None,
-                outputs,
-            ),
-        ]
-        record_index = {step: i for i, step in enumerate(record)}
-        x0 = torch.empty(batch, len(record), output_length, dtype=torch.long, device=device)
+            "image": dict(windows=None, blocks=1, value_stream=IMAGE_VALUES, confidence_stream=IMAGE_CONFIDENCE),
+        }
+        text, image = (
+            _Span.start(
+                outputs=outputs,
+                input_length=input_length,
+                name=name,
+                slots=getattr(proc, f"{name}_positions").to(device),
+                vocab_range=getattr(self, f"{name}_vocab_range"),
+                exclude=getattr(self, f"_{name}_exclude"),
+                temperature=getattr(cfg, f"{name}_temperature"),
+                guidance_scale=getattr(cfg, f"{name}_guidance_scale"),
+                threshold=getattr(cfg, f"{name}_threshold"),
+                counts=getattr(plan, f"{name}_counts"),
+                active_steps=getattr(plan, f"{name}_steps"),
+                **own[name],
+            )
+            for name in ("text", "image")
+        )
+        return text, image
 
-        bar = tqdm(total=plan.num_steps, desc="decoding", disable=not progress, leave=False)
-        if cfg.fast:
-            self._fast_loop(spans, sequence, full_mask, state, seeds, record_index, x0, groups, step_callback, bar)
-        else:  # the scheduled engine
-            for step in range(plan.num_steps):
-                if step_callback is not None:
-                    step_callback(step, state)
-                recorded = step in record_index
-                if not recorded and all(span.counts[step] == 0 for span in spans):
-                    bar.update(1)
-                    continue  # nothing changes at this step: skip its forward
-                active = [span for span in spans if span.counts[step] > 0 or recorded]
-                rows = len(rows_ids) if any(span.guidance_scale > 0 for span in active) else batch
-                hidden = self.model.backbone(sequence[:rows], attention_mask=forward_masks[rows])
-                estimate = state.clone() if recorded else None
-                for span in active:
-                    x0_tokens = self._span_step(span, hidden, sequence, seeds, step, groups)
-                    if recorded:
-                        estimate.index_copy_(1, span.slots, x0_tokens)
-                if recorded:
-                    x0[:, record_index[step]] = estimate
-                bar.update(1)
-        bar.close()
-
-        output_ids = state.clone()
+    def _trajectory(self, run: "_DecodeRun", input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Trajectory:
+        """The finished decode as a [`Trajectory`]: final output, step map and log-probs gathered from the spans."""
+        output_ids = run.state.clone()
         step_map = torch.full_like(output_ids, -1)
-        token_logprobs = torch.zeros(output_ids.shape, dtype=torch.float32, device=device)
-        for span in spans:
+        token_logprobs = torch.zeros(output_ids.shape, dtype=torch.float32, device=output_ids.device)
+        for span in run.spans:
             step_map.index_copy_(1, span.slots, span.steps)
             token_logprobs.index_copy_(1, span.slots, span.logprobs)
         return Trajectory(
@@ -527,24 +523,70 @@ class ParallelDecoder:
             attention_mask=attention_mask,
             output_ids=output_ids,
             step_map=step_map,
-            num_steps=plan.num_steps,
+            num_steps=self.plan.num_steps,
             token_logprobs=token_logprobs,
-            recorded_steps=torch.tensor(record, dtype=torch.long, device=device),
-            x0=x0,
+            recorded_steps=torch.tensor(list(run.record_index), dtype=torch.long, device=output_ids.device),
+            x0=run.x0,
             mask_token_id=self.preset.mask_token_id,
-            seeds=seeds,
+            seeds=run.seeds,
         )
 
-    def _span_step(
-        self, span: "_Span", hidden: torch.Tensor, sequence: torch.Tensor, seeds: torch.Tensor, step: int, groups: int
-    ) -> torch.Tensor:
+    def _reveal(self, run, span, step, slots, values, logprobs, keep=None, index=None) -> None:
+        """Records a step's reveal in `span` and in the sequence rows: the slots `slots (R, n)` of the rows `index`
+        (`None` = every row) take the drawn `values`, the reveal step `step` and the drawn `logprobs`; with
+        `keep (R, n)`, only where it is True (the other slots keep what they hold)."""
+        for store, new in ((span.tokens, values), (span.steps, step), (span.logprobs, logprobs)):
+            part = store if index is None else store.index_select(0, index)
+            if keep is not None:
+                new = torch.where(keep, new, part.gather(1, slots))
+            if index is None:
+                store.scatter_(1, slots, new)
+            else:
+                store.index_copy_(0, index, part.scatter(1, slots, new))
+        run.sequence.index_copy_(1, span.positions, span.tokens.repeat(run.groups, 1))
+
+    def _record_x0(self, run, step, estimates, index=None) -> None:
+        """Keeps the x0 estimate of the recorded `step`: the current state, with each `(span, tokens)` of `estimates`
+        (the span's drawn values at its masked slots, revealed tokens elsewhere) on the rows `index` (`None` = all)."""
+        estimate = run.state.clone()
+        for span, tokens in estimates:
+            if index is None:
+                estimate.index_copy_(1, span.slots, tokens)
+            else:
+                estimate[index.unsqueeze(1), span.slots] = tokens
+        run.x0[:, run.record_index[step]] = estimate
+
+    # ----------------------------------------------------------------------------------------- scheduled decoding
+    def _scheduled_loop(self, run: "_DecodeRun") -> None:
+        """The step loop of the scheduled engine: every row reveals its schedule's counts, with no host sync."""
+        batch, all_rows = run.state.shape[0], run.sequence.shape[0]
+        # Host syncs before the loop only: without padding no mask is passed, which keeps attention on the fast
+        # kernels. Steps where no guided modality is active run the conditional rows alone (keys: row counts).
+        forward_masks = {
+            rows: None if bool(run.full_mask[:rows].all()) else run.full_mask[:rows] for rows in {batch, all_rows}
+        }
+        for step in range(self.plan.num_steps):
+            if run.step_callback is not None:
+                run.step_callback(step, run.state)
+            recorded = step in run.record_index
+            if not recorded and all(span.counts[step] == 0 for span in run.spans):
+                run.bar.update(1)
+                continue  # nothing changes at this step: skip its forward
+            active = [span for span in run.spans if span.counts[step] > 0 or recorded]
+            rows = all_rows if any(span.guidance_scale > 0 for span in active) else batch
+            hidden = self.model.backbone(run.sequence[:rows], attention_mask=forward_masks[rows])
+            estimates = [(span, self._span_step(run, span, hidden, step)) for span in active]
+            if recorded:
+                self._record_x0(run, step, estimates)
+            run.bar.update(1)
+
+    def _span_step(self, run: "_DecodeRun", span: "_Span", hidden: torch.Tensor, step: int) -> torch.Tensor:
         """One step of one modality: draw values for its masked slots, reveal `span.counts[step]` of them.
 
         Only the slots still masked get logits and noise. Their number is the same in every row (identical layouts
         and counts) and known on the host, so a stable sort lists them with a fixed shape, in ascending slot order.
         Returns the modality's x0 estimate `(B, K)` (revealed tokens + the values drawn for masked slots).
         """
-        cfg, mask_id = self.config, self.preset.mask_token_id
         batch, num_slots = span.tokens.shape
         masked_count = span.masked_before[step]
         if masked_count == 0:
@@ -552,15 +594,17 @@ class ParallelDecoder:
         if masked_count == num_slots:
             candidates = span.all_slots
         else:
-            still_masked = span.tokens == mask_id
+            still_masked = span.tokens == self.preset.mask_token_id
             candidates = torch.sort((~still_masked).to(torch.uint8), dim=1, stable=True).indices[:, :masked_count]
-        rows = batch * groups if span.guidance_scale > 0 else batch
-        drawn, drawn_logprobs = self._draw(span, hidden[:rows], span.columns, candidates, seeds, step)
+        rows = batch * run.groups if span.guidance_scale > 0 else batch
+        drawn, drawn_logprobs = self._draw(span, hidden[:rows], span.positions, candidates, run.seeds, step)
 
         count = span.counts[step]
         if count > 0:
-            if cfg.remasking == "random":
-                confidence = counter_uniform(seeds, step, span.confidence_stream, counters=slot_counters(candidates))
+            if self.config.remasking == "random":
+                confidence = counter_uniform(
+                    run.seeds, step, span.confidence_stream, counters=slot_counters(candidates)
+                )
             else:
                 confidence = drawn_logprobs  # log is monotone: same order as the probability of the drawn value
             if span.windows is not None:
@@ -568,26 +612,23 @@ class ParallelDecoder:
             # Stable sort, not topk: ties go to the lowest slot on every device.
             chosen = torch.sort(confidence, dim=1, descending=True, stable=True).indices[:, :count]
             slots = candidates.gather(1, chosen)
-            span.tokens = span.tokens.scatter(1, slots, drawn.gather(1, chosen))
-            span.steps.scatter_(1, slots, step)
-            span.logprobs.scatter_(1, slots, drawn_logprobs.gather(1, chosen))
-            sequence.index_copy_(1, span.columns, span.tokens.repeat(groups, 1))
+            self._reveal(run, span, step, slots, drawn.gather(1, chosen), drawn_logprobs.gather(1, chosen))
         return span.tokens.scatter(1, candidates, drawn)
 
     def _draw(
         self,
         span: "_Span",
         hidden: torch.Tensor,
-        columns: torch.Tensor,
+        positions: torch.Tensor,
         candidates: torch.Tensor,
         seeds: torch.Tensor,
         step: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draws values (token ids) and their log-probs for the slots `candidates (B, n)` of `span`.
 
-        `hidden` holds the B conditional rows, then the unconditional ones when the span is guided; `columns` maps a
-        slot to its position in `hidden`. The slots are drawn in chunks of at most `max_draw_elements` logits;
-        noise is keyed by (slot, column), so chunking changes no value.
+        `hidden` holds the B conditional rows, then the unconditional ones when the span is guided; `positions` maps
+        a slot to its position in `hidden`. The slots are drawn in chunks of at most `max_draw_elements` logits;
+        noise is keyed by (slot, vocabulary column), so chunking changes no value.
         """
         batch, num_candidates = candidates.shape
         groups = hidden.shape[0] // batch
@@ -596,10 +637,10 @@ class ParallelDecoder:
         drawn, logprobs = [], []
         for start in range(0, num_candidates, chunk):
             part = candidates[:, start : start + chunk]
-            positions = columns[part]
+            part_positions = positions[part]
             if groups > 1:
-                positions = positions.repeat(groups, 1)
-            logits = self.model.lm_logits(hidden, positions=positions, vocab_range=span.vocab_range)
+                part_positions = part_positions.repeat(groups, 1)
+            logits = self.model.lm_logits(hidden, positions=part_positions, vocab_range=span.vocab_range)
             logits = guide(logits, batch, span.guidance_scale)
             logits = sampling_logits(logits, span.temperature, self.config.top_k, span.exclude)
             counters = slot_counters(part, width) if span.temperature > 0 else None
@@ -611,8 +652,8 @@ class ParallelDecoder:
         return drawn + span.vocab_range[0], logprobs
 
     # ---------------------------------------------------------------------------------------------- fast decoding
-    def _fast_loop(self, spans, sequence, full_mask, state, seeds, record_index, x0, groups, step_callback, bar):
-        """The step loop of fast decoding (thresholds, input cache); writes the spans' state, `sequence` and `x0`.
+    def _fast_loop(self, run: "_DecodeRun") -> None:
+        """The step loop of fast decoding (thresholds, input cache); writes the spans' state, the sequence and x0.
 
         Rows differ in how many slots are still masked, so each step starts with ONE small host sync: the per-row
         masked counts, from which the rows that run this step's forward (finished and idle rows leave the batch) and
@@ -620,86 +661,80 @@ class ParallelDecoder:
         thresholds above 1, the floor `"schedule"` and no cache every row runs every forward with the same counts,
         so the computation is the scheduled engine's.
         """
-        cfg, plan, mask_id = self.config, self.plan, self.preset.mask_token_id
-        batch, input_length = state.shape[0], sequence.shape[1] - state.shape[1]
-        device = sequence.device
-        text, image = spans
-        text.threshold, image.threshold = cfg.text_threshold, cfg.image_threshold
-        text.active_steps, image.active_steps = plan.text_steps, plan.image_steps
-        for span in spans:
-            span.cumulative = torch.tensor(span.counts).cumsum(0).tolist()  # revealed by the end of each step
-            span.blocks = 1
-        if cfg.block_length is not None:
-            text.blocks = self.num_text_tokens // cfg.block_length
+        mask_id, spans, batch, device = self.preset.mask_token_id, run.spans, run.state.shape[0], run.state.device
         # The forward passes no attention mask where its rows have no padding (fast attention kernels).
-        padded = {False: not bool(full_mask[:batch].all()), True: not bool(full_mask.all())}
-        refresh_every = cfg.input_cache_refresh
-        cache = cache_rows = None
-        since_refresh = 0
-        finished_at = plan.num_steps
-        for step in range(plan.num_steps):
-            recorded = step in record_index
+        padded = {False: not bool(run.full_mask[:batch].all()), True: not bool(run.full_mask.all())}
+        refresh = self.config.input_cache_refresh
+        cache = None if refresh is None else _InputCache(refresh_every=refresh)
+        finished_at = self.plan.num_steps
+        for step in range(self.plan.num_steps):
+            recorded = step in run.record_index
             reveals = [self._reveals(span, step) for span in spans]
             # The one host sync of the step: masked slots per row and modality.
             masked_counts = torch.stack([(span.tokens == mask_id).sum(1) for span in spans], 1).cpu()
             if not bool(masked_counts.any()):
                 finished_at = step
                 break
-            if step_callback is not None:
-                step_callback(step, state)
+            if run.step_callback is not None:
+                run.step_callback(step, run.state)
             used = torch.tensor([r or recorded for r in reveals])
             rows = ((masked_counts > 0) & used).any(1).nonzero()[:, 0]
             if rows.numel() == 0:
-                bar.update(1)
+                run.bar.update(1)
                 continue  # nothing changes at this step: skip its forward
             widths = masked_counts[rows].max(0).values.tolist()
             guided = any(span.guidance_scale > 0 and u for span, u in zip(spans, used.tolist()))
-            forward_rows = torch.cat([rows + g * batch for g in range(groups)]) if guided else rows
-            index, forward_index = rows.to(device), forward_rows.to(device)
-            ids = sequence.index_select(0, forward_index)
-            mask = full_mask.index_select(0, forward_index) if padded[guided] else None
-            columns = {span.name: span.columns for span in spans}
-            if refresh_every is None:
-                hidden = self.model.backbone(ids, attention_mask=mask)
-            else:
-                where = None
-                if cache is not None and since_refresh < refresh_every:
-                    lookup = torch.full((batch * groups,), -1, dtype=torch.long)
-                    lookup[cache_rows] = torch.arange(len(cache_rows))
-                    where = lookup[forward_rows]
-                if where is None or bool((where < 0).any()):  # refresh (or a row the cache does not hold)
-                    hidden, key_values = self.model.backbone(ids, attention_mask=mask, use_cache=True)
-                    cache = [
-                        (k[:, :, :input_length].contiguous(), v[:, :, :input_length].contiguous())
-                        for k, v in key_values
-                    ]
-                    cache_rows, since_refresh = forward_rows, 1
-                else:
-                    if not torch.equal(where, torch.arange(len(cache_rows))):
-                        where = where.to(device)
-                        cache = [(k.index_select(0, where), v.index_select(0, where)) for k, v in cache]
-                        cache_rows = forward_rows
-                    hidden = self.model.backbone(ids[:, input_length:], attention_mask=mask, past_key_values=cache)
-                    columns = {span.name: span.slots for span in spans}
-                    since_refresh += 1
-            row_seeds = seeds.index_select(0, index)
+            forward_rows = torch.cat([rows + g * batch for g in range(run.groups)]) if guided else rows
+            mask = run.full_mask.index_select(0, forward_rows.to(device)) if padded[guided] else None
+            hidden, output_only = self._fast_forward(run, cache, forward_rows, mask)
+            index = rows.to(device)
+            row_seeds = run.seeds.index_select(0, index)
             estimates = []
             for span, reveal, width in zip(spans, reveals, widths):
                 if not (reveal or recorded) or width == 0:
                     continue
-                estimates.append(
-                    self._fast_span_step(span, hidden, columns[span.name], index, row_seeds, step, width, reveal)
-                )
-                sequence.index_copy_(1, span.columns, span.tokens.repeat(groups, 1))
+                positions = span.slots if output_only else span.positions
+                args = (hidden, positions, index, row_seeds, step, width, reveal)
+                estimates.append((span, self._fast_span_step(run, span, *args)))
             if recorded:
-                estimate = state.clone()
-                for span, tokens in estimates:
-                    estimate[index.unsqueeze(1), span.slots] = tokens
-                x0[:, record_index[step]] = estimate
-            bar.update(1)
-        for step, i in record_index.items():
+                self._record_x0(run, step, estimates, index)
+            run.bar.update(1)
+        for step, i in run.record_index.items():
             if step >= finished_at:  # rows had all ended: x0 is the final output
-                x0[:, i] = state
+                run.x0[:, i] = run.state
+
+    def _fast_forward(self, run, cache, forward_rows, mask) -> tuple[torch.Tensor, bool]:
+        """The backbone forward of a fast step on the sequence rows `forward_rows` (a host `LongTensor`).
+
+        Without an input cache (`cache` None) the full forward. With one, a full forward every `refresh_every`
+        forwards (or when the cache lacks one of the rows) stores the input part's keys/values, and the forwards in
+        between run on the output part only, attending to them. Returns `(hidden, output_only)`: `output_only` says
+        that `hidden` holds the output part's positions only.
+        """
+        device = run.sequence.device
+        input_length = run.sequence.shape[1] - run.state.shape[1]
+        ids = run.sequence.index_select(0, forward_rows.to(device))
+        if cache is None:
+            return self.model.backbone(ids, attention_mask=mask), False
+        where = None
+        if cache.key_values is not None and cache.since_refresh < cache.refresh_every:
+            lookup = torch.full((run.sequence.shape[0],), -1, dtype=torch.long)
+            lookup[cache.rows] = torch.arange(len(cache.rows))
+            where = lookup[forward_rows]
+        if where is None or bool((where < 0).any()):  # refresh (or a row the cache does not hold)
+            hidden, key_values = self.model.backbone(ids, attention_mask=mask, use_cache=True)
+            cache.key_values = [
+                (k[:, :, :input_length].contiguous(), v[:, :, :input_length].contiguous()) for k, v in key_values
+            ]
+            cache.rows, cache.since_refresh = forward_rows, 1
+            return hidden, False
+        if not torch.equal(where, torch.arange(len(cache.rows))):
+            where = where.to(device)
+            cache.key_values = [(k.index_select(0, where), v.index_select(0, where)) for k, v in cache.key_values]
+            cache.rows = forward_rows
+        cache.since_refresh += 1
+        hidden = self.model.backbone(ids[:, input_length:], attention_mask=mask, past_key_values=cache.key_values)
+        return hidden, True
 
     def _reveals(self, span: "_Span", step: int) -> bool:
         """Whether `span` may reveal slots at `step` (a host bool): its schedule's count, or its plan's steps."""
@@ -708,90 +743,133 @@ class ParallelDecoder:
             return span.counts[step] > 0
         return start <= step < end
 
-    def _fast_span_step(self, span, hidden, columns, index, seeds, step, width, reveal):
-        """One fast step of one modality on the running rows `index`; returns `(span, x0 tokens of those rows)`.
+    def _fast_span_step(self, run, span, hidden, positions, index, seeds, step, width, reveal) -> torch.Tensor:
+        """One fast step of one modality on the running rows `index`; returns the x0 tokens of those rows.
 
         Candidates are each row's masked slots in ascending order, padded to `width` (the most masked in a row).
         """
-        cfg, mask_id = self.config, self.preset.mask_token_id
         tokens = span.tokens.index_select(0, index)
-        masked = tokens == mask_id
+        masked = tokens == self.preset.mask_token_id
         candidates = torch.sort((~masked).to(torch.uint8), dim=1, stable=True).indices[:, :width]
         valid = masked.gather(1, candidates)
-        rows = index.shape[0]
         drawn, drawn_logprobs = self._draw(
-            span, hidden if span.guidance_scale > 0 else hidden[:rows], columns, candidates, seeds, step
+            span, hidden if span.guidance_scale > 0 else hidden[: index.shape[0]], positions, candidates, seeds, step
         )
         current = tokens.gather(1, candidates)
         if reveal:
-            selectable = valid
-            if span.blocks > 1:  # text blocks: a row's current block is its first one with a masked slot
-                block_length = masked.shape[1] // span.blocks
-                current_block = masked.view(rows, span.blocks, block_length).any(-1).int().argmax(1, keepdim=True)
-                selectable = selectable & (candidates // block_length == current_block)
-            confidence = drawn_logprobs.masked_fill(~selectable, float("-inf"))
-            # The floor: the schedule's count, or (floor "one") at least one and never behind the schedule, which
-            # keeps every row within the step budget.
-            count = torch.full((rows,), span.counts[step], dtype=torch.long, device=index.device)
-            if span.threshold is not None:
-                if cfg.threshold_floor == "one":
-                    revealed = masked.shape[1] - masked.sum(1)
-                    count = (span.cumulative[step] - revealed).clamp(min=1)
-                if span.threshold <= 1:
-                    above = selectable & (drawn_logprobs >= math.log(span.threshold))
-                    count = torch.maximum(count, above.sum(1))
-                if cfg.threshold_cap is not None:
-                    count = count.clamp(max=cfg.threshold_cap)
-            # Stable sort, not topk: ties go to the lowest slot on every device.
-            order = torch.sort(confidence, dim=1, descending=True, stable=True).indices
-            chosen = torch.arange(width, device=index.device) < torch.minimum(count, selectable.sum(1)).unsqueeze(1)
-            chosen = torch.zeros_like(chosen).scatter(1, order, chosen)
+            chosen = self._fast_choice(span, step, masked, candidates, valid, drawn_logprobs)
             current = torch.where(chosen, drawn, current)
-            span.tokens.index_copy_(0, index, tokens.scatter(1, candidates, current))
-            steps = span.steps.index_select(0, index)
-            steps = steps.scatter(1, candidates, torch.where(chosen, step, steps.gather(1, candidates)))
-            span.steps.index_copy_(0, index, steps)
-            logprobs = span.logprobs.index_select(0, index)
-            logprobs = logprobs.scatter(
-                1, candidates, torch.where(chosen, drawn_logprobs, logprobs.gather(1, candidates))
-            )
-            span.logprobs.index_copy_(0, index, logprobs)
+            self._reveal(run, span, step, candidates, drawn, drawn_logprobs, keep=chosen, index=index)
             tokens = span.tokens.index_select(0, index)
-        return span, tokens.scatter(1, candidates, torch.where(valid, drawn, current))
+        return tokens.scatter(1, candidates, torch.where(valid, drawn, current))
+
+    def _fast_choice(self, span, step, masked, candidates, valid, drawn_logprobs) -> torch.Tensor:
+        """Which `candidates (R, n)` a fast step reveals (`BoolTensor (R, n)`): the most confident selectable ones,
+        as many as the floor, the threshold and the cap allow. `masked (R, K)` marks the rows' masked slots and
+        `valid` the candidates that are masked (the others pad the rows)."""
+        cfg = self.config
+        rows, width = candidates.shape
+        selectable = valid
+        if span.blocks > 1:  # text blocks: a row's current block is its first one with a masked slot
+            block_length = masked.shape[1] // span.blocks
+            current_block = masked.view(rows, span.blocks, block_length).any(-1).int().argmax(1, keepdim=True)
+            selectable = selectable & (candidates // block_length == current_block)
+        confidence = drawn_logprobs.masked_fill(~selectable, float("-inf"))
+        # The floor: the schedule's count, or (floor "one") at least one and never behind the schedule, which
+        # keeps every row within the step budget.
+        count = torch.full((rows,), span.counts[step], dtype=torch.long, device=candidates.device)
+        if span.threshold is not None:
+            if cfg.threshold_floor == "one":
+                revealed = masked.shape[1] - masked.sum(1)
+                count = (span.cumulative[step] - revealed).clamp(min=1)
+            if span.threshold <= 1:
+                above = selectable & (drawn_logprobs >= math.log(span.threshold))
+                count = torch.maximum(count, above.sum(1))
+            if cfg.threshold_cap is not None:
+                count = count.clamp(max=cfg.threshold_cap)
+        # Stable sort, not topk: ties go to the lowest slot on every device.
+        order = torch.sort(confidence, dim=1, descending=True, stable=True).indices
+        chosen = torch.arange(width, device=candidates.device) < torch.minimum(count, selectable.sum(1)).unsqueeze(1)
+        return torch.zeros_like(chosen).scatter(1, order, chosen)
 
 
+@dataclass(frozen=True, eq=False)
 class _Span:
-    """Per-rollout state of one modality's slots (tokens, reveal steps, log-probs) and its sampling settings."""
+    """One modality's part of the output: its slots, sampling settings and reveal plan, and its decoding state.
 
-    def __init__(
-        self,
-        name: str,
-        slots: torch.Tensor,
-        input_length: int,
-        vocab_range: tuple[int, int],
-        exclude: int | None,
-        temperature: float,
-        guidance_scale: float,
-        counts: tuple[int, ...],
-        value_stream: int,
-        confidence_stream: int,
-        windows: torch.Tensor | None,
-        outputs: torch.Tensor,
-    ):
-        self.name, self.slots, self.vocab_range, self.exclude = name, slots, vocab_range, exclude
-        self.temperature, self.guidance_scale, self.counts = temperature, guidance_scale, counts
-        self.value_stream, self.confidence_stream, self.windows = value_stream, confidence_stream, windows
-        self.columns = input_length + slots
-        self.tokens = outputs[:, slots]
-        batch, num_slots = self.tokens.shape
-        self.all_slots = torch.arange(num_slots, device=slots.device).expand(batch, -1)
-        self.steps = torch.full_like(self.tokens, len(counts))  # len(counts) = "not revealed"
-        self.logprobs = torch.zeros(self.tokens.shape, dtype=torch.float32, device=slots.device)
-        # Masked slots at the start of each step: host ints, the same in every row.
-        self.masked_before, remaining = [], num_slots
+    Built by :meth:`start`. The fields never change during a decode; the state tensors `tokens`, `steps` and
+    `logprobs` `(B, K)` are updated in place.
+    """
+
+    name: str
+    slots: torch.Tensor  # (K,) the modality's positions in the output part
+    positions: torch.Tensor  # (K,) the same slots' positions in the whole sequence (input part + output part)
+    vocab_range: tuple[int, int]  # the vocabulary columns its values are drawn from
+    exclude: int | None  # a vocabulary column never drawn (the mask token's), relative to vocab_range
+    temperature: float
+    guidance_scale: float
+    threshold: float | None  # confidence threshold of fast decoding (None = follow the schedule)
+    counts: tuple[int, ...]  # the schedule's reveals per step
+    cumulative: list[int]  # revealed by the end of each step
+    masked_before: list[int]  # masked slots at the start of each step (host ints, the same in every row)
+    windows: torch.Tensor | None  # (T, K) bool: the slots each step may reveal (text blocks), None = all
+    active_steps: tuple[int, int]  # [start, end) steps of the axis where the plan runs the modality
+    blocks: int  # semi-autoregressive blocks (text), 1 = one block
+    value_stream: int  # noise streams of the drawn values and of random remasking
+    confidence_stream: int
+    all_slots: torch.Tensor  # (B, K) 0..K-1 in every row
+    tokens: torch.Tensor  # (B, K) current tokens (mask where not revealed)
+    steps: torch.Tensor  # (B, K) reveal step of each slot, len(counts) = "not revealed"
+    logprobs: torch.Tensor  # (B, K) float32 log-prob of each revealed token
+
+    @classmethod
+    def start(cls, *, outputs: torch.Tensor, input_length: int, slots: torch.Tensor, counts, **settings) -> "_Span":
+        """The span of the slots `slots` of `outputs (B, L_out)` (the output part, all masked), before any step."""
+        tokens = outputs[:, slots]
+        batch, num_slots = tokens.shape
+        masked_before, remaining = [], num_slots
         for count in counts:
-            self.masked_before.append(remaining)
+            masked_before.append(remaining)
             remaining -= count
+        return cls(
+            slots=slots,
+            positions=input_length + slots,
+            counts=counts,
+            cumulative=list(itertools.accumulate(counts)),
+            masked_before=masked_before,
+            all_slots=torch.arange(num_slots, device=slots.device).expand(batch, -1),
+            tokens=tokens,
+            steps=torch.full_like(tokens, len(counts)),  # len(counts) = "not revealed"
+            logprobs=torch.zeros(tokens.shape, dtype=torch.float32, device=slots.device),
+            **settings,
+        )
+
+
+@dataclass
+class _DecodeRun:
+    """What one decode call works on: the spans, the rows' sequences and masks, and where results are kept."""
+
+    spans: tuple[_Span, _Span]  # text, image
+    sequence: torch.Tensor  # (B * groups, L_in + L_out): conditional rows, then the unconditional ones if guided
+    full_mask: torch.Tensor  # (B * groups, L_in + L_out) attention mask of `sequence`
+    state: torch.Tensor  # (B, L_out) view of the conditional rows' output part
+    seeds: torch.Tensor  # (B,) row seeds of the noise
+    groups: int  # 2 when unconditional rows are stacked below the conditional ones, else 1
+    record_index: dict[int, int]  # recorded step -> its index in x0
+    x0: torch.Tensor  # (B, len(record_index), L_out) x0 estimates of the recorded steps
+    step_callback: Callable[[int, torch.Tensor], None] | None
+    bar: tqdm
+
+
+@dataclass
+class _InputCache:
+    """Fast decoding's cache of the input part's keys/values (`input_cache_refresh`): the stored keys/values, the
+    sequence rows they belong to, and the forwards since the last refresh."""
+
+    refresh_every: int
+    key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    rows: torch.Tensor | None = None
+    since_refresh: int = 0
 
 
 def _pad_to(inputs: dict[str, torch.Tensor], length: int, pad_token_id: int) -> dict[str, torch.Tensor]:

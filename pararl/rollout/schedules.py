@@ -201,43 +201,11 @@ def build_reveal_plan(
             fewer active steps than a schedule needs (fewer text steps than blocks, or text steps not divisible by the
             number of blocks).
     """
-    if order not in DECODE_ORDERS:
-        raise ValueError(f"unknown order {order!r}; use one of {list(DECODE_ORDERS)}.")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
-    if not 0.0 <= image_start < 1.0:
-        raise ValueError(f"image_start must be a fraction of the axis in [0, 1), got {image_start!r}.")
-    if order == "parallel":
-        text_steps, image_steps = (0, num_steps), (int(image_start * num_steps), num_steps)
-    else:
-        half = num_steps // 2
-        if half < 1:
-            raise ValueError(
-                f"order {order!r} needs num_steps >= 2 (one half of the axis per modality), got {num_steps}."
-            )
-        first, second = (0, half), (half, num_steps)
-        text_steps, image_steps = (first, second) if order == "text_then_image" else (second, first)
-
-    n_image_steps = image_steps[1] - image_steps[0]
-    n_text_steps = text_steps[1] - text_steps[0]
+    text_steps, image_steps = _modality_steps(num_steps, image_start, order)
+    n_text_steps, n_image_steps = text_steps[1] - text_steps[0], image_steps[1] - image_steps[0]
     if block_length is None:
         block_length = num_text_tokens
-    if block_length < 1 or num_text_tokens % block_length != 0:
-        raise ValueError(
-            f"block_length={block_length} must divide the text span of {num_text_tokens} tokens; pick a divisor of "
-            f"{num_text_tokens} or block_length=None (one global block)."
-        )
-    num_blocks = num_text_tokens // block_length
-    if n_text_steps < num_blocks:
-        raise ValueError(
-            f"text has {num_blocks} blocks of {block_length} tokens but only {n_text_steps} steps (order {order!r}, "
-            f"num_steps={num_steps}); it needs at least one step per block: raise num_steps or block_length."
-        )
-    if n_text_steps % num_blocks != 0:
-        raise ValueError(
-            f"the {n_text_steps} text steps (order {order!r}, num_steps={num_steps}) cannot be split equally among "
-            f"{num_blocks} blocks of {block_length} tokens; make the text steps a multiple of {num_blocks}."
-        )
+    num_blocks = _num_blocks(num_text_tokens, block_length, n_text_steps, num_steps, order)
 
     text_sched, image_sched = get_schedule(text_schedule), get_schedule(image_schedule)
     steps_per_block = n_text_steps // num_blocks
@@ -259,6 +227,44 @@ def build_reveal_plan(
         text_steps=text_steps,
         image_steps=image_steps,
     )
+
+
+def _modality_steps(num_steps: int, image_start: float, order: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The `[start, end)` steps of the axis where the text and the image schedules run, as `order` places them."""
+    if order not in DECODE_ORDERS:
+        raise ValueError(f"unknown order {order!r}; use one of {list(DECODE_ORDERS)}.")
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
+    if not 0.0 <= image_start < 1.0:
+        raise ValueError(f"image_start must be a fraction of the axis in [0, 1), got {image_start!r}.")
+    if order == "parallel":
+        return (0, num_steps), (int(image_start * num_steps), num_steps)
+    half = num_steps // 2
+    if half < 1:
+        raise ValueError(f"order {order!r} needs num_steps >= 2 (one half of the axis per modality), got {num_steps}.")
+    first, second = (0, half), (half, num_steps)
+    return (first, second) if order == "text_then_image" else (second, first)
+
+
+def _num_blocks(num_text_tokens: int, block_length: int, n_text_steps: int, num_steps: int, order: str) -> int:
+    """The number of text blocks, checked: `block_length` divides the text part, and its steps split equally."""
+    if block_length < 1 or num_text_tokens % block_length != 0:
+        raise ValueError(
+            f"block_length={block_length} must divide the text span of {num_text_tokens} tokens; pick a divisor of "
+            f"{num_text_tokens} or block_length=None (one global block)."
+        )
+    num_blocks = num_text_tokens // block_length
+    if n_text_steps < num_blocks:
+        raise ValueError(
+            f"text has {num_blocks} blocks of {block_length} tokens but only {n_text_steps} steps (order {order!r}, "
+            f"num_steps={num_steps}); it needs at least one step per block: raise num_steps or block_length."
+        )
+    if n_text_steps % num_blocks != 0:
+        raise ValueError(
+            f"the {n_text_steps} text steps (order {order!r}, num_steps={num_steps}) cannot be split equally among "
+            f"{num_blocks} blocks of {block_length} tokens; make the text steps a multiple of {num_blocks}."
+        )
+    return num_blocks
 
 
 def _checked(schedule: RevealSchedule, num_tokens: int, num_steps: int, modality: str) -> list[int]:

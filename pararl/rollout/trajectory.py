@@ -64,7 +64,7 @@ class Trajectory:
         return self.step_map.max(dim=1).values.clamp(min=-1) + 1
 
     # ---------------------------------------------------------------------------------------------------- states
-    def _step_column(self, step: int | torch.Tensor, upper: int) -> int | torch.Tensor:
+    def _checked_step(self, step: int | torch.Tensor, upper: int) -> int | torch.Tensor:
         """Validates a step (int, or `LongTensor (B,)` one per sample) and shapes it to broadcast over positions."""
         if isinstance(step, torch.Tensor):
             if step.shape != (self.batch_size,):
@@ -84,12 +84,12 @@ class Trajectory:
         Positions with `step_map < step` hold their final token (sentinels always do), the others the mask token.
         `step` may be a `LongTensor (B,)` giving one step per sample.
         """
-        column = self._step_column(step, self.num_steps)
-        return torch.where(self.step_map < column, self.output_ids, self.mask_token_id)
+        bound = self._checked_step(step, self.num_steps)
+        return torch.where(self.step_map < bound, self.output_ids, self.mask_token_id)
 
     def revealed_at(self, step: int | torch.Tensor) -> torch.Tensor:
         """`BoolTensor (B, L_out)`: the positions revealed by `step` (the tokens its loss term scores)."""
-        return self.step_map == self._step_column(step, self.num_steps - 1)
+        return self.step_map == self._checked_step(step, self.num_steps - 1)
 
     def x0_at(self, step: int | torch.Tensor) -> torch.Tensor:
         """The x0 estimate `(B, L_out)` made at a recorded `step` (or one recorded step per sample)."""
@@ -144,7 +144,7 @@ class Trajectory:
         return processor.decode_images(self.image_codes_at(step, processor, grey_unknown), grey_unknown=True)
 
     def _after(self, step: int | torch.Tensor) -> int | torch.Tensor:
-        self._step_column(step, self.num_steps - 1)
+        self._checked_step(step, self.num_steps - 1)
         return step + 1
 
     # -------------------------------------------------------------------------------------------------- batching

@@ -3,6 +3,7 @@ right (as the rewards scored them) and the final output, with the partial reason
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -34,11 +35,11 @@ def draw_trajectory(
 ) -> Image.Image:
     """Draws sample `index` of a trajectory as one image.
 
-    On top the prompt; then, for an edit, a column with the input image; one column per step in `steps`; and a last
-    column with the final output. The column of a recorded step `k` shows the image the rewards score at `k`: the x0
+    On top the prompt; then, for an edit, a panel with the input image; one panel per step in `steps`; and a last
+    panel with the final output. The panel of a recorded step `k` shows the image the rewards score at `k`: the x0
     estimate (the model's full prediction at `k`), with the cells not yet revealed by the end of `k` painted grey
     when `grey_unknown` (the trainer's `grey_unrevealed`). A step that was not recorded has no x0 estimate: its
-    column shows the tokens revealed by the end of `k`, unrevealed cells grey, and says so in its label. Under each
+    panel shows the tokens revealed by the end of `k`, unrevealed cells grey, and says so in its label. Under each
     image the reasoning written by the end of `k` (masks dropped), wrapped; under the label the step's reward when
     `rewards` gives one. Images are upscaled by `scale` with nearest-neighbour resampling.
 
@@ -58,28 +59,46 @@ def draw_trajectory(
             entries are left out.
 
     Returns:
-        `PIL.Image.Image` (RGB) with one column of width `scale * image_width + 2 * 8` per panel.
+        `PIL.Image.Image` (RGB) with the panels side by side, each `scale * image_width + 2 * 8` wide.
     """
     if not 0 <= index < trajectory.batch_size:
         raise ValueError(f"index {index} is out of range for a trajectory of {trajectory.batch_size} samples.")
     sample = trajectory.index_select([index]).to("cpu")
+    steps = _shown_steps(sample, steps)
+    step_rewards = _rewards_by_step(rewards, steps)
+    if prompt is None:
+        prompt = _input_text(sample, processor)
+    pixels_in = _input_pixels(sample, processor) if input_image is None else _as_pixels(input_image)
+    panels = _panels(sample, processor, steps, step_rewards, pixels_in, grey_unknown)
+    return _paint(panels, prompt, scale)
+
+
+class _Panel(NamedTuple):
+    """One image of the picture, left to right: its label, reward label, pixels `(3, H, W)` and the text under it."""
+
+    label: str
+    reward_label: str | None
+    pixels: torch.Tensor
+    text: str
+
+
+def _shown_steps(sample: Trajectory, steps: Sequence[int] | None) -> list[int]:
+    """The steps to show: `steps` checked, or the recorded steps, or six evenly spaced steps when none were recorded."""
     num_steps = sample.num_steps
-    recorded = set(sample.recorded_steps.tolist())
     if steps is None:
+        recorded = set(sample.recorded_steps.tolist())
         steps = sorted(recorded) if recorded else sorted({round(i * (num_steps - 1) / 5) for i in range(6)})
     steps = [int(step) for step in steps]
     for step in steps:
         if not 0 <= step < num_steps:
             raise ValueError(f"steps must lie in [0, {num_steps - 1}], got {step}.")
-    step_rewards = _rewards_by_step(rewards, steps)
+    return steps
 
-    if prompt is None:
-        prompt = _input_text(sample, processor)
-    pixels_in = _input_pixels(sample, processor) if input_image is None else _as_pixels(input_image)
 
-    columns: list[tuple[str, str | None, torch.Tensor, str]] = []
-    if pixels_in is not None:
-        columns.append(("input", None, pixels_in, ""))
+def _panels(sample, processor, steps, step_rewards, pixels_in, grey_unknown) -> list[_Panel]:
+    """The input image (edits), one panel per shown step (its x0 estimate, or what is revealed) and the output."""
+    recorded = set(sample.recorded_steps.tolist())
+    panels = [] if pixels_in is None else [_Panel("input", None, pixels_in, "")]
     for step in steps:
         reward = step_rewards.get(step)
         reward_label = None if reward is None else f"reward {reward:.3f}"
@@ -89,50 +108,49 @@ def draw_trajectory(
         else:
             pixels = processor.decode_images(processor.image_codes(sample.state_at(step + 1)), grey_unknown=True)
             label = f"step {step} · revealed"
-        columns.append((label, reward_label, pixels[0], sample.text_at(step, processor)[0]))
+        panels.append(_Panel(label, reward_label, pixels[0], sample.text_at(step, processor)[0]))
     final = sample.output_ids
-    columns.append(
-        ("final", None, processor.decode_images(processor.image_codes(final))[0], processor.decode_text(final)[0])
-    )
+    final_pixels = processor.decode_images(processor.image_codes(final))[0]
+    panels.append(_Panel("final", None, final_pixels, processor.decode_text(final)[0]))
+    return panels
 
-    height, width = columns[-1][2].shape[-2:]
+
+def _paint(panels: list[_Panel], prompt: str, scale: int | None) -> Image.Image:
+    """Lays the panels out side by side under the prompt: label (and reward), upscaled image, wrapped text."""
+    height, width = panels[-1].pixels.shape[-2:]
     scale = scale if scale is not None else max(1, math.ceil(MIN_IMAGE_WIDTH / width))
     image_width, image_height = width * scale, height * scale
-    column_width = image_width + 2 * PADDING
-    canvas_width = len(columns) * column_width
+    panel_width = image_width + 2 * PADDING
+    canvas_width = len(panels) * panel_width
     font = _font()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_height = _line_height(measure, font)
     prompt_lines = _wrap(f"prompt: {prompt}", measure, font, canvas_width - 2 * PADDING, MAX_PROMPT_LINES)
-    wrapped = [_wrap(text, measure, font, image_width) for *_, text in columns]
+    wrapped = [_wrap(panel.text, measure, font, image_width) for panel in panels]
     text_lines = max(len(lines) for lines in wrapped)
-    label_lines = 2 if any(reward is not None for _, reward, _, _ in columns) else 1
-    top_of_columns = PADDING + len(prompt_lines) * line_height + PADDING
-    canvas = Image.new(
-        "RGB",
-        (
-            canvas_width,
-            top_of_columns
-            + label_lines * line_height
-            + PADDING
-            + image_height
-            + PADDING
-            + text_lines * line_height
-            + PADDING,
-        ),
-        "white",
+    label_lines = 2 if any(panel.reward_label is not None for panel in panels) else 1
+    top_of_panels = PADDING + len(prompt_lines) * line_height + PADDING
+    canvas_height = (
+        top_of_panels
+        + label_lines * line_height
+        + PADDING
+        + image_height
+        + PADDING
+        + text_lines * line_height
+        + PADDING
     )
+    canvas = Image.new("RGB", (canvas_width, canvas_height), "white")
     draw = ImageDraw.Draw(canvas)
     for j, words in enumerate(prompt_lines):
         _draw_words(draw, (PADDING, PADDING + j * line_height), words, font)
-    for i, ((label, reward_label, pixels, _), lines) in enumerate(zip(columns, wrapped)):
-        left = i * column_width + PADDING
-        _draw_words(draw, (left, top_of_columns), label.split(" "), font)
-        if reward_label is not None:
-            _draw_words(draw, (left, top_of_columns + line_height), reward_label.split(" "), font, fill="#1a5fb4")
-        top = top_of_columns + label_lines * line_height + PADDING
-        picture = tensor_to_images(pixels.unsqueeze(0).float().cpu())[0]
-        if picture.size != (width, height):  # an input image of another size: fit it to the column
+    for i, (panel, lines) in enumerate(zip(panels, wrapped)):
+        left = i * panel_width + PADDING
+        _draw_words(draw, (left, top_of_panels), panel.label.split(" "), font)
+        if panel.reward_label is not None:
+            _draw_words(draw, (left, top_of_panels + line_height), panel.reward_label.split(" "), font, fill="#1a5fb4")
+        top = top_of_panels + label_lines * line_height + PADDING
+        picture = tensor_to_images(panel.pixels.unsqueeze(0).float().cpu())[0]
+        if picture.size != (width, height):  # an input image of another size: fit it to the panel
             picture = picture.resize((width, height), Image.Resampling.BICUBIC)
         canvas.paste(picture.resize((image_width, image_height), Image.Resampling.NEAREST), (left, top))
         top += image_height + PADDING
