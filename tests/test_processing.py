@@ -166,9 +166,11 @@ def test_concat(processor):
 def test_bad_inputs(processor):
     with pytest.raises(ValueError, match=r"prompt\[1\] has 7 tokens, over the budget of 6"):
         processor.encode_prompts(["red", "make the square red so it becomes"])
-    with pytest.raises(ValueError, match=r"codes must be integers in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"images\[0\] \(a code grid\) has codes in \[0, 4\], outside the codebook"):
         processor.encode_prompts(["red"], images=[torch.tensor([[0, 1, 2], [3, 0, 4]])])
-    with pytest.raises(ValueError, match=r"image codes have shape \(3, 2\), expected \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"prompts\[0\]: must be a string, got list \(pararl uses no chat templates"):
+        processor.encode_prompts([[{"role": "user", "content": "red"}]])
+    with pytest.raises(ValueError, match=r"images\[0\] \(a code grid\) has shape \(3, 2\), expected \(2, 3\)"):
         processor.encode_prompts(["red"], images=[torch.zeros(3, 2, dtype=torch.long)])
     with pytest.raises(ValueError, match="tasks\\[0\\] is 'paint'"):
         processor.encode_prompts(["red"], tasks=["paint"])
