@@ -68,8 +68,9 @@ from trl import ModelConfig, ScriptArguments, TrlParser
 
 from pararl.cli import (
     announce_defaults,
+    apply_toy_defaults,
     check_flags,
-    given_options,
+    diffusion_peft_config,
     load_script_datasets,
     parse_command_line,
     usage_error,
@@ -96,8 +97,6 @@ TOY_DEFAULTS = {
     "toy_train_categories": list(TOY_TRAIN_CATEGORIES),
     "paired_control": True,
 }
-# Flags that make a run a real one (its own model or data): then no toy default applies.
-REAL_RUN_FLAGS = ("model_name_or_path", "dataset_name")
 
 
 @dataclass
@@ -175,7 +174,6 @@ def main(script_args: ParaRLScriptArguments, training_args: DiffusionGRPOConfig,
     from pararl import DiffusionGRPOTrainer
     from pararl.processing import load_processor
     from pararl.rewards import CLIPAlignmentReward, RewardNormalizer
-    from pararl.toy.recipe import diffusion_peft_config
 
     processor = load_processor(script_args.processor)
     toy = script_args.dataset_name is None
@@ -379,11 +377,7 @@ def make_parser(argv: list[str]) -> tuple[TrlParser, dict]:
     parser = TrlParser((ParaRLScriptArguments, DiffusionGRPOConfig, ModelConfig), allow_abbrev=False)
     on_cpu = not torch.cuda.is_available()
     parser.set_defaults(use_cpu=on_cpu, bf16=not on_cpu)  # every run: the device decides
-    given = given_options(parser, argv)
-    if given & set(REAL_RUN_FLAGS):
-        return parser, {}
-    parser.set_defaults(**TOY_DEFAULTS)
-    return parser, {key: value for key, value in TOY_DEFAULTS.items() if key not in given}
+    return parser, apply_toy_defaults(parser, argv, TOY_DEFAULTS)
 
 
 if __name__ == "__main__":

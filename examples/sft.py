@@ -55,10 +55,17 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Pa
 
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, TrlParser
 
-from pararl.cli import announce_defaults, check_flags, given_options, load_script_datasets, parse_command_line
-from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionConfig, MaskedDiffusionLM
+from pararl.cli import (
+    announce_defaults,
+    apply_toy_defaults,
+    check_flags,
+    diffusion_peft_config,
+    load_script_datasets,
+    parse_command_line,
+)
+from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.processing import ParallelProcessor, load_processor
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer
 from pararl.toy import build_toy_dataset
@@ -80,8 +87,6 @@ TOY_DEFAULTS = {
     "save_strategy": "no",
     "report_to": "none",
 }
-# Flags that make a run a real one (its own model or data): then no toy default applies.
-REAL_RUN_FLAGS = ("model_name_or_path", "dataset_name")
 
 
 # Sizes of the from-scratch toy model: (d_model, n_layers, n_heads, mlp_hidden_size).
@@ -159,12 +164,7 @@ def main(script_args: SFTScriptArguments, training_args: ParallelSFTConfig, mode
     else:
         model = scratch_model(processor, script_args.model_size)
 
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None:
-        # A masked-diffusion model is no causal LM: the plain PeftModel passes every forward argument through.
-        peft_config.task_type = None
-        if model_args.lora_target_modules is None:
-            peft_config.target_modules = set(ATTENTION_LORA_TARGETS)
+    peft_config = diffusion_peft_config(model_args)
 
     ################
     # Dataset
@@ -192,11 +192,7 @@ def make_parser(argv: list[str]) -> tuple[TrlParser, dict]:
     """The parser, with the toy defaults set when `argv` names neither a model nor a dataset; returns the toy defaults
     that apply (those that `argv` and its --config do not override)."""
     parser = TrlParser((SFTScriptArguments, ParallelSFTConfig, ModelConfig), allow_abbrev=False)
-    given = given_options(parser, argv)
-    if given & set(REAL_RUN_FLAGS):
-        return parser, {}
-    parser.set_defaults(**TOY_DEFAULTS)
-    return parser, {key: value for key, value in TOY_DEFAULTS.items() if key not in given}
+    return parser, apply_toy_defaults(parser, argv, TOY_DEFAULTS)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ their parsers with `allow_abbrev=False` and call [`check_flags`] before parsing,
 the command line and of the `--config` YAML file alike). [`parse_command_line`] then parses with every usage error
 (a value that does not parse, a setting a config's `__post_init__` refuses) as one line and exit status 2, like
 argparse's own errors but without a usage text hundreds of flags long.
+
+Both scripts also share the rule of their toy defaults ([`apply_toy_defaults`]: only when no flag of
+[`REAL_RUN_FLAGS`] is given) and their LoRA adapter for a masked-diffusion model ([`diffusion_peft_config`]).
 """
 
 import argparse
@@ -18,8 +21,11 @@ from typing import NoReturn
 
 
 __all__ = [
+    "REAL_RUN_FLAGS",
     "announce_defaults",
+    "apply_toy_defaults",
     "check_flags",
+    "diffusion_peft_config",
     "given_options",
     "load_script_datasets",
     "parse_command_line",
@@ -149,6 +155,21 @@ def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[s
     return given
 
 
+# Flags that make a run a real one (its own model or data): then no toy default applies.
+REAL_RUN_FLAGS = ("model_name_or_path", "dataset_name")
+
+
+def apply_toy_defaults(parser: argparse.ArgumentParser, argv: Sequence[str], toy_defaults: dict) -> dict:
+    """Sets `toy_defaults` as the parser's defaults when `argv` (with its `--config` file) gives none of
+    `REAL_RUN_FLAGS`, i.e. for the toy world; returns the toy defaults that apply (those that `argv` and its
+    `--config` do not override), `{}` for a real run, which keeps the configs' (TRL's) defaults."""
+    given = given_options(parser, argv)
+    if given & set(REAL_RUN_FLAGS):
+        return {}
+    parser.set_defaults(**toy_defaults)
+    return {key: value for key, value in toy_defaults.items() if key not in given}
+
+
 def announce_defaults(toy_defaults: dict) -> None:
     """Says (on the main process only) whether a script's toy defaults applied, and which, or that a real run keeps
     TRL's defaults for every flag it does not give."""
@@ -181,3 +202,19 @@ def load_script_datasets(script_args) -> tuple:
     if script_args.dataset_streaming and isinstance(train, datasets.Dataset):  # saved with save_to_disk
         train, test = (None if part is None else part.to_iterable_dataset() for part in (train, test))
     return train, test
+
+
+def diffusion_peft_config(model_args):
+    """TRL's `get_peft_config(model_args)` for a masked-diffusion model (None without `use_peft`): no task type (it is
+    no causal LM, so the plain `PeftModel` passes every forward argument through) and, unless `lora_target_modules`
+    names others, the attention projections. `model_args` is a `trl.ModelConfig`."""
+    from trl import get_peft_config
+
+    from .models import ATTENTION_LORA_TARGETS
+
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        peft_config.task_type = None
+        if model_args.lora_target_modules is None:
+            peft_config.target_modules = list(ATTENTION_LORA_TARGETS)
+    return peft_config

@@ -40,11 +40,10 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from PIL import Image
 
 from .image_tokenizers import PaletteImageTokenizer
-from .processing import ParallelProcessor
+from .processing import ParallelProcessor, code_grid, text_problem
 
 
 __all__ = ["DatasetRowError", "RowProblem", "check_dataset", "check_datasets"]
@@ -145,23 +144,9 @@ class _RowChecker:
         values = _python(columns.get(name), len(indices))
         good = []
         for j, value in enumerate(values):
-            if prompt and isinstance(value, str) and not value.strip():
-                problems.append(
-                    RowProblem(
-                        indices[j], name, f"is empty{' (whitespace only)' if value else ''}; give an instruction"
-                    )
-                )
-            elif value is None:
-                problems.append(RowProblem(indices[j], name, "missing (None); it must be a string"))
-            elif not isinstance(value, str):
-                problems.append(
-                    RowProblem(
-                        indices[j],
-                        name,
-                        f"must be a string, got {type(value).__name__} (pararl uses no chat "
-                        "templates: give the text itself)",
-                    )
-                )
+            problem = text_problem(value, instruction=prompt)
+            if problem:
+                problems.append(RowProblem(indices[j], name, problem))
             else:
                 good.append(j)
         unk = getattr(self.processor.tokenizer, "unk_token_id", None) if prompt else None
@@ -259,9 +244,9 @@ class _RowChecker:
         values = _python(values, num_rows)
         for j, value in enumerate(values):
             if value is not None:
-                problem = _grid_problem(value, self.processor)
-                if problem:
-                    problems.append(RowProblem(indices[j], name, problem))
+                grid = code_grid(value, self.processor.preset)
+                if isinstance(grid, str):
+                    problems.append(RowProblem(indices[j], name, grid))
         return [value is not None for value in values]
 
     def _arrow_codes(self, values: pa.Array, indices, name, problems) -> list[bool]:
@@ -353,25 +338,6 @@ def _is_integer_grid_type(kind: pa.DataType) -> bool:
     if pa.types.is_list(inner) or pa.types.is_large_list(inner):
         inner = inner.value_type
     return pa.types.is_integer(inner)
-
-
-def _grid_problem(value: Any, processor: ParallelProcessor) -> str | None:
-    preset = processor.preset
-    grid_shape = tuple(preset.image_grid)
-    try:
-        grid = torch.as_tensor(np.asarray(value))
-    except (TypeError, ValueError, RuntimeError) as error:
-        return f"is not a grid of integer codes ({error})"
-    if grid.dim() == 1 and grid.numel() == preset.num_image_tokens:
-        grid = grid.view(grid_shape)
-    if tuple(grid.shape) != grid_shape:
-        return f"has shape {tuple(grid.shape)}, expected {grid_shape}"
-    if grid.dtype.is_floating_point or grid.dtype.is_complex or grid.dtype == torch.bool:
-        return f"must hold integer codes, got dtype {grid.dtype}"
-    low, high = int(grid.min()), int(grid.max())
-    if low < 0 or high >= preset.codebook_size:
-        return f"has codes in [{low}, {high}], outside the codebook [0, {preset.codebook_size})"
-    return None
 
 
 def _open_image(value: Any, mode: str | None = None) -> Image.Image | str:

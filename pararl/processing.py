@@ -33,14 +33,24 @@ import importlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .image_tokenizers import ImageTokenizer
 
 
-__all__ = ["SequencePreset", "ParallelProcessor", "MMADA_PARALLEL_M", "MMADA_PARALLEL_A", "load_processor"]
+__all__ = [
+    "SequencePreset",
+    "ParallelProcessor",
+    "MMADA_PARALLEL_M",
+    "MMADA_PARALLEL_A",
+    "code_grid",
+    "load_processor",
+    "text_problem",
+]
 
 ImageInput = Image.Image | torch.Tensor | None
 
@@ -216,6 +226,42 @@ MMADA_PARALLEL_A = SequencePreset(
 )
 
 
+def text_problem(value: Any, instruction: bool = False) -> str | None:
+    """What makes `value` unusable as a text field (a prompt, a reasoning), or `None`: it must be a string (pararl
+    uses no chat templates), and an `instruction` must hold more than whitespace. The one check of text fields, for
+    the processor, the dataset check ([`~pararl.data_validation.check_dataset`]) and the trainers; the problem is
+    phrased to follow the field's name (`"prompts[0]: must be a string, got list (...)"`)."""
+    if instruction and isinstance(value, str) and not value.strip():
+        return f"is empty{' (whitespace only)' if value else ''}; give an instruction"
+    if value is None:
+        return "missing (None); it must be a string"
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__} (pararl uses no chat templates: give the text itself)"
+    return None
+
+
+def code_grid(value: Any, preset: SequencePreset) -> torch.Tensor | str:
+    """`value` (a `(rows, cols)` grid of `preset`'s image codes, or its flat form; a tensor, an array or nested lists)
+    as a `(rows, cols)` LongTensor on its device, or the problem that makes it none: not integers, the wrong shape,
+    codes outside the codebook. The one check of code grids, for the processor, the dataset check, the SFT collator and
+    the trainer; the problem is phrased to follow the field's name (`"images[0] (a code grid) has shape ..."`)."""
+    grid_shape = tuple(preset.image_grid)
+    try:
+        grid = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError) as error:
+        return f"is not a grid of integer codes ({error})"
+    if grid.dim() == 1 and grid.numel() == preset.num_image_tokens:
+        grid = grid.reshape(grid_shape)
+    if tuple(grid.shape) != grid_shape:
+        return f"has shape {tuple(grid.shape)}, expected {grid_shape}"
+    if grid.dtype.is_floating_point or grid.dtype.is_complex or grid.dtype == torch.bool:
+        return f"must hold integer codes, got dtype {grid.dtype}"
+    low, high = int(grid.min()), int(grid.max())
+    if low < 0 or high >= preset.codebook_size:
+        return f"has codes in [{low}, {high}], outside the codebook [0, {preset.codebook_size})"
+    return grid.long()
+
+
 class ParallelProcessor:
     """Builds input and output parts of thinking-aware sequences and decodes any output state.
 
@@ -319,23 +365,13 @@ class ParallelProcessor:
             encoded = self.image_tokenizer.encode([images[i] for i in pil_index])
             for i, grid in zip(pil_index, encoded):
                 codes[i] = grid
-        grid_shape = tuple(self.preset.image_grid)
         for i, image in enumerate(images):
             if image is None or isinstance(image, Image.Image):
                 continue
-            grid = torch.as_tensor(image)
-            if grid.dim() == 1 and grid.numel() == self.preset.num_image_tokens:
-                grid = grid.view(grid_shape)
-            if tuple(grid.shape) != grid_shape:
-                raise ValueError(
-                    f"{field_name}[{i}]: image codes have shape {tuple(grid.shape)}, expected {grid_shape}."
-                )
-            if grid.dtype.is_floating_point or grid.min() < 0 or grid.max() >= self.preset.codebook_size:
-                raise ValueError(
-                    f"{field_name}[{i}]: image codes must be integers in [0, {self.preset.codebook_size}) "
-                    f"(got min {grid.min().item()}, max {grid.max().item()})."
-                )
-            codes[i] = grid.long()
+            grid = code_grid(image, self.preset)
+            if isinstance(grid, str):
+                raise ValueError(f"{field_name}[{i}] (a code grid) {grid}.")
+            codes[i] = grid
         return codes
 
     def _text_ids(self, texts: Sequence[str], budget: int, truncate: bool, field_name: str) -> list[list[int]]:
@@ -394,8 +430,9 @@ class ParallelProcessor:
             if len(values) != batch:
                 raise ValueError(f"{name} has {len(values)} entries but there are {batch} prompts.")
         for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise ValueError(f"prompts[{i}] must be a string, got {type(prompt).__name__}.")
+            problem = text_problem(prompt)  # an empty instruction is allowed: it encodes as `<bos> <eos>`
+            if problem:
+                raise ValueError(f"prompts[{i}]: {problem}.")
 
         preset = self.preset
         codes = self._image_codes(images, "images")

@@ -1,4 +1,5 @@
-"""Shared test setup: offline Hugging Face hub and tiny configurations."""
+"""Shared test setup: offline Hugging Face hub, tiny configurations, and the factories of the tiny GRPO job
+(`make_grpo_config`, `make_trainer`) that the trainer tests vary one setting at a time."""
 
 import os
 
@@ -59,5 +60,54 @@ def tiny_model(processor):
         values.update(config)
         torch.manual_seed(seed)
         return MaskedDiffusionLM(MaskedDiffusionConfig(**values))
+
+    return build
+
+
+# The tiny GRPO job of the trainer tests (`make_grpo_config`'s defaults).
+TINY_GRPO = dict(
+    use_cpu=True, bf16=False, seed=0,
+    per_device_train_batch_size=4, num_generations=4,  # 1 prompt x 4 rollouts per step
+    diffusion_steps=8, num_reward_steps=3, max_steps=3, learning_rate=0.05, beta=0.0,  # no KL term: no reference
+    report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1,  # quiet, no checkpoints, every step logged
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def make_grpo_config():
+    """Factory of the tiny job's `DiffusionGRPOConfig`: `make_grpo_config(output_dir, **overrides)`, `TINY_GRPO`
+    with any field overridden. Session-scoped, so module-scoped fixtures can use it too."""
+    from pararl.grpo import DiffusionGRPOConfig
+
+    def build(output_dir, **overrides) -> DiffusionGRPOConfig:
+        return DiffusionGRPOConfig(**{**TINY_GRPO, "output_dir": str(output_dir), **overrides})
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def toy_train_dataset():
+    """16 toy-world training rows (seed 0): the tiny job's prompts."""
+    from pararl.toy import build_toy_dataset
+
+    return build_toy_dataset("train", num_samples=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def make_trainer(processor, tiny_model, toy_train_dataset):
+    """Factory of `DiffusionGRPOTrainer`s on the toy processor: `make_trainer(args, reward_funcs, model=None,
+    train_dataset=None, **kwargs)` trains a fresh `tiny_model()` unless `model` is given, on `toy_train_dataset`
+    unless `train_dataset` is given; `kwargs` (`peft_config`, `eval_dataset`, `callbacks`, ...) go to the trainer."""
+    from pararl.grpo.trainer import DiffusionGRPOTrainer
+
+    def build(args, reward_funcs, model=None, train_dataset=None, **kwargs) -> DiffusionGRPOTrainer:
+        return DiffusionGRPOTrainer(
+            model=tiny_model() if model is None else model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=toy_train_dataset if train_dataset is None else train_dataset,
+            processing_class=processor,
+            **kwargs,
+        )
 
     return build

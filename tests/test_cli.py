@@ -105,13 +105,8 @@ def test_the_script_refuses_a_typo_before_anything_else(script, pararl_script, m
 def test_the_no_argument_main_job_is_the_toy_recipe(pararl_script):
     # examples/pararl.py and the benchmarks build the toy job from pararl.toy.recipe: with no flag, the script's
     # training config, LoRA adapter and prompt counts are exactly the recipe's.
-    from pararl.toy.recipe import (
-        TOY_EVAL_SAMPLES,
-        TOY_TRAIN_SAMPLES,
-        diffusion_peft_config,
-        toy_grpo_config,
-        toy_lora_config,
-    )
+    from pararl.cli import diffusion_peft_config
+    from pararl.toy.recipe import TOY_EVAL_SAMPLES, TOY_TRAIN_SAMPLES, toy_grpo_config, toy_lora_config
 
     (script_args, args, model_args), _ = parsed(pararl_script, [])
     recipe = toy_grpo_config()

@@ -7,7 +7,6 @@ import datasets
 import pytest
 from PIL import Image
 
-from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from pararl.data_validation import DatasetRowError, check_dataset
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer, pretokenize_dataset
 from pararl.toy import build_toy_dataset
@@ -43,17 +42,8 @@ def generate_row(toy) -> dict:
     return next(row for row in rows_of(toy, len(toy)) if row["task"] == "generate")
 
 
-def grpo_args(tmp_path) -> DiffusionGRPOConfig:
-    return DiffusionGRPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=4,
-        num_generations=4,
-        diffusion_steps=8,
-        num_reward_steps=2,
-    )
+def no_reward(completions, **kwargs):
+    return [0.0] * len(completions)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -62,7 +52,7 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def test_bad_row_5_of_1000_fails_at_construction_listing_every_bad_row(toy, processor, tmp_path):
+def test_bad_row_5_of_1000_fails_at_construction_listing_every_bad_row(make_grpo_config, make_trainer, toy, tmp_path):
     rows = rows_of(toy, 1000)
     rows[5]["prompt"] = None
     rows[700] = {**edit_row(toy), "task": "generate"}  # generation given an input image
@@ -70,12 +60,8 @@ def test_bad_row_5_of_1000_fails_at_construction_listing_every_bad_row(toy, proc
     start = time.perf_counter()
     # The model path does not exist: the rows are checked before any model is loaded.
     with pytest.raises(DatasetRowError) as error:
-        DiffusionGRPOTrainer(
-            model=str(tmp_path / "no-model-here"),
-            reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
-            args=grpo_args(tmp_path),
-            train_dataset=dataset,
-            processing_class=processor,
+        make_trainer(
+            make_grpo_config(tmp_path), no_reward, model=str(tmp_path / "no-model-here"), train_dataset=dataset
         )
     seconds = time.perf_counter() - start
     message = str(error.value)
@@ -188,17 +174,16 @@ def test_sft_checks_reasoning_and_the_output_image_at_construction(toy, processo
         check_dataset(toy.remove_columns("reasoning"), processor, "sft")
 
 
-def test_eval_dataset_is_checked_too(toy, processor, tmp_path):
+def test_eval_dataset_is_checked_too(make_grpo_config, make_trainer, toy, tmp_path):
     rows = rows_of(toy, 8)
     rows[2]["task"] = "paint"
     with pytest.raises(DatasetRowError, match=r"rows of the eval dataset[\s\S]*row 2, column 'task'"):
-        DiffusionGRPOTrainer(
+        make_trainer(
+            make_grpo_config(tmp_path),
+            no_reward,
             model=str(tmp_path / "no-model-here"),
-            reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
-            args=grpo_args(tmp_path),
             train_dataset=toy,
             eval_dataset=datasets.Dataset.from_list(rows, features=FEATURES),
-            processing_class=processor,
         )
 
 

@@ -4,45 +4,19 @@ corrected by TRL's importance sampling). Offline, CPU, a tiny random policy with
 import pytest
 import torch
 
-from pararl.grpo import DiffusionGRPOConfig
-from pararl.grpo.trainer import DiffusionGRPOTrainer
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.rollout import ParallelDecoder
-from pararl.toy import build_toy_dataset
 
 
-G = 4  # rollouts per prompt
+G = 4  # rollouts per prompt: the tiny job's num_generations (conftest.TINY_GRPO)
 FAST = {"text_threshold": 0.1, "image_threshold": 0.3}  # low enough that the peaked tiny policy ends rows early
 
 # Peaked random logits: some drawn values pass a threshold.
 PEAKED = dict(initializer_range=0.5)
 
 
-@pytest.fixture(scope="module")
-def dataset():
-    return build_toy_dataset("train", num_samples=16, seed=0)
-
-
-def grpo_config(output_dir, **kwargs) -> DiffusionGRPOConfig:
-    defaults = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        per_device_train_batch_size=2 * G,
-        num_generations=G,
-        diffusion_steps=8,
-        num_reward_steps=3,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=0.05,
-        beta=0.0,
-        seed=0,
-        log_trajectory_pictures=False,
-    )
-    return DiffusionGRPOConfig(**{**defaults, **kwargs})
+# The tiny job (conftest's make_grpo_config) with 2 prompts x G rollouts per step, 2 steps and no trajectory pictures.
+JOB = dict(per_device_train_batch_size=2 * G, max_steps=2, log_trajectory_pictures=False)
 
 
 class StepReward(Reward):
@@ -56,25 +30,26 @@ class StepReward(Reward):
         return [len(t.split()) / 10 + float(img.mean()) for t, img in zip(states.texts, states.image_tensors)]
 
 
-def trainer_and_rollouts(tiny_model, processor, dataset, tmp_path, **kwargs):
-    reward = StepReward()
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(**PEAKED),
-        reward_funcs=[reward],
-        args=grpo_config(tmp_path, **kwargs),
-        train_dataset=dataset,
-        processing_class=processor,
-    )
-    trainer.model.train()
-    trajectories = []
-    rollout = trainer._rollout
+@pytest.fixture
+def trainer_and_rollouts(make_trainer, make_grpo_config, tiny_model, tmp_path):
+    """Factory of trainers on a peaked tiny policy that record their rollouts: `trainer_and_rollouts(**config)` ->
+    `(trainer, reward, trajectories)`."""
 
-    def recording_rollout(*args, **kw):
-        trajectories.append(rollout(*args, **kw))
-        return trajectories[-1]
+    def build(**kwargs):
+        reward = StepReward()
+        trainer = make_trainer(make_grpo_config(tmp_path, **{**JOB, **kwargs}), [reward], model=tiny_model(**PEAKED))
+        trainer.model.train()
+        trajectories = []
+        rollout = trainer._rollout
 
-    trainer._rollout = recording_rollout
-    return trainer, reward, trajectories
+        def recording_rollout(*args, **kw):
+            trajectories.append(rollout(*args, **kw))
+            return trajectories[-1]
+
+        trainer._rollout = recording_rollout
+        return trainer, reward, trajectories
+
+    return build
 
 
 def batch(dataset, num_prompts: int = 2) -> list[dict]:
@@ -91,13 +66,13 @@ def likelihood(trainer, out) -> torch.Tensor:
     return logps.detach()
 
 
-def test_config_carries_the_fast_fields_and_refuses_bad_ones(tmp_path):
+def test_config_carries_the_fast_fields_and_refuses_bad_ones(make_grpo_config, tmp_path):
     fast = dict(text_threshold=0.7, image_threshold=0.8, threshold_floor="schedule", threshold_cap=5)
-    config = grpo_config(tmp_path, **fast, input_cache_refresh=4).to_rollout_config()
+    config = make_grpo_config(tmp_path, **JOB, **fast, input_cache_refresh=4).to_rollout_config()
     assert (config.text_threshold, config.image_threshold, config.threshold_floor) == (0.7, 0.8, "schedule")
     assert (config.threshold_cap, config.input_cache_refresh) == (5, 4)
     assert config.thresholded and not config.exact_forward and config.off_policy
-    default = grpo_config(tmp_path).to_rollout_config()
+    default = make_grpo_config(tmp_path, **JOB).to_rollout_config()
     assert not default.fast and not default.off_policy
     bad = [
         (dict(text_threshold=0.0), "text_threshold must be a probability > 0"),
@@ -112,12 +87,14 @@ def test_config_carries_the_fast_fields_and_refuses_bad_ones(tmp_path):
     ]
     for kwargs, message in bad:
         with pytest.raises(ValueError, match=message):
-            grpo_config(tmp_path, **kwargs)
+            make_grpo_config(tmp_path, **{**JOB, **kwargs})
 
 
-def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(processor, tiny_model, dataset, tmp_path):
-    trainer, reward, trajectories = trainer_and_rollouts(tiny_model, processor, dataset, tmp_path, **FAST)
-    out = trainer._generate_and_score_completions(batch(dataset))
+def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(
+    trainer_and_rollouts, processor, toy_train_dataset
+):
+    trainer, reward, trajectories = trainer_and_rollouts(**FAST)
+    out = trainer._generate_and_score_completions(batch(toy_train_dataset))
     (trajectory,) = trajectories
     s, num_steps = 3, 8
     ends = trajectory.row_num_steps
@@ -158,15 +135,13 @@ def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(proce
 
 @pytest.mark.parametrize("selection", ["uniform", "final"])
 def test_thresholds_above_one_with_schedule_floor_train_as_the_exact_engine(
-    processor, tiny_model, dataset, tmp_path, selection
+    trainer_and_rollouts, toy_train_dataset, selection
 ):
     outputs, rewards, pictures = [], [], []
     fast = dict(text_threshold=1.5, image_threshold=1.5, threshold_floor="schedule")
     for kwargs in ({}, fast):
-        trainer, reward, _ = trainer_and_rollouts(
-            tiny_model, processor, dataset, tmp_path, reward_step_selection=selection, **kwargs
-        )
-        outputs.append(trainer._generate_and_score_completions(batch(dataset)))
+        trainer, reward, _ = trainer_and_rollouts(reward_step_selection=selection, **kwargs)
+        outputs.append(trainer._generate_and_score_completions(batch(toy_train_dataset)))
         rewards.append(reward.batches[0])
         pictures.append(trainer._last_trajectory)
     exact, thresholded = outputs
@@ -180,10 +155,10 @@ def test_thresholds_above_one_with_schedule_floor_train_as_the_exact_engine(
     assert torch.equal(exact_picture.x0, picture.x0)
 
 
-def test_stale_input_cache_is_corrected_by_importance_sampling(processor, tiny_model, dataset, tmp_path):
-    trainer, _, trajectories = trainer_and_rollouts(tiny_model, processor, dataset, tmp_path, input_cache_refresh=4)
+def test_stale_input_cache_is_corrected_by_importance_sampling(trainer_and_rollouts, toy_train_dataset):
+    trainer, _, trajectories = trainer_and_rollouts(input_cache_refresh=4)
     assert trainer._corrects_off_policy
-    out = trainer._generate_and_score_completions(batch(dataset))
+    out = trainer._generate_and_score_completions(batch(toy_train_dataset))
     (trajectory,) = trajectories
     mask = out["completion_mask"]
     old = likelihood(trainer, out)
@@ -199,10 +174,8 @@ def test_stale_input_cache_is_corrected_by_importance_sampling(processor, tiny_m
     assert trajectory.row_num_steps.eq(trainer._schedule_num_steps).all()  # the cache alone keeps the schedule
 
 
-def test_a_short_training_run_on_the_fast_sampler(processor, tiny_model, dataset, tmp_path):
-    trainer, _, _ = trainer_and_rollouts(
-        tiny_model, processor, dataset, tmp_path, **FAST, threshold_cap=30, input_cache_refresh=2
-    )
+def test_a_short_training_run_on_the_fast_sampler(trainer_and_rollouts):
+    trainer, _, _ = trainer_and_rollouts(**FAST, threshold_cap=30, input_cache_refresh=2)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -227,14 +200,12 @@ class NormalizedStepReward(StepReward):
         return self.normalizer(self.raw_scores(states))
 
 
-def test_calibration_reads_its_steps_on_each_rows_own_steps(processor, tiny_model, dataset, tmp_path):
+def test_calibration_reads_its_steps_on_each_rows_own_steps(make_grpo_config, make_trainer, tiny_model, tmp_path):
     reward = NormalizedStepReward()
-    trainer = DiffusionGRPOTrainer(
+    trainer = make_trainer(
+        make_grpo_config(tmp_path, **JOB, **FAST, reward_calibration_fraction=0.5),
+        [reward],
         model=tiny_model(**PEAKED),
-        reward_funcs=[reward],
-        args=grpo_config(tmp_path, **FAST, reward_calibration_fraction=0.5),
-        train_dataset=dataset,
-        processing_class=processor,
     )
     trajectories = []
     rollout = trainer._rollout

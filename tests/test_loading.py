@@ -7,7 +7,6 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from pararl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from pararl.models import ATTENTION_LORA_TARGETS, MaskedDiffusionLM
 from pararl.sft import ParallelSFTConfig, ParallelSFTTrainer, pretokenize_dataset
 from pararl.toy import build_toy_dataset
@@ -124,25 +123,16 @@ def test_sft_resume_with_missing_adapter_keys_raises(processor, tiny_model, tmp_
     assert dropped[0] in str(error.value)
 
 
-def test_pararl_resume_with_missing_adapter_keys_raises(processor, tiny_model, tmp_path):
+def test_pararl_resume_with_missing_adapter_keys_raises(make_grpo_config, make_trainer, tiny_model, tmp_path):
     model = lora(tiny_model())
     model.save_pretrained(tmp_path / "checkpoint-1")
     drop_adapter_keys(tmp_path / "checkpoint-1", count=1)
-    trainer = DiffusionGRPOTrainer(
+    toy = build_toy_dataset("train", num_samples=8, seed=0)
+    trainer = make_trainer(
+        make_grpo_config(tmp_path),
+        lambda completions, **kwargs: [0.0] * len(completions),
         model=model,
-        reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
-        args=DiffusionGRPOConfig(
-            output_dir=str(tmp_path),
-            use_cpu=True,
-            bf16=False,
-            report_to="none",
-            per_device_train_batch_size=4,
-            num_generations=4,
-            diffusion_steps=8,
-            num_reward_steps=2,
-        ),
-        train_dataset=build_toy_dataset("train", num_samples=8, seed=0),
-        processing_class=processor,
+        train_dataset=toy,
     )
     with pytest.raises(ValueError, match="1 missing key"):
         trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))

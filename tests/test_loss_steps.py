@@ -6,47 +6,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pararl.grpo import DiffusionGRPOConfig
 from pararl.grpo.trainer import DiffusionGRPOTrainer
 from pararl.rewards import Reward, RewardStates
-from pararl.toy import build_toy_dataset
 
 
-G = 4  # rollouts per prompt
+G = 4  # rollouts per prompt: the tiny job's num_generations (conftest.TINY_GRPO)
 NUM_STEPS = 8
 TEXT_T, IMAGE_T = 0.7, 1.3
 BLOCKS = dict(block_length=13, image_start=0.25)  # 2 text blocks; the image starts at step 2
 THRESHOLDS = dict(text_threshold=0.1, image_threshold=0.3)  # rows of the peaked tiny policy end early
 
 
-@pytest.fixture(scope="module")
-def dataset():
-    return build_toy_dataset("train", num_samples=16, seed=0)
-
-
-def grpo_config(output_dir, **kwargs) -> DiffusionGRPOConfig:
-    defaults = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        per_device_train_batch_size=2 * G,
-        num_generations=G,
-        diffusion_steps=NUM_STEPS,
-        num_reward_steps=3,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=0.05,
-        beta=0.0,
-        seed=0,
-        log_trajectory_pictures=False,
-        loss_steps="all",
-        text_temperature=TEXT_T,
-        image_temperature=IMAGE_T,
-    )
-    return DiffusionGRPOConfig(**{**defaults, **kwargs})
+# The tiny job (conftest's make_grpo_config) with loss_steps="all", 2 prompts x G rollouts per step, 2 steps, the
+# temperatures above and no trajectory pictures.
+JOB = dict(
+    per_device_train_batch_size=2 * G,
+    diffusion_steps=NUM_STEPS,
+    max_steps=2,
+    log_trajectory_pictures=False,
+    loss_steps="all",
+    text_temperature=TEXT_T,
+    image_temperature=IMAGE_T,
+)
 
 
 class StepReward(Reward):
@@ -57,22 +38,23 @@ class StepReward(Reward):
         return self.last
 
 
-def generate(tiny_model, processor, dataset, tmp_path, **kwargs):
-    """One generation batch of 2 prompts x G rollouts: the trainer, its output rows and the trajectory."""
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(initializer_range=0.5),
-        reward_funcs=[StepReward()],
-        args=grpo_config(tmp_path, **kwargs),
-        train_dataset=dataset,
-        processing_class=processor,
-    )
-    trainer.model.train()
-    trajectories = []
-    rollout = trainer._rollout
-    trainer._rollout = lambda *a, **kw: trajectories.append(rollout(*a, **kw)) or trajectories[-1]
-    out = trainer._generate_and_score_completions([dataset[i] for i in range(2) for _ in range(G)])
-    (trajectory,) = trajectories
-    return trainer, out, trajectory
+@pytest.fixture
+def generate(make_trainer, make_grpo_config, tiny_model, toy_train_dataset, tmp_path):
+    """One generation batch of 2 prompts x G rollouts on a peaked tiny policy: `generate(**config)` -> the trainer, its
+    output rows and the trajectory."""
+
+    def run(**kwargs):
+        args = make_grpo_config(tmp_path, **{**JOB, **kwargs})
+        trainer = make_trainer(args, [StepReward()], model=tiny_model(initializer_range=0.5))
+        trainer.model.train()
+        trajectories = []
+        rollout = trainer._rollout
+        trainer._rollout = lambda *a, **kw: trajectories.append(rollout(*a, **kw)) or trajectories[-1]
+        out = trainer._generate_and_score_completions([toy_train_dataset[i] for i in range(2) for _ in range(G)])
+        (trajectory,) = trajectories
+        return trainer, out, trajectory
+
+    return run
 
 
 def trainer_logps(trainer, out) -> torch.Tensor:
@@ -139,12 +121,11 @@ def check_rows(trainer, processor, out, trajectory, group: int) -> list[int]:
 
 
 @pytest.mark.parametrize("decoding", ["blocks", "thresholds"])
-def test_all_steps_score_every_token_once_on_the_state_before_its_step(
-    processor, tiny_model, dataset, tmp_path, decoding
-):
+def test_all_steps_score_every_token_once_on_the_state_before_its_step(generate, processor, decoding):
     fast = decoding == "thresholds"
     trainer, out, trajectory = generate(
-        tiny_model, processor, dataset, tmp_path, **(THRESHOLDS if fast else BLOCKS), remasking="low_confidence"
+        **(THRESHOLDS if fast else BLOCKS),
+        remasking="low_confidence",
     )
     starts = check_rows(trainer, processor, out, trajectory, group=1)
     image = processor.image_slot_mask
@@ -165,12 +146,8 @@ def test_all_steps_score_every_token_once_on_the_state_before_its_step(
     assert "importance_sampling_ratio" not in out
 
 
-def test_grouped_steps_score_each_group_on_the_state_before_its_first_step(processor, tiny_model, dataset, tmp_path):
+def test_grouped_steps_score_each_group_on_the_state_before_its_first_step(generate, processor):
     trainer, out, trajectory = generate(
-        tiny_model,
-        processor,
-        dataset,
-        tmp_path,
         **BLOCKS,
         loss_step_group=3,
         vllm_importance_sampling_mode="token_truncate",
@@ -200,9 +177,10 @@ def slot_advantages(trainer) -> torch.Tensor:
     return torch.tensor(list(trainer._logs["advantages"])).view(-1, 3)
 
 
-def test_all_steps_credit_each_token_with_the_reward_to_go(processor, tiny_model, dataset, tmp_path):
+def test_all_steps_credit_each_token_with_the_reward_to_go(generate, processor):
     trainer, out, trajectory = generate(
-        tiny_model, processor, dataset, tmp_path, reward_step_selection="fixed", reward_steps=[1, 4, 5]
+        reward_step_selection="fixed",
+        reward_steps=[1, 4, 5],
     )
     advantages = slot_advantages(trainer)
     assert out["advantages"].shape == out["completion_mask"].shape
@@ -217,8 +195,8 @@ def test_all_steps_credit_each_token_with_the_reward_to_go(processor, tiny_model
             assert (rows[i, others, position] == 0).all()
 
 
-def test_output_level_all_steps_gives_every_token_the_final_advantage(processor, tiny_model, dataset, tmp_path):
-    trainer, out, trajectory = generate(tiny_model, processor, dataset, tmp_path, reward_step_selection="final")
+def test_output_level_all_steps_gives_every_token_the_final_advantage(generate, processor):
+    trainer, out, trajectory = generate(reward_step_selection="final")
     # The rewards are of the final outputs only: by hand, the group z-score of each rollout's final reward.
     final = torch.tensor(trainer.rewards[0].last)
     assert len(final) == trajectory.batch_size  # one state per rollout: its final output
@@ -231,10 +209,12 @@ def test_output_level_all_steps_gives_every_token_the_final_advantage(processor,
     assert (rows[:, ~maskable] == 0).all()
 
 
-def test_schedule_steps_that_reveal_nothing_make_no_row(processor, tiny_model, dataset, tmp_path):
+def test_schedule_steps_that_reveal_nothing_make_no_row(generate, processor):
     # 32 steps, 2 text blocks of 13 tokens in 16 steps each, the image from step 16: steps 13-15 reveal nothing.
     trainer, out, trajectory = generate(
-        tiny_model, processor, dataset, tmp_path, diffusion_steps=32, image_start=0.5, block_length=13
+        diffusion_steps=32,
+        image_start=0.5,
+        block_length=13,
     )
     plan = trainer.reveal_plan
     busy = [k for k in range(32) if plan.text_counts[k] + plan.image_counts[k]]
@@ -253,33 +233,33 @@ def test_schedule_steps_that_reveal_nothing_make_no_row(processor, tiny_model, d
         (dict(likelihood="random_mask"), "use likelihood='trajectory' or loss_steps='rewarded'"),
     ],
 )
-def test_nonsense_loss_step_settings_are_refused(tmp_path, kwargs, message):
+def test_nonsense_loss_step_settings_are_refused(make_grpo_config, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        grpo_config(tmp_path, **kwargs)
+        make_grpo_config(tmp_path, **{**JOB, **kwargs})
 
 
 def word_count(completions, **kwargs):
     return [len(text.split()) / 10 for text in completions]
 
 
-def train(tiny_model, processor, dataset, output_dir, peft_config=None, **kwargs) -> DiffusionGRPOTrainer:
-    defaults = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_iterations=2, max_steps=2)
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[word_count, StepReward()],
-        args=grpo_config(output_dir, **{**defaults, **kwargs}),
-        train_dataset=dataset,
-        processing_class=processor,
-        peft_config=peft_config,
-    )
-    trainer.train()
-    return trainer
+@pytest.fixture
+def train(make_trainer, make_grpo_config):
+    """Factory of trainers of 2-rollout micro-batches, 2 accumulation steps and 2 iterations per generation, trained
+    for 2 steps: `train(output_dir, peft_config=None, start=True, **config)` (`start=False`: not trained yet)."""
+
+    def run(output_dir, peft_config=None, start=True, **kwargs) -> DiffusionGRPOTrainer:
+        defaults = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_iterations=2, max_steps=2)
+        args = make_grpo_config(output_dir, **{**JOB, **defaults, **kwargs})
+        trainer = make_trainer(args, [word_count, StepReward()], peft_config=peft_config)
+        if start:
+            trainer.train()
+        return trainer
+
+    return run
 
 
 @pytest.mark.parametrize("variant", ["full", "lora"])
-def test_all_steps_train_with_trls_loss_iterations_kl_and_accumulation(
-    processor, tiny_model, dataset, tmp_path, variant
-):
+def test_all_steps_train_with_trls_loss_iterations_kl_and_accumulation(train, processor, tmp_path, variant):
     peft_config = None
     if variant == "lora":
         from peft import LoraConfig
@@ -287,9 +267,7 @@ def test_all_steps_train_with_trls_loss_iterations_kl_and_accumulation(
         from pararl.models import ATTENTION_LORA_TARGETS
 
         peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=list(ATTENTION_LORA_TARGETS))
-    trainer = train(
-        tiny_model, processor, dataset, tmp_path, peft_config, loss_step_group=2, beta=0.1, loss_type="dr_grpo"
-    )
+    trainer = train(tmp_path, peft_config, loss_step_group=2, beta=0.1, loss_type="dr_grpo")
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 2 and trainer._generation_round == 1  # one generation, two iterations over it
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logs)
@@ -304,7 +282,7 @@ def test_all_steps_train_with_trls_loss_iterations_kl_and_accumulation(
     assert trainer.state.num_input_tokens_seen == 4 * tokens
 
 
-def test_resume_mid_generation_window_is_exact_with_all_steps(processor, tiny_model, dataset, tmp_path):
+def test_resume_mid_generation_window_is_exact_with_all_steps(train, tmp_path):
     kwargs = dict(
         gradient_accumulation_steps=1,
         num_iterations=1,
@@ -314,14 +292,8 @@ def test_resume_mid_generation_window_is_exact_with_all_steps(processor, tiny_mo
         save_steps=1,
         loss_step_group=2,
     )
-    uninterrupted = train(tiny_model, processor, dataset, tmp_path / "a", **kwargs)
-    resumed = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[word_count, StepReward()],
-        args=grpo_config(tmp_path / "b", per_device_train_batch_size=2, **kwargs),
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+    uninterrupted = train(tmp_path / "a", **kwargs)
+    resumed = train(tmp_path / "b", start=False, **kwargs)
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))  # mid-window: buffered rows
     expected = {e["step"]: e for e in uninterrupted.state.log_history if "loss" in e}
     actual = {e["step"]: e for e in resumed.state.log_history if "loss" in e}

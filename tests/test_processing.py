@@ -50,34 +50,36 @@ def make_preset(**overrides):
 
 
 @pytest.fixture
-def processor():
+def small_processor():
+    """A processor small enough to write its sequences out by hand: a 2x3 code grid of 4 colours, 12 words
+    (conftest's `processor` is the toy world's)."""
     return ParallelProcessor(make_tokenizer(), PaletteImageTokenizer(PALETTE, (2, 3), 2), make_preset())
 
 
-def test_output_layout_and_spans(processor):
+def test_output_layout_and_spans(small_processor):
     # <soi> 6 image slots <eoi> <bos> 5 text slots
-    assert processor.output_length == 1 + 6 + 1 + 1 + 5
-    assert processor.image_positions.tolist() == [1, 2, 3, 4, 5, 6]
-    assert processor.text_positions.tolist() == [9, 10, 11, 12, 13]
-    template = processor.masked_outputs(2)
+    assert small_processor.output_length == 1 + 6 + 1 + 1 + 5
+    assert small_processor.image_positions.tolist() == [1, 2, 3, 4, 5, 6]
+    assert small_processor.text_positions.tolist() == [9, 10, 11, 12, 13]
+    template = small_processor.masked_outputs(2)
     assert template.shape == (2, 14)
     assert template[0, 0] == 5 and template[0, 7] == 6 and template[0, 8] == 1
-    assert processor.maskable_mask.sum() == 11
-    assert (template[:, processor.maskable_mask] == 4).all()
+    assert small_processor.maskable_mask.sum() == 11
+    assert (template[:, small_processor.maskable_mask] == 4).all()
 
 
-def test_slot_masks_mark_each_modality_and_the_mask_column_is_the_text_vocabularys_own(processor):
-    assert processor.image_slot_mask.nonzero().squeeze(-1).tolist() == [1, 2, 3, 4, 5, 6]
-    assert processor.text_slot_mask.nonzero().squeeze(-1).tolist() == [9, 10, 11, 12, 13]
-    assert torch.equal(processor.image_slot_mask | processor.text_slot_mask, processor.maskable_mask)
-    assert processor.preset.text_mask_column == 4 and processor.preset.image_mask_column is None
+def test_slot_masks_mark_each_modality_and_the_mask_column_is_the_text_vocabularys_own(small_processor):
+    assert small_processor.image_slot_mask.nonzero().squeeze(-1).tolist() == [1, 2, 3, 4, 5, 6]
+    assert small_processor.text_slot_mask.nonzero().squeeze(-1).tolist() == [9, 10, 11, 12, 13]
+    assert torch.equal(small_processor.image_slot_mask | small_processor.text_slot_mask, small_processor.maskable_mask)
+    assert small_processor.preset.text_mask_column == 4 and small_processor.preset.image_mask_column is None
     assert make_preset(mask_token_id=11, image_token_offset=10).image_mask_column == 1
     assert MMADA_PARALLEL_M.text_mask_column == 126336 and MMADA_PARALLEL_M.image_mask_column is None
 
 
-def test_encode_prompts_layout_and_padding(processor):
+def test_encode_prompts_layout_and_padding(small_processor):
     codes = torch.tensor([[0, 1, 2], [3, 0, 1]])
-    batch = processor.encode_prompts(["make the square red", "make it blue"], images=[codes, None])
+    batch = small_processor.encode_prompts(["make the square red", "make it blue"], images=[codes, None])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     first = [7, 5, 32, 33, 34, 35, 32, 33, 6, 1] + [10, 11, 12, 13] + [2]
     second = [8, 1, 10, 17, 14, 2]
@@ -88,9 +90,9 @@ def test_encode_prompts_layout_and_padding(processor):
     assert mask[1].tolist() == [1] * len(second) + [0] * (len(first) - len(second))
 
 
-def test_unconditional_rows(processor):
+def test_unconditional_rows(small_processor):
     codes = torch.tensor([[0, 1, 2], [3, 0, 1]])
-    batch = processor.encode_prompts(
+    batch = small_processor.encode_prompts(
         ["make the square red"] * 3,
         images=[codes] * 3,
         drop_prompt=[True, False, True],
@@ -103,27 +105,27 @@ def test_unconditional_rows(processor):
     assert batch["attention_mask"][2].sum() == 3
 
 
-def test_encode_outputs_and_decode_invert(processor):
+def test_encode_outputs_and_decode_invert(small_processor):
     codes = torch.tensor([[[0, 1, 2], [3, 0, 1]], [[3, 3, 3], [2, 2, 2]]])
-    outputs = processor.encode_outputs(["it becomes red .", "blue"], [codes[0], codes[1]])
-    assert outputs[0, processor.text_positions].tolist() == [17, 18, 13, 19, 2]
-    assert outputs[1, processor.text_positions].tolist() == [14, 2, 2, 2, 2]
-    assert processor.decode_text(outputs) == ["it becomes red .", "blue"]
-    assert torch.equal(processor.image_codes(outputs), codes)
-    pixels = processor.decode_images(processor.image_codes(outputs))
-    assert torch.equal(processor.image_tokenizer.encode(pixels), codes)
+    outputs = small_processor.encode_outputs(["it becomes red .", "blue"], [codes[0], codes[1]])
+    assert outputs[0, small_processor.text_positions].tolist() == [17, 18, 13, 19, 2]
+    assert outputs[1, small_processor.text_positions].tolist() == [14, 2, 2, 2, 2]
+    assert small_processor.decode_text(outputs) == ["it becomes red .", "blue"]
+    assert torch.equal(small_processor.image_codes(outputs), codes)
+    pixels = small_processor.decode_images(small_processor.image_codes(outputs))
+    assert torch.equal(small_processor.image_tokenizer.encode(pixels), codes)
 
 
-def test_decode_partial_state_drops_masks(processor):
+def test_decode_partial_state_drops_masks(small_processor):
     codes = torch.tensor([[0, 1, 2], [3, 0, 1]])
-    outputs = processor.encode_outputs(["it becomes red ."], [codes])
+    outputs = small_processor.encode_outputs(["it becomes red ."], [codes])
     partial = outputs.clone()
-    partial[0, processor.text_positions[1]] = 4
-    partial[0, processor.image_positions[:2]] = 4
-    assert processor.decode_text(partial) == ["it red ."]
-    grid = processor.image_codes(partial)
+    partial[0, small_processor.text_positions[1]] = 4
+    partial[0, small_processor.image_positions[:2]] = 4
+    assert small_processor.decode_text(partial) == ["it red ."]
+    grid = small_processor.image_codes(partial)
     assert grid[0, 0].tolist() == [-1, -1, 2]
-    pixels = processor.decode_images(grid)
+    pixels = small_processor.decode_images(grid)
     assert torch.all(pixels[0, :, :2, :4] == 0.5)  # the two unknown cells (2 px each) are grey
     assert not torch.all(pixels[0, :, :2, 4:] == 0.5)
 
@@ -146,38 +148,40 @@ def test_pad_prompt_to_max_fills_with_attended_tokens():
     assert batch["attention_mask"][0].sum() == 9
 
 
-def test_pil_images_are_encoded(processor):
+def test_pil_images_are_encoded(small_processor):
     codes = torch.tensor([[0, 1, 2], [3, 0, 1]])
     from pararl.image_tokenizers import tensor_to_images
 
-    image = tensor_to_images(processor.image_tokenizer.decode(codes[None]))[0]
-    batch = processor.encode_prompts(["red"], images=[image])
+    image = tensor_to_images(small_processor.image_tokenizer.decode(codes[None]))[0]
+    batch = small_processor.encode_prompts(["red"], images=[image])
     assert batch["input_ids"][0, 2:8].tolist() == (codes.flatten() + 32).tolist()
 
 
-def test_concat(processor):
-    inputs = processor.encode_prompts(["red", "make the square red"])
-    outputs = processor.masked_outputs(2)
-    full = processor.concat(inputs, outputs)
-    assert full["input_ids"].shape == (2, inputs["input_ids"].size(1) + processor.output_length)
-    assert (full["attention_mask"][:, -processor.output_length :] == 1).all()
+def test_concat(small_processor):
+    inputs = small_processor.encode_prompts(["red", "make the square red"])
+    outputs = small_processor.masked_outputs(2)
+    full = small_processor.concat(inputs, outputs)
+    assert full["input_ids"].shape == (2, inputs["input_ids"].size(1) + small_processor.output_length)
+    assert (full["attention_mask"][:, -small_processor.output_length :] == 1).all()
 
 
-def test_bad_inputs(processor):
+def test_bad_inputs(small_processor):
     with pytest.raises(ValueError, match=r"prompt\[1\] has 7 tokens, over the budget of 6"):
-        processor.encode_prompts(["red", "make the square red so it becomes"])
-    with pytest.raises(ValueError, match=r"codes must be integers in \[0, 4\)"):
-        processor.encode_prompts(["red"], images=[torch.tensor([[0, 1, 2], [3, 0, 4]])])
-    with pytest.raises(ValueError, match=r"image codes have shape \(3, 2\), expected \(2, 3\)"):
-        processor.encode_prompts(["red"], images=[torch.zeros(3, 2, dtype=torch.long)])
+        small_processor.encode_prompts(["red", "make the square red so it becomes"])
+    with pytest.raises(ValueError, match=r"images\[0\] \(a code grid\) has codes in \[0, 4\], outside the codebook"):
+        small_processor.encode_prompts(["red"], images=[torch.tensor([[0, 1, 2], [3, 0, 4]])])
+    with pytest.raises(ValueError, match=r"prompts\[0\]: must be a string, got list \(pararl uses no chat templates"):
+        small_processor.encode_prompts([[{"role": "user", "content": "red"}]])
+    with pytest.raises(ValueError, match=r"images\[0\] \(a code grid\) has shape \(3, 2\), expected \(2, 3\)"):
+        small_processor.encode_prompts(["red"], images=[torch.zeros(3, 2, dtype=torch.long)])
     with pytest.raises(ValueError, match="tasks\\[0\\] is 'paint'"):
-        processor.encode_prompts(["red"], tasks=["paint"])
+        small_processor.encode_prompts(["red"], tasks=["paint"])
     with pytest.raises(ValueError, match=r"reasoning\[0\] has 5 tokens"):
-        processor.encode_outputs(["it becomes red . red"], [torch.zeros(2, 3, dtype=torch.long)])
+        small_processor.encode_outputs(["it becomes red . red"], [torch.zeros(2, 3, dtype=torch.long)])
     with pytest.raises(ValueError, match=r"output images\[0\] is missing"):
-        processor.encode_outputs(["red"], [None])
+        small_processor.encode_outputs(["red"], [None])
     with pytest.raises(ValueError, match="images has 1 entries but there are 2 prompts"):
-        processor.encode_prompts(["red", "blue"], images=[None])
+        small_processor.encode_prompts(["red", "blue"], images=[None])
 
 
 def test_truncation_warns():
@@ -220,13 +224,12 @@ def test_load_processor_builds_from_module_function_and_names_bad_specs():
         load_processor("pararl.toy:world_vocabulary")
 
 
-def test_model_config_kwargs_match_the_shipped_toy_policy():
+def test_model_config_kwargs_match_the_shipped_toy_policy(processor):
     import json
     from pathlib import Path
 
-    from pararl.toy import toy_policy_path, toy_processor
+    from pararl.toy import toy_policy_path
 
-    processor = toy_processor()
     shipped = json.loads((Path(toy_policy_path()) / "config.json").read_text())
     kwargs = processor.preset.model_config_kwargs()
     assert kwargs == {key: shipped[key] for key in kwargs}

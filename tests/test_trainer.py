@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel
 
-from pararl.grpo import DiffusionGRPOConfig
 from pararl.grpo.callbacks import TrajectoryPictureCallback
 from pararl.grpo.trainer import DiffusionGRPOTrainer
 from pararl.image_tokenizers import tensor_to_images
@@ -27,33 +26,7 @@ from pararl.toy import build_toy_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LORA_TARGETS = list(ATTENTION_LORA_TARGETS)
-G = 4  # rollouts per prompt
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    return build_toy_dataset("train", num_samples=16, seed=0)
-
-
-def grpo_config(output_dir, **kwargs) -> DiffusionGRPOConfig:
-    defaults = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        per_device_train_batch_size=G,
-        num_generations=G,
-        diffusion_steps=8,
-        num_reward_steps=3,
-        max_steps=3,
-        logging_steps=1,
-        learning_rate=0.05,
-        beta=0.0,
-        seed=0,
-    )
-    return DiffusionGRPOConfig(**{**defaults, **kwargs})
+G = 4  # rollouts per prompt: the tiny job's num_generations (conftest.TINY_GRPO)
 
 
 # ------------------------------------------------------------------------------------------------------ rewards
@@ -189,19 +162,13 @@ def logged_steps(trainer) -> dict[int, dict]:
 
 # ---------------------------------------------------------------------------------------------- full fine-tune
 @pytest.fixture(scope="module")
-def full_run(processor, tiny_model, dataset, tmp_path_factory):
+def full_run(make_grpo_config, make_trainer, tiny_model, tmp_path_factory):
     """Three ParaRL steps, full fine-tuning with a KL term, a plain callable and a `Reward` subclass, weighted."""
     output_dir = tmp_path_factory.mktemp("full")
     model = tiny_model()
     before = snapshot(model)
-    args = grpo_config(output_dir, beta=0.1, reward_weights=[0.5, 2.0])
-    trainer = DiffusionGRPOTrainer(
-        model=model,
-        reward_funcs=[word_count, ImageBrightness()],
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+    args = make_grpo_config(output_dir, beta=0.1, reward_weights=[0.5, 2.0])
+    trainer = make_trainer(args, [word_count, ImageBrightness()], model=model)
     trainer.train()
     return trainer, before
 
@@ -248,15 +215,9 @@ def test_training_logs_trl_and_pararl_metrics(full_run):
     assert pictures and all(name.endswith(".png") for name in pictures)
 
 
-def test_trajectory_pictures_come_from_a_callback_the_trainer_adds(processor, tiny_model, dataset, tmp_path):
+def test_trajectory_pictures_come_from_a_callback_the_trainer_adds(make_grpo_config, make_trainer, tmp_path):
     def pictures_callbacks(**kwargs):
-        trainer = DiffusionGRPOTrainer(
-            model=tiny_model(),
-            reward_funcs=[word_count],
-            args=grpo_config(tmp_path, max_steps=1, **kwargs),
-            train_dataset=dataset,
-            processing_class=processor,
-        )
+        trainer = make_trainer(make_grpo_config(tmp_path, max_steps=1, **kwargs), [word_count])
         callbacks = [c for c in trainer.callback_handler.callbacks if isinstance(c, TrajectoryPictureCallback)]
         return trainer, callbacks
 
@@ -292,18 +253,16 @@ def test_full_fine_tune_with_kl_has_a_frozen_reference(full_run):
 
 # ------------------------------------------------------------------------------------------------------- LoRA
 @pytest.fixture(scope="module")
-def lora_run(processor, tiny_model, dataset, tmp_path_factory):
+def lora_run(make_grpo_config, make_trainer, tiny_model, tmp_path_factory):
     """Two LoRA steps with a KL term; the base model is saved first, for the export test."""
     root = tmp_path_factory.mktemp("lora")
     model = tiny_model()
     model.save_pretrained(root / "base")
-    args = grpo_config(root / "out", beta=0.1, max_steps=2)
-    trainer = DiffusionGRPOTrainer(
+    args = make_grpo_config(root / "out", beta=0.1, max_steps=2)
+    trainer = make_trainer(
+        args,
+        [word_count, ImageBrightness()],
         model=model,
-        reward_funcs=[word_count, ImageBrightness()],
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS),
     )
     before = snapshot(trainer.model)
@@ -326,10 +285,10 @@ def test_lora_trains_only_adapters_without_a_second_model(lora_run):
     assert "kl" in logged_steps(trainer)[2]
 
 
-def test_lora_reference_logps_are_the_adapter_disabled_model(lora_run, processor, dataset):
+def test_lora_reference_logps_are_the_adapter_disabled_model(lora_run, processor, toy_train_dataset):
     trainer, _, _ = lora_run
     trainer.model.train()
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 1))
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 1))
     args = trainer.args
     # A row's model input is its completion with the scored tokens masked again (the state before its step).
     scored = out["completion_mask"].bool()
@@ -343,7 +302,7 @@ def test_lora_reference_logps_are_the_adapter_disabled_model(lora_run, processor
     assert (policy - reference).abs().max() > 1e-4
 
 
-def test_export_lora_merges_into_a_standalone_model(lora_run, processor, dataset):
+def test_export_lora_merges_into_a_standalone_model(lora_run, processor, toy_train_dataset):
     trainer, _, root = lora_run
     trainer.save_model()
     adapter_dir = Path(trainer.args.output_dir)
@@ -361,7 +320,7 @@ def test_export_lora_merges_into_a_standalone_model(lora_run, processor, dataset
     assert not (merged_dir / "adapter_config.json").exists()
     assert (merged_dir / "tokenizer_config.json").is_file()
 
-    rows = dataset.select(range(2))
+    rows = toy_train_dataset.select(range(2))
     encoded = processor.encode_prompts(rows["prompt"], rows["image"], rows["task"])
     inputs = processor.concat(encoded, processor.masked_outputs(2))
     base = MaskedDiffusionLM.from_pretrained(root / "base")
@@ -375,37 +334,32 @@ def test_export_lora_merges_into_a_standalone_model(lora_run, processor, dataset
 
 
 # ------------------------------------------------------------------------------------------------- exactness
-def scoring_trainer(
-    tiny_model, processor, dataset, tmp_path, **kwargs
-) -> tuple[DiffusionGRPOTrainer, RecordingReward]:
-    """A trainer that is only used to generate and score (no `train()`), with a recording reward."""
-    reward = RecordingReward()
-    args = grpo_config(tmp_path, per_device_train_batch_size=2 * G, **kwargs)
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[reward, word_count],
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
-    )
-    trainer.model.train()
-    return trainer, reward
+@pytest.fixture
+def scoring_trainer(make_trainer, make_grpo_config, tmp_path):
+    """Factory of trainers only used to generate and score (no `train()`), with a recording reward:
+    `scoring_trainer(**config)` -> `(trainer, reward)`."""
+
+    def build(**kwargs) -> tuple[DiffusionGRPOTrainer, RecordingReward]:
+        reward = RecordingReward()
+        trainer = make_trainer(
+            make_grpo_config(tmp_path, per_device_train_batch_size=2 * G, **kwargs), [reward, word_count]
+        )
+        trainer.model.train()
+        return trainer, reward
+
+    return build
 
 
-def test_row_logps_equal_the_rebuilt_state_and_the_rollout(processor, tiny_model, dataset, tmp_path):
+def test_row_logps_equal_the_rebuilt_state_and_the_rollout(scoring_trainer, processor, toy_train_dataset):
     steps = [0, 3, 7]
     trainer, _ = scoring_trainer(
-        tiny_model,
-        processor,
-        dataset,
-        tmp_path,
         reward_step_selection="fixed",
         reward_steps=steps,
         text_temperature=0.7,
         image_temperature=1.3,
     )
     trajectories = record_trajectories(trainer)
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     (trajectory,) = trajectories
     s = len(steps)
     assert out["completion_ids"].shape[0] == trajectory.batch_size * s
@@ -449,19 +403,13 @@ def test_row_logps_equal_the_rebuilt_state_and_the_rollout(processor, tiny_model
 
 
 @pytest.mark.parametrize("selection", ["fixed", "final"])
-def test_trajectory_picture_panels_carry_the_rewards_of_their_step(
-    processor, tiny_model, dataset, tmp_path, selection
-):
+def test_trajectory_picture_panels_carry_the_rewards_of_their_step(scoring_trainer, toy_train_dataset, selection):
     steps = [0, 3, 7]
     trainer, reward = scoring_trainer(
-        tiny_model,
-        processor,
-        dataset,
-        tmp_path,
         reward_step_selection=selection,
         reward_steps=steps if selection == "fixed" else None,
     )
-    trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     ((states, values),) = reward.batches
     _, prompts, panel_rewards = trainer._last_trajectory
     # Rollout 0's reward states come first: its weighted reward (RecordingReward + word_count) at each rewarded step.
@@ -469,11 +417,11 @@ def test_trajectory_picture_panels_carry_the_rewards_of_their_step(
     expected = {int(states.steps[i]): values[i] + word_count([states.texts[i]])[0] for i in first}
     assert panel_rewards == pytest.approx(expected, abs=1e-6)
     assert list(panel_rewards) == (steps if selection == "fixed" else [trainer.args.diffusion_steps - 1])
-    assert prompts == [generation_batch(dataset, 2)[0]["prompt"]]
+    assert prompts == [generation_batch(toy_train_dataset, 2)[0]["prompt"]]
 
 
-def test_advantages_on_a_crafted_reward_matrix(processor, tiny_model, dataset, tmp_path):
-    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, reward_weights=[1.0, 0.5])
+def test_advantages_on_a_crafted_reward_matrix(scoring_trainer):
+    trainer, _ = scoring_trainer(reward_weights=[1.0, 0.5])
     s = 3
     generator = torch.Generator().manual_seed(0)
     rewards = torch.rand(2 * G * s, 2, generator=generator)
@@ -495,11 +443,9 @@ def test_advantages_on_a_crafted_reward_matrix(processor, tiny_model, dataset, t
 
 
 @pytest.mark.parametrize("mode", ["per_step", "trajectory_mean"])
-def test_advantages_end_to_end(processor, tiny_model, dataset, tmp_path, mode):
-    trainer, reward = scoring_trainer(
-        tiny_model, processor, dataset, tmp_path, advantage_mode=mode, reward_weights=[1.0, 0.5]
-    )
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+def test_advantages_end_to_end(scoring_trainer, toy_train_dataset, mode):
+    trainer, reward = scoring_trainer(advantage_mode=mode, reward_weights=[1.0, 0.5])
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     ((states, values),) = reward.batches
     s = 3
     # Steps are shared by the G rollouts of a group and drawn afresh per group.
@@ -510,12 +456,12 @@ def test_advantages_end_to_end(processor, tiny_model, dataset, tmp_path, mode):
     torch.testing.assert_close(out["advantages"], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_final_step_selection_is_output_level_grpo(processor, tiny_model, dataset, tmp_path):
-    trainer, reward = scoring_trainer(tiny_model, processor, dataset, tmp_path, reward_step_selection="final")
+def test_final_step_selection_is_output_level_grpo(scoring_trainer, processor, toy_train_dataset):
+    trainer, reward = scoring_trainer(reward_step_selection="final")
     s = trainer.args.num_reward_steps
     assert s == 3 and trainer.output_level
     trajectories = record_trajectories(trainer)
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     (trajectory,), ((states, values),) = trajectories, reward.batches
     last = trainer.args.diffusion_steps - 1
     # One reward state per rollout: its final output.
@@ -538,15 +484,9 @@ def test_final_step_selection_is_output_level_grpo(processor, tiny_model, datase
     torch.testing.assert_close(out["advantages"], per_rollout.repeat_interleave(s), atol=1e-5, rtol=1e-5)
 
 
-def test_num_iterations_stores_old_logps_and_moves_the_ratio(processor, tiny_model, dataset, tmp_path):
-    args = grpo_config(tmp_path, num_iterations=2, max_steps=2, learning_rate=0.1)
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[word_count, ImageBrightness()],
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+def test_num_iterations_stores_old_logps_and_moves_the_ratio(make_grpo_config, make_trainer, tmp_path):
+    args = make_grpo_config(tmp_path, num_iterations=2, max_steps=2, learning_rate=0.1)
+    trainer = make_trainer(args, [word_count, ImageBrightness()])
     passes = []
     compute_loss = trainer._compute_loss
     get_logps = trainer._get_per_token_logps_and_entropies
@@ -580,27 +520,21 @@ def test_num_iterations_stores_old_logps_and_moves_the_ratio(processor, tiny_mod
 
 
 # ------------------------------------------------------------------------------------------------------- resume
-def test_resume_from_checkpoint_matches_an_uninterrupted_run(processor, tiny_model, dataset, tmp_path):
-    def make_trainer(output_dir):
-        args = grpo_config(
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(make_grpo_config, make_trainer, tmp_path):
+    def trainer_in(output_dir):
+        args = make_grpo_config(
             output_dir, max_steps=4, save_strategy="steps", save_steps=2, reward_calibration_fraction=0.25
         )
         rewards = [word_count, NormalizedLength(RewardNormalizer())]
-        return DiffusionGRPOTrainer(
-            model=tiny_model(),
-            reward_funcs=rewards,
-            args=args,
-            train_dataset=dataset,
-            processing_class=processor,
-        )
+        return make_trainer(args, rewards)
 
-    uninterrupted = make_trainer(tmp_path / "a")
+    uninterrupted = trainer_in(tmp_path / "a")
     uninterrupted.train()
     checkpoint = tmp_path / "a" / "checkpoint-2"
     saved = json.loads((checkpoint / "reward_state.json").read_text())
     assert saved["rewards"]["normalized_length"]["normalizer"]["mean"] is not None
 
-    resumed = make_trainer(tmp_path / "b")
+    resumed = trainer_in(tmp_path / "b")
     resumed.train(resume_from_checkpoint=str(checkpoint))
     # The normaliser comes back from the checkpoint instead of being re-fitted on the step-2 policy.
     normalizer = resumed.rewards[1].normalizer
@@ -629,51 +563,33 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(processor, tiny_mod
         (dict(reward_step_selection="fixed", reward_steps=[8]), r"reward_steps \[8\] must lie in"),
     ],
 )
-def test_inconsistent_config_is_rejected(tmp_path, kwargs, message):
+def test_inconsistent_config_is_rejected(make_grpo_config, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        grpo_config(tmp_path, **kwargs)
+        make_grpo_config(tmp_path, **kwargs)
 
 
-def test_non_string_prompt_is_rejected(processor, tiny_model, tmp_path):
+def test_non_string_prompt_is_rejected(make_grpo_config, make_trainer, tmp_path):
     chat = [[{"role": "user", "content": "draw a red circle"}]] * 8
     rows = datasets.Dataset.from_dict({"prompt": chat})
     # Refused at construction (every row is checked before training), naming the dataset row and the column.
     with pytest.raises(ValueError, match="row 0, column 'prompt': must be a string, got list"):
-        DiffusionGRPOTrainer(
-            model=tiny_model(),
-            reward_funcs=word_count,
-            args=grpo_config(tmp_path, max_steps=1),
-            train_dataset=rows,
-            processing_class=processor,
-        )
+        make_trainer(make_grpo_config(tmp_path, max_steps=1), word_count, train_dataset=rows)
 
 
-def test_reward_with_the_wrong_number_of_values_is_rejected(processor, tiny_model, dataset, tmp_path):
+def test_reward_with_the_wrong_number_of_values_is_rejected(make_grpo_config, make_trainer, tmp_path):
     def one_value(completions, **kwargs):
         return [1.0]
 
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[one_value],
-        args=grpo_config(tmp_path, max_steps=1),
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+    trainer = make_trainer(make_grpo_config(tmp_path, max_steps=1), [one_value])
     with pytest.raises(ValueError, match=r"reward 'one_value' returned 1 values for 12 states"):
         trainer.train()
 
 
 # ------------------------------------------------------------------------------------------------- calibration
-def test_unfitted_normalizer_is_calibrated_before_the_first_step(processor, tiny_model, dataset, tmp_path):
+def test_unfitted_normalizer_is_calibrated_before_the_first_step(make_grpo_config, make_trainer, tmp_path):
     reward = NormalizedLength(RewardNormalizer())
-    args = grpo_config(tmp_path, max_steps=1, reward_calibration_fraction=0.5, reward_clip=2.0)
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[reward],
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+    args = make_grpo_config(tmp_path, max_steps=1, reward_calibration_fraction=0.5, reward_clip=2.0)
+    trainer = make_trainer(args, [reward])
     trainer.train()
     # 50% of 16 prompts, one rollout each, scored at num_reward_steps = 3 steps, decoded in batches of the per-device
     # generation batch (4 rollouts) like training, before any training step.
@@ -691,23 +607,17 @@ def test_unfitted_normalizer_is_calibrated_before_the_first_step(processor, tiny
     assert step["rewards/normalized_length/mean"] == pytest.approx(sum(reward.normalizer(raw)) / len(raw), rel=1e-5)
 
 
-def test_given_reward_mean_and_std_skip_calibration(processor, tiny_model, dataset, tmp_path):
+def test_given_reward_mean_and_std_skip_calibration(make_grpo_config, make_trainer, tmp_path):
     reward = NormalizedLength(RewardNormalizer())
-    args = grpo_config(tmp_path, max_steps=1, reward_mean=3.0, reward_std=0.5)
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[reward],
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+    args = make_grpo_config(tmp_path, max_steps=1, reward_mean=3.0, reward_std=0.5)
+    trainer = make_trainer(args, [reward])
     trainer.train()
     assert reward.normalizer.state_dict() == {"mean": 3.0, "std": 0.5, "clip": 1.0}
     assert len(reward.raw_calls) == 1 and reward.raw_calls[0][1]  # only the training step scored, already fitted
 
 
-def test_to_rollout_config_carries_every_decoder_setting(tmp_path):
-    args = grpo_config(
+def test_to_rollout_config_carries_every_decoder_setting(make_grpo_config, tmp_path):
+    args = make_grpo_config(
         tmp_path,
         diffusion_steps=6,
         text_schedule="cosine",
@@ -727,7 +637,7 @@ def test_to_rollout_config_carries_every_decoder_setting(tmp_path):
     assert (config.image_start, config.text_temperature, config.image_temperature) == (0.25, 0.7, 0.9)
     assert (config.top_k, config.remasking, config.order) == (5, "random", "text_then_image")
     assert (config.text_guidance_scale, config.image_guidance_scale, config.guidance_drop) == (1.5, 2.0, "prompt")
-    assert grpo_config(tmp_path).to_rollout_config().top_k is None  # TRL's top_k=0 means "off"
+    assert make_grpo_config(tmp_path).to_rollout_config().top_k is None  # TRL's top_k=0 means "off"
 
 
 # ------------------------------------------------------------------------------------------- on-policy or corrected
@@ -748,10 +658,10 @@ def sampler_logps(trajectory, out, s: int = 3) -> torch.Tensor:
     return trajectory.token_logprobs[torch.arange(rows) // s] * out["completion_mask"]
 
 
-def test_top_k_rollouts_are_scored_with_the_same_filter(processor, tiny_model, dataset, tmp_path):
-    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, top_k=3)
+def test_top_k_rollouts_are_scored_with_the_same_filter(scoring_trainer, toy_train_dataset):
+    trainer, _ = scoring_trainer(top_k=3)
     trajectories = record_trajectories(trainer)
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     (trajectory,) = trajectories
     scored = out["completion_mask"].bool()
     # The likelihood replays the top-k filter: the same numbers as the sampler (no correction needed).
@@ -765,13 +675,9 @@ def test_top_k_rollouts_are_scored_with_the_same_filter(processor, tiny_model, d
     "mode, clip_min, clip_max", [("sequence_mask", None, 3.0), ("token_truncate", 0.8, 1.1), ("token_mask", 0.9, 1.1)]
 )
 def test_guided_rollouts_are_corrected_with_trls_importance_sampling(
-    processor, tiny_model, dataset, tmp_path, mode, clip_min, clip_max
+    scoring_trainer, toy_train_dataset, mode, clip_min, clip_max
 ):
     trainer, _ = scoring_trainer(
-        tiny_model,
-        processor,
-        dataset,
-        tmp_path,
         text_guidance_scale=3.0,
         image_guidance_scale=3.0,
         loss_type="grpo",
@@ -780,7 +686,7 @@ def test_guided_rollouts_are_corrected_with_trls_importance_sampling(
         vllm_importance_sampling_clip_max=clip_max,
     )
     trajectories = record_trajectories(trainer)
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     (trajectory,) = trajectories
     mask = out["completion_mask"]
     sampling = sampler_logps(trajectory, out)
@@ -818,27 +724,23 @@ def test_guided_rollouts_are_corrected_with_trls_importance_sampling(
     assert abs(expected_loss.item() - uncorrected.item()) > 1e-4
 
 
-def test_guidance_without_the_correction_warns(processor, tiny_model, dataset, tmp_path):
+def test_guidance_without_the_correction_warns(scoring_trainer):
     with pytest.warns(UserWarning, match="off-policy.*uncorrected"):
         scoring_trainer(
-            tiny_model,
-            processor,
-            dataset,
-            tmp_path,
             text_guidance_scale=2.0,
             vllm_importance_sampling_correction=False,
         )
 
 
-def test_rollouts_run_under_the_likelihoods_autocast(processor, tiny_model, dataset, tmp_path):
-    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, bf16=True)
+def test_rollouts_run_under_the_likelihoods_autocast(scoring_trainer, toy_train_dataset):
+    trainer, _ = scoring_trainer(bf16=True)
     seen = []
     hook = trainer.model.model.register_forward_pre_hook(
         lambda module, args: seen.append(torch.is_autocast_enabled("cpu"))
     )
     rollouts = record_trajectories(trainer)
     try:
-        trainer._generate_and_score_completions(generation_batch(dataset, 2))
+        trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     finally:
         hook.remove()
     assert rollouts and len(seen) > 1
@@ -846,7 +748,9 @@ def test_rollouts_run_under_the_likelihoods_autocast(processor, tiny_model, data
 
 
 # -------------------------------------------------------------------------------------------- the right reference
-def test_prewrapped_peft_adapter_is_its_own_reference(processor, tiny_model, dataset, tmp_path):
+def test_prewrapped_peft_adapter_is_its_own_reference(
+    make_grpo_config, make_trainer, tiny_model, toy_train_dataset, tmp_path
+):
     from peft import get_peft_model
 
     def sft_adapter():
@@ -857,38 +761,24 @@ def test_prewrapped_peft_adapter_is_its_own_reference(processor, tiny_model, dat
                     param.normal_(0.0, 0.5)
         return model
 
-    args = grpo_config(tmp_path, beta=0.1, per_device_train_batch_size=2 * G)
-    trainer = DiffusionGRPOTrainer(
-        model=sft_adapter(), reward_funcs=[word_count], args=args, train_dataset=dataset, processing_class=processor
-    )
+    args = make_grpo_config(tmp_path, beta=0.1, per_device_train_batch_size=2 * G)
+    trainer = make_trainer(args, [word_count], model=sft_adapter())
     assert args.beta == 0.1 and trainer.args is args and trainer.beta == 0.1
     assert "ref" in trainer.model.peft_config  # TRL's frozen copy of the SFT adapter
     trainer.model.train()
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     scored = out["completion_mask"].bool()
     # The reference is the SFT adapter, so KL is 0 at step 0 (the base model without it would not be).
     torch.testing.assert_close(out["ref_per_token_logps"][scored], likelihood(trainer, out)[scored], atol=1e-6, rtol=0)
     with pytest.raises(NotImplementedError, match="sync_ref_model=True.*PEFT"):
-        DiffusionGRPOTrainer(
-            model=sft_adapter(),
-            reward_funcs=[word_count],
-            args=grpo_config(tmp_path, beta=0.1, sync_ref_model=True),
-            train_dataset=dataset,
-            processing_class=processor,
-        )
+        make_trainer(make_grpo_config(tmp_path, beta=0.1, sync_ref_model=True), [word_count], model=sft_adapter())
 
 
-def test_sync_ref_model_with_full_fine_tuning(processor, tiny_model, dataset, tmp_path):
-    args = grpo_config(
+def test_sync_ref_model_with_full_fine_tuning(make_grpo_config, make_trainer, tmp_path):
+    args = make_grpo_config(
         tmp_path, beta=0.1, sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=1.0, max_steps=2
     )
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[word_count],
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+    trainer = make_trainer(args, [word_count])
     assert args.beta == 0.1 and args.sync_ref_model
     before = args.to_dict()
     trainer.train()
@@ -899,18 +789,14 @@ def test_sync_ref_model_with_full_fine_tuning(processor, tiny_model, dataset, tm
     assert logged_steps(trainer)[2]["kl"] > 0
 
 
-def test_full_fine_tune_reference_is_loaded_from_the_policy_folder(processor, tiny_model, dataset, tmp_path):
+def test_full_fine_tune_reference_is_loaded_from_the_policy_folder(
+    make_grpo_config, make_trainer, tiny_model, tmp_path
+):
     folder = tmp_path / "policy"
     tiny_model(seed=3).save_pretrained(folder)
 
     def make(model):
-        return DiffusionGRPOTrainer(
-            model=model,
-            reward_funcs=[word_count],
-            args=grpo_config(tmp_path / "out", beta=0.1),
-            train_dataset=dataset,
-            processing_class=processor,
-        )
+        return make_trainer(make_grpo_config(tmp_path / "out", beta=0.1), [word_count], model=model)
 
     # A policy whose parameters ZeRO-3 has partitioned (marked as DeepSpeed marks them): never copied from memory.
     policy = MaskedDiffusionLM.from_pretrained(folder)
@@ -929,9 +815,9 @@ def test_full_fine_tune_reference_is_loaded_from_the_policy_folder(processor, ti
 
 
 # --------------------------------------------------------------------------------------- resumable, eval apart
-def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, tiny_model, dataset, tmp_path):
-    def make_trainer(output_dir):
-        args = grpo_config(
+def test_resume_mid_generation_window_matches_an_uninterrupted_run(make_grpo_config, make_trainer, tmp_path):
+    def trainer_in(output_dir):
+        args = make_grpo_config(
             output_dir,
             per_device_train_batch_size=2,
             steps_per_generation=2,
@@ -939,19 +825,13 @@ def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, ti
             save_strategy="steps",
             save_steps=1,
         )
-        return DiffusionGRPOTrainer(
-            model=tiny_model(),
-            reward_funcs=[word_count, ImageBrightness()],
-            args=args,
-            train_dataset=dataset,
-            processing_class=processor,
-        )
+        return make_trainer(args, [word_count, ImageBrightness()])
 
-    uninterrupted = make_trainer(tmp_path / "a")
+    uninterrupted = trainer_in(tmp_path / "a")
     uninterrupted.train()
     expected = logged_steps(uninterrupted)
     for start in (1, 3):  # mid-window checkpoints: the next step trains on rollouts of an earlier policy
-        resumed = make_trainer(tmp_path / f"b{start}")
+        resumed = trainer_in(tmp_path / f"b{start}")
         resumed.train(resume_from_checkpoint=str(tmp_path / "a" / f"checkpoint-{start}"))
         actual = logged_steps(resumed)
         assert resumed._generation_round == uninterrupted._generation_round == 2
@@ -967,20 +847,17 @@ def test_resume_mid_generation_window_matches_an_uninterrupted_run(processor, ti
     assert not (tmp_path / "a" / "checkpoint-2" / "rollout_buffer-rank0.safetensors").exists()
     (tmp_path / "a" / "checkpoint-3" / "rollout_buffer-rank0.safetensors").unlink()
     with pytest.raises(ValueError, match="save_steps a multiple of 2"):
-        make_trainer(tmp_path / "c").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+        trainer_in(tmp_path / "c").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
 
 
-def test_evaluation_does_not_move_the_training_noise(processor, tiny_model, dataset, tmp_path):
+def test_evaluation_does_not_move_the_training_noise(make_grpo_config, make_trainer, tmp_path):
     eval_dataset = build_toy_dataset("test", num_samples=2, seed=1)
 
     def run(output_dir, **kwargs):
-        trainer = DiffusionGRPOTrainer(
-            model=tiny_model(),
-            reward_funcs=[word_count, ImageBrightness()],
-            args=grpo_config(output_dir, max_steps=2, per_device_eval_batch_size=G, **kwargs),
-            train_dataset=dataset,
+        trainer = make_trainer(
+            make_grpo_config(output_dir, max_steps=2, per_device_eval_batch_size=G, **kwargs),
+            [word_count, ImageBrightness()],
             eval_dataset=eval_dataset,
-            processing_class=processor,
         )
         trainer.train()
         return trainer
@@ -1008,7 +885,7 @@ def test_evaluation_does_not_move_the_training_noise(processor, tiny_model, data
 
 
 # ------------------------------------------------------------------------------------------ rewards as TRL passes
-def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(processor, tiny_model, dataset, tmp_path):
+def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(make_grpo_config, make_trainer, tmp_path):
     seen_steps = []
 
     def staged(completions, trainer_state, log_metric, log_extra, **kwargs):
@@ -1017,13 +894,7 @@ def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(proces
         log_extra("num_words", [len(text.split()) for text in completions])
         return [len(text.split()) / 10 for text in completions]
 
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[staged],
-        args=grpo_config(tmp_path, max_steps=2, log_completions=True),
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+    trainer = make_trainer(make_grpo_config(tmp_path, max_steps=2, log_completions=True), [staged])
     trainer.train()
     assert seen_steps == [0, 1]
     assert all("staged/words" in entry for entry in logged_steps(trainer).values())
@@ -1034,20 +905,14 @@ def test_reward_callables_get_trls_trainer_state_log_metric_and_log_extra(proces
     assert trainer._logs["extra"]["num_words"][0] == len(trainer._logs["completion"][0].split())
 
 
-def test_a_reward_that_teaches_nothing_is_named_in_a_warning(processor, tiny_model, dataset, tmp_path):
+def test_a_reward_that_teaches_nothing_is_named_in_a_warning(make_grpo_config, make_trainer, tmp_path):
     def revealed_only(completions, text_revealed, **kwargs):  # the schedule fixes it per step
         return list(text_revealed)
 
     def never(completions, **kwargs):
         return [None] * len(completions)
 
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[word_count, revealed_only, never],
-        args=grpo_config(tmp_path, max_steps=3),
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+    trainer = make_trainer(make_grpo_config(tmp_path, max_steps=3), [word_count, revealed_only, never])
     with pytest.warns(UserWarning) as record:
         trainer.train()
     messages = [str(warning.message) for warning in record]
@@ -1057,9 +922,9 @@ def test_a_reward_that_teaches_nothing_is_named_in_a_warning(processor, tiny_mod
 
 
 # ------------------------------------------------------------------------------------------------------ smaller
-def test_dr_grpo_divides_by_the_scored_tokens_of_a_row(processor, tiny_model, dataset, tmp_path):
-    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, loss_type="dr_grpo")
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+def test_dr_grpo_divides_by_the_scored_tokens_of_a_row(scoring_trainer, processor, toy_train_dataset):
+    trainer, _ = scoring_trainer(loss_type="dr_grpo")
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     mask = out["completion_mask"]
     plan = trainer.reveal_plan
     most = max(text + image for text, image in zip(plan.text_counts, plan.image_counts))
@@ -1071,8 +936,8 @@ def test_dr_grpo_divides_by_the_scored_tokens_of_a_row(processor, tiny_model, da
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
 
 
-def test_top_entropy_quantile_is_taken_per_modality(processor, tiny_model, dataset, tmp_path):
-    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path)
+def test_top_entropy_quantile_is_taken_per_modality(scoring_trainer, processor):
+    trainer, _ = scoring_trainer()
     length = processor.output_length
     image = torch.zeros(length, dtype=torch.bool)
     image[processor.image_positions] = True
@@ -1087,20 +952,16 @@ def test_top_entropy_quantile_is_taken_per_modality(processor, tiny_model, datas
         assert 0.4 < share < 0.6, share  # the top half of each modality, not the text alone
 
 
-def test_mask_truncated_completions_is_refused(tmp_path):
+def test_mask_truncated_completions_is_refused(make_grpo_config, tmp_path):
     with pytest.raises(ValueError, match="mask_truncated_completions=True"):
-        grpo_config(tmp_path, mask_truncated_completions=True)
+        make_grpo_config(tmp_path, mask_truncated_completions=True)
 
 
-def test_a_user_given_normalizer_clip_is_kept(processor, tiny_model, dataset, tmp_path):
+def test_a_user_given_normalizer_clip_is_kept(make_grpo_config, make_trainer, tmp_path):
     given, default = NormalizedLength(RewardNormalizer(clip=2.0)), NormalizedLength(RewardNormalizer())
     default.name = "default_clip"
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[given, default],
-        args=grpo_config(tmp_path, max_steps=1, reward_mean=3.0, reward_std=0.5, reward_clip=1.5),
-        train_dataset=dataset,
-        processing_class=processor,
+    trainer = make_trainer(
+        make_grpo_config(tmp_path, max_steps=1, reward_mean=3.0, reward_std=0.5, reward_clip=1.5), [given, default]
     )
     trainer.train()
     assert given.normalizer.clip == 2.0 and default.normalizer.clip == 1.5
@@ -1118,9 +979,9 @@ class InputImages(Reward):
 
 
 def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(
-    processor, tiny_model, dataset, tmp_path, monkeypatch
+    scoring_trainer, processor, toy_train_dataset, monkeypatch
 ):
-    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path)
+    trainer, _ = scoring_trainer()
     recorder = InputImages()
     trainer.rewards.append(recorder)
     trainer.reward_func_names.append("input_images")
@@ -1130,8 +991,8 @@ def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(
     monkeypatch.setattr(
         processor.image_tokenizer, "encode", lambda images: encoded.append(len(images)) or encode(images)
     )
-    batch = generation_batch(dataset, 2)  # 2 prompts x G rollouts, each row a fresh copy of its image
-    with_images = sum(dataset[i]["image"] is not None for i in range(2))
+    batch = generation_batch(toy_train_dataset, 2)  # 2 prompts x G rollouts, each row a fresh copy of its image
+    with_images = sum(toy_train_dataset[i]["image"] is not None for i in range(2))
     trainer._generate_and_score_completions(batch)
     assert sum(encoded) == with_images  # once per distinct image, not once per rollout
     (images,) = recorder.batches
@@ -1159,13 +1020,15 @@ def test_each_input_image_is_encoded_once_and_image_codes_reach_the_rewards(
 
 
 # ------------------------------------------------------------------------------------------------ what is exact
-def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, tiny_model, dataset, tmp_path):
+def test_random_remasking_makes_the_trajectory_likelihood_exact(
+    scoring_trainer, processor, tiny_model, toy_train_dataset
+):
     from pararl.rollout import ParallelDecoder, RolloutConfig
 
     # Which slots a step reveals: under random remasking a function of the seed alone (so its probability,
     # prod_k 1 / C(masked_k, count_k) per modality, is a constant of the policy); under low_confidence it depends on
     # the drawn values and so on the policy, and the likelihood does not score it.
-    rows = generation_batch(dataset, 2)
+    rows = generation_batch(toy_train_dataset, 2)
     prompts, images = [row["prompt"] for row in rows], [row["image"] for row in rows]
     seeds = torch.arange(len(rows))
     for remasking, same in (("random", True), ("low_confidence", False)):
@@ -1178,11 +1041,9 @@ def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, tiny_
 
     # The values: every token is scored once, at its step, given the state before it, under the sampling
     # distribution, so the rows' log-probs sum to the trajectory's sampling log-prob of its values.
-    trainer, _ = scoring_trainer(
-        tiny_model, processor, dataset, tmp_path, remasking="random", reward_step_selection="all"
-    )
+    trainer, _ = scoring_trainer(remasking="random", reward_step_selection="all")
     trajectories = record_trajectories(trainer)
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     (trajectory,) = trajectories
     s = trainer.num_reward_steps
     assert s == 8 and int(out["completion_mask"].view(-1, s, out["completion_mask"].size(1)).sum(1).max()) == 1
@@ -1192,11 +1053,11 @@ def test_random_remasking_makes_the_trajectory_likelihood_exact(processor, tiny_
 
 
 # ------------------------------------------------------------------------------------------ likelihood at scale
-def test_likelihood_forward_columns_mask_and_chunks(processor, tiny_model, dataset, tmp_path, monkeypatch):
+def test_likelihood_forward_columns_mask_and_chunks(scoring_trainer, processor, toy_train_dataset, monkeypatch):
     import pararl.grpo.trainer as trainer_module
 
-    trainer, _ = scoring_trainer(tiny_model, processor, dataset, tmp_path, likelihood="random_mask")
-    out = trainer._generate_and_score_completions(generation_batch(dataset, 2))
+    trainer, _ = scoring_trainer(likelihood="random_mask")
+    out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     calls = []
     hook = trainer.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
     ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
@@ -1229,9 +1090,9 @@ def test_likelihood_forward_columns_mask_and_chunks(processor, tiny_model, datas
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
 
 
-def test_random_mask_likelihood_refuses_the_importance_sampling_correction(processor, tiny_model, dataset, tmp_path):
+def test_random_mask_likelihood_refuses_the_importance_sampling_correction(scoring_trainer):
     with pytest.raises(ValueError, match="needs likelihood='trajectory'"):
-        scoring_trainer(tiny_model, processor, dataset, tmp_path, likelihood="random_mask", image_guidance_scale=2.0)
+        scoring_trainer(likelihood="random_mask", image_guidance_scale=2.0)
 
 
 COLOUR_WORDS = {"red", "orange", "yellow", "green", "blue", "purple", "white", "black"}
@@ -1243,25 +1104,21 @@ def colour_share(completions, **kwargs):
 
 
 @pytest.mark.parametrize("selection", ["final", "stratified"])
-def test_the_loop_climbs_an_easy_reward(processor, tiny_model, tmp_path, selection):
-    args = grpo_config(
+def test_the_loop_climbs_an_easy_reward(make_grpo_config, make_trainer, tmp_path, selection):
+    args = make_grpo_config(
         tmp_path, per_device_train_batch_size=4 * G, max_steps=12, reward_step_selection=selection,
         learning_rate=0.02, log_trajectory_pictures=False,
     )  # fmt: skip
-    trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=[colour_share],
-        args=args,
-        train_dataset=build_toy_dataset("train", 64, seed=0),
-        processing_class=processor,
-    )
+    trainer = make_trainer(args, [colour_share], train_dataset=build_toy_dataset("train", 64, seed=0))
     trainer.train()
     rewards = [log["reward"] for log in trainer.state.log_history if "reward" in log]
     # Seeded and single-threaded, so deterministic: about 0.04 -> 0.12 (output level) and 0.07 -> 0.9 (stratified).
     assert sum(rewards[-3:]) / 3 > 2 * sum(rewards[:3]) / 3, rewards
 
 
-def test_a_run_from_a_folder_warns_of_nothing_deprecated_or_ignored(processor, tiny_model, dataset, tmp_path, caplog):
+def test_a_run_from_a_folder_warns_of_nothing_deprecated_or_ignored(
+    make_grpo_config, make_trainer, tiny_model, tmp_path, caplog
+):
     import logging
     import warnings
 
@@ -1270,10 +1127,8 @@ def test_a_run_from_a_folder_warns_of_nothing_deprecated_or_ignored(processor, t
     with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
         warnings.simplefilter("error", FutureWarning)
         # TRL's defaults (activation checkpointing on), and model_init_kwargs that load the folder.
-        args = grpo_config(tmp_path / "out", max_steps=1, model_init_kwargs={"dtype": "float32"})
-        trainer = DiffusionGRPOTrainer(
-            model=str(folder), reward_funcs=[word_count], args=args, train_dataset=dataset, processing_class=processor
-        )
+        args = make_grpo_config(tmp_path / "out", max_steps=1, model_init_kwargs={"dtype": "float32"})
+        trainer = make_trainer(args, [word_count], model=str(folder))
         trainer.train()
     assert "will be ignored" not in caplog.text
     assert args.activation_checkpointing and trainer.model.is_activation_checkpointing

@@ -66,7 +66,7 @@ from trl.trainer.utils import nanmax, nanmin, nanstd, use_adapter
 from ..data_validation import check_datasets
 from ..image_tokenizers import tensor_to_images
 from ..models import MaskedDiffusionLM
-from ..processing import ParallelProcessor
+from ..processing import ParallelProcessor, code_grid, text_problem
 from ..rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
 from ..rewards.steps import FinalStep, StepSelector, StratifiedSteps
 from ..rollout import ParallelDecoder, Trajectory, counter_uniform
@@ -756,14 +756,12 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if pil:
             for i, grid in zip(pil, self.processor.image_tokenizer.encode([distinct[i] for i in pil])):
                 grids[i] = grid
-        grid_shape = tuple(self.processor.preset.image_grid)
-        codes = [
-            i
-            for i, image in enumerate(distinct)
-            if not isinstance(image, Image.Image) and torch.as_tensor(image).numel() == math.prod(grid_shape)
+        checked = [
+            None if isinstance(image, Image.Image) else code_grid(image, self.processor.preset) for image in distinct
         ]
+        codes = [i for i, grid in enumerate(checked) if isinstance(grid, torch.Tensor)]
         if codes:  # a malformed grid stays as given: the rollout's encoder names it
-            stacked = torch.stack([torch.as_tensor(distinct[i]).long().view(grid_shape) for i in codes])
+            stacked = torch.stack([checked[i] for i in codes])
             for i, picture in zip(codes, tensor_to_images(self.processor.decode_images(stacked))):
                 pictures[i] = picture
         rollout_images = [None if j is None else grids[j] for j in owner]
@@ -1098,11 +1096,9 @@ def _split_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list, list, 
     prompts, images, tasks = [], [], []
     for i, row in enumerate(rows):
         prompt = row.get("prompt")
-        if not isinstance(prompt, str):
-            raise ValueError(
-                f"row {i}: `prompt` must be the instruction as a string (pararl does not use chat templates), got "
-                f"{type(prompt).__name__}."
-            )
+        problem = text_problem(prompt, instruction=True)
+        if problem:  # rows past a stream's checked head get here unchecked
+            raise ValueError(f"row {i} of the batch, column 'prompt': {problem}.")
         prompts.append(prompt)
         image = row.get("image")
         if image is None and row.get("image_codes") is not None:

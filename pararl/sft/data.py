@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import get_worker_info
 
-from ..processing import ParallelProcessor
+from ..processing import ParallelProcessor, code_grid, text_problem
 
 
 __all__ = ["DataCollatorForParallelSFT", "pretokenize_dataset"]
@@ -36,28 +36,6 @@ class _Rows:
     output_images: list[torch.Tensor]
 
 
-def _check_codes(codes: Any, label: str, field_name: str, processor: ParallelProcessor) -> torch.Tensor:
-    preset = processor.preset
-    grid_shape = tuple(preset.image_grid)
-    try:
-        grid = torch.as_tensor(codes)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{label}: field {field_name!r} is not a grid of integer codes ({error}).") from error
-    if grid.dim() == 1 and grid.numel() == preset.num_image_tokens:
-        grid = grid.view(grid_shape)
-    if tuple(grid.shape) != grid_shape:
-        raise ValueError(f"{label}: field {field_name!r} has shape {tuple(grid.shape)}, expected {grid_shape}.")
-    if grid.dtype.is_floating_point or grid.dtype == torch.bool:
-        raise ValueError(f"{label}: field {field_name!r} must hold integer codes, got dtype {grid.dtype}.")
-    low, high = int(grid.min()), int(grid.max())
-    if low < 0 or high >= preset.codebook_size:
-        raise ValueError(
-            f"{label}: field {field_name!r} has codes in [{low}, {high}], outside the codebook [0, "
-            f"{preset.codebook_size})."
-        )
-    return grid.long()
-
-
 def _image_codes(
     images: Sequence[Any],
     codes: Sequence[Any],
@@ -74,7 +52,10 @@ def _image_codes(
     to_encode = []
     for j, label in enumerate(labels):
         if codes[j] is not None:
-            grids[j] = _check_codes(codes[j], label, codes_field, processor)
+            grid = code_grid(codes[j], processor.preset)
+            if isinstance(grid, str):
+                raise ValueError(f"{label}: field {codes_field!r} {grid}.")
+            grids[j] = grid
             continue
         image = images[j]
         if image is None:
@@ -117,10 +98,9 @@ def _check_texts(
     processor: ParallelProcessor,
 ) -> list[str]:
     for j, text in enumerate(texts):
-        if text is None:
-            raise ValueError(f"{labels[j]}: required field {field_name!r} is missing.")
-        if not isinstance(text, str):
-            raise ValueError(f"{labels[j]}: field {field_name!r} must be a string, got {type(text).__name__}.")
+        problem = text_problem(text, instruction=field_name == "prompt")
+        if problem:
+            raise ValueError(f"{labels[j]}: field {field_name!r} {problem}.")
     lengths = [len(ids) for ids in processor.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     over = [j for j, length in enumerate(lengths) if length > budget]
     if over and not truncate:

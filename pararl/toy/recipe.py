@@ -16,7 +16,6 @@ __all__ = [
     "TOY_REWARDS",
     "TOY_TRAIN_CATEGORIES",
     "TOY_TRAIN_SAMPLES",
-    "diffusion_peft_config",
     "format_category_changes",
     "format_coordination_changes",
     "paired_reward_summary",
@@ -102,25 +101,11 @@ def toy_grpo_config(**overrides):
     return DiffusionGRPOConfig(**{**TOY_GRPO_DEFAULTS, "use_cpu": on_cpu, "bf16": not on_cpu, **overrides})
 
 
-def diffusion_peft_config(model_args):
-    """TRL's `get_peft_config(model_args)` for a masked-diffusion model (None without `use_peft`): no task type (it is
-    no causal LM, so the plain `PeftModel` passes every forward argument through) and, unless `lora_target_modules`
-    names others, the attention projections."""
-    from trl import get_peft_config
-
-    from ..models import ATTENTION_LORA_TARGETS
-
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None:
-        peft_config.task_type = None
-        if model_args.lora_target_modules is None:
-            peft_config.target_modules = list(ATTENTION_LORA_TARGETS)
-    return peft_config
-
-
 def toy_lora_config(lora_r: int = TOY_LORA["lora_r"], lora_alpha: int = TOY_LORA["lora_alpha"]):
     """The toy main job's LoRA adapter (of `lora_r` and `lora_alpha`), as `examples/pararl.py` builds it."""
     from trl import ModelConfig
+
+    from ..cli import diffusion_peft_config
 
     return diffusion_peft_config(ModelConfig(use_peft=True, lora_r=lora_r, lora_alpha=lora_alpha))
 
