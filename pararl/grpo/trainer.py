@@ -227,7 +227,7 @@ class _TRLAdapter(GRPOTrainer):
             self._logs["images"].extend(gather_object([[states.images[i]] for i in state_of_row]))
 
 
-# ======================================================================================================================
+# End of the TRL internals adapter. ====================================================================================
 class DiffusionGRPOTrainer(_TRLAdapter):
     """Trainer for ParaRL (MMaDA-Parallel, https://huggingface.co/papers/2511.09611).
 
