@@ -93,23 +93,11 @@ def test_adapter_accessors_reach_trls_state(processor, tiny_model, tmp_path):
     from pararl.grpo import DiffusionGRPOConfig
     from pararl.toy import build_toy_dataset
 
-    args = DiffusionGRPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=4,
-        num_generations=4,
-        diffusion_steps=4,
-        num_reward_steps=2,
-        log_trajectory_pictures=False,
-    )
+    tiny = dict(per_device_train_batch_size=4, num_generations=4, diffusion_steps=4, num_reward_steps=2)
+    args = DiffusionGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **tiny)
+    dataset = build_toy_dataset("train", num_samples=4, seed=0)
     trainer = DiffusionGRPOTrainer(
-        model=tiny_model(),
-        reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
-        args=args,
-        train_dataset=build_toy_dataset("train", num_samples=4, seed=0),
-        processing_class=processor,
+        tiny_model(), lambda completions, **kw: [0.0] * len(completions), args, dataset, None, processor
     )
     assert trainer._micro_step == trainer._step == 0
     trainer._micro_step = 3
