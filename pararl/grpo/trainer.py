@@ -15,7 +15,7 @@ Words used below (`_RowIndex` has the index maps between them):
 - *row*: one TRL completion row, what the loss scores: a (rollout, step) pair, or a (rollout, step group) pair.
 - *step group*: `loss_step_group` consecutive denoising steps that one row scores together (loss_steps="all").
 - *slots* index the output part, *positions* the whole sequence; a modality's *span* is its slots (`text_positions`).
-- *columns* are dataset columns (they reach the rewards); a modality's *vocabulary range* holds its token ids.
+- *columns* are a table's (the dataset's reach the rewards); the token ids a modality samples are its *vocabulary range*.
 
 Each (rollout, step) pair is one TRL *completion row*, encoded so that TRL's loss code needs no change:
 
