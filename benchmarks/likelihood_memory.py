@@ -48,7 +48,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from pararl.grpo.trainer import DiffusionGRPOTrainer, _LikelihoodSpan
+from pararl.grpo.trainer import DiffusionGRPOTrainer, _grouped_bounds, _likelihood_spans, _scheduled_group_starts
 from pararl.models import MaskedDiffusionConfig, MaskedDiffusionLM
 from pararl.processing import MMADA_PARALLEL_M, ParallelProcessor
 from pararl.rollout.schedules import build_reveal_plan
@@ -129,22 +129,9 @@ def make_rows(processor, case: str, rows: int):
 
 def after(model, processor, case, ids, mask, logits_to_keep):
     """The trainer's likelihood as it is now (called on a stand-in for the trainer)."""
-    preset = processor.preset
     plan = build_reveal_plan(STEPS, len(processor.text_positions), len(processor.image_positions))
-    trajectory = case == "trajectory"
-    spans = tuple(
-        _LikelihoodSpan(
-            slots=slots,
-            vocab_range=vocab_range,
-            exclude=exclude,
-            temperature=1.0,
-            num_scored=max(counts) if trajectory else len(slots),
-        )
-        for slots, vocab_range, exclude, counts in (
-            (processor.text_positions, preset.text_vocab_range, preset.text_mask_column, plan.text_counts),
-            (processor.image_positions, preset.image_vocab_range, preset.image_mask_column, plan.image_counts),
-        )
-    )
+    max_scored = (max(plan.text_counts), max(plan.image_counts)) if case == "trajectory" else None
+    spans = _likelihood_spans(processor, max_scored, (1.0, 1.0))
     trainer = SimpleNamespace(
         _spans=spans,
         processor=processor,
@@ -273,31 +260,15 @@ def synthetic_trajectory(processor, plan, rollouts: int, generator: torch.Genera
 
 def loss_trainer(processor, plan, loss_steps: str, group: int) -> SimpleNamespace:
     """A stand-in trainer with what the row builder and the likelihood read, sized as `__init__` sizes them."""
-    from pararl.grpo.trainer import _grouped_bounds
-
-    preset = processor.preset
-    spans = tuple(
-        _LikelihoodSpan(
-            slots=slots,
-            vocab_range=vocab_range,
-            exclude=exclude,
-            temperature=1.0,
-            num_scored=min(max(_grouped_bounds(counts, group)), len(slots)),
-        )
-        for slots, vocab_range, exclude, counts in (
-            (processor.text_positions, preset.text_vocab_range, preset.text_mask_column, plan.text_counts),
-            (processor.image_positions, preset.image_vocab_range, preset.image_mask_column, plan.image_counts),
-        )
-    )
-    counts = [t + i for t, i in zip(plan.text_counts, plan.image_counts)]
+    max_scored = tuple(max(_grouped_bounds(counts, group)) for counts in (plan.text_counts, plan.image_counts))
     return SimpleNamespace(
-        _spans=spans,
+        _spans=_likelihood_spans(processor, max_scored, (1.0, 1.0)),
         processor=processor,
         rollout_config=SimpleNamespace(top_k=None),
         accelerator=SimpleNamespace(autocast=contextlib.nullcontext),
         loss_all_steps=loss_steps == "all",
         args=SimpleNamespace(loss_step_group=group),
-        _loss_group_starts=[a for a in range(0, len(counts), group) if sum(counts[a : a + group])],
+        _loss_group_starts=_scheduled_group_starts(plan, group, plan.num_steps),
     )
 
 

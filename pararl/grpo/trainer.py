@@ -9,6 +9,14 @@ The trainer is TRL's `GRPOTrainer` with three seams replaced:
    step k, given the state before step k, under the modality's own sampling distribution;
 3. checkpoint hooks that also save and restore the reward normalisers.
 
+Words used below (`_RowIndex` has the index maps between them):
+
+- *rollout*: one decoded output of one prompt; the G rollouts of a prompt form its *group*.
+- *row*: one TRL completion row, what the loss scores: a (rollout, step) pair, or a (rollout, step group) pair.
+- *step group*: `loss_step_group` consecutive denoising steps that one row scores together (loss_steps="all").
+- *slots* index the output part, *positions* the whole sequence; a modality's *span* is its slots (`text_positions`).
+- *columns* are a table's (the dataset's reach the rewards); the token ids a modality samples are its *vocabulary range*.
+
 Each (rollout, step) pair is one TRL *completion row*, encoded so that TRL's loss code needs no change:
 
 - `prompt_ids` / `prompt_mask`: the input part (right-padded; padding masked);
@@ -69,7 +77,7 @@ from ..models import MaskedDiffusionLM
 from ..processing import ParallelProcessor, code_grid, text_problem
 from ..rewards import Reward, RewardStates, as_reward, compute_rewards, get_step_selector
 from ..rewards.steps import FinalStep, StepSelector, StratifiedSteps
-from ..rollout import ParallelDecoder, Trajectory, counter_uniform
+from ..rollout import ParallelDecoder, RevealPlan, Trajectory, counter_uniform
 from ..weight_files import check_resume_checkpoint
 from .callbacks import TrajectoryPictureCallback
 from .config import DiffusionGRPOConfig
@@ -92,7 +100,135 @@ _EVAL_ROUND_OFFSET = 2**40
 _NO_GRAD_LOGITS_BUDGET = 2**28
 
 
-class DiffusionGRPOTrainer(GRPOTrainer):
+# ======================================================================================================================
+# TRL internals adapter
+#
+# What pararl relies on that TRL's `GRPOTrainer` (and transformers' `Trainer`) does not publish: the private methods it
+# overrides or calls and the private state it reads or writes, written against TRL 1.16. The state and the called
+# methods are touched only inside `_TRLAdapter`; the overridden methods are `DiffusionGRPOTrainer`'s seams.
+# tests/test_trl_adapter.py checks every name against the installed TRL and fails naming any an upgrade renamed.
+# ======================================================================================================================
+TRL_INTERNALS: tuple[tuple[str, str], ...] = (
+    # (name, how pararl uses it). "override": a method TRL calls and pararl replaces (a rename would bypass pararl's);
+    # "call": a method pararl calls; "class": a class attribute TRL reads; "state": an attribute GRPOTrainer.__init__
+    # sets and pararl reads or writes.
+    ("_generate_and_score_completions", "override"),
+    ("_get_per_token_logps_and_entropies", "override"),
+    ("_compute_loss", "override"),
+    ("_save_checkpoint", "override"),  # transformers.Trainer
+    ("_load_from_checkpoint", "override"),  # transformers.Trainer
+    ("_load_optimizer_and_scheduler", "override"),  # transformers.Trainer
+    ("_log_completion_extra", "call"),
+    ("_log_metric", "call"),
+    ("_get_output_dir", "call"),  # transformers.Trainer
+    ("_tag_names", "class"),
+    ("_name", "class"),
+    ("_step", "state"),  # micro-steps so far: the generation window's position
+    ("_buffered_inputs", "state"),  # the generation window's rows, split per micro-step
+    ("_metrics", "state"),  # {"train" | "eval": {metric: [values]}}
+    ("_logs", "state"),  # the completions table: {column: deque}, "rewards" and "extra" {name: deque}
+    ("_pending_extra_logs", "state"),  # what reward callables passed `log_extra` since the last flush
+    ("_pending_metrics", "state"),  # what reward callables passed `log_metric` since the last flush
+    ("use_vllm", "state"),  # `_compute_loss` applies `importance_sampling_ratio` only when set
+)
+
+
+class _TRLAdapter(GRPOTrainer):
+    """`GRPOTrainer` with accessors of the private state in `TRL_INTERNALS`: the one place pararl reads or writes it."""
+
+    def _compute_loss(self, model, inputs):
+        if "importance_sampling_ratio" not in inputs:
+            return super()._compute_loss(model, inputs)
+        # TRL multiplies the per-token loss by `inputs["importance_sampling_ratio"]` only when `use_vllm`, the one
+        # place `_compute_loss` reads that flag: raise it for the call, so the correction is TRL's own code.
+        self.use_vllm = True
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self.use_vllm = False
+
+    @property
+    def _micro_step(self) -> int:
+        """TRL's micro-step counter (generation windows are counted in it)."""
+        return self._step
+
+    @_micro_step.setter
+    def _micro_step(self, value: int) -> None:
+        self._step = value
+
+    @property
+    def _buffered_rows(self) -> list[dict[str, torch.Tensor]] | None:
+        """The rows of the current generation window, one batch per micro-step, that TRL trains on next."""
+        return self._buffered_inputs
+
+    @_buffered_rows.setter
+    def _buffered_rows(self, value: list[dict[str, torch.Tensor]] | None) -> None:
+        self._buffered_inputs = value
+
+    def _checkpoint_folder(self, trial) -> str:
+        """The folder transformers' `_save_checkpoint` writes this step's checkpoint to."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        return os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+
+    def _metric_lists(self, mode: str) -> dict[str, list]:
+        """TRL's metric lists of `mode` (`"train"` / `"eval"`), averaged at the next log."""
+        return self._metrics[mode]
+
+    def _reward_extras(self) -> dict[str, Any]:
+        """What TRL 1.16 passes every reward callable besides the completions and the dataset columns."""
+        return {
+            "trainer_state": self.state,
+            "log_extra": self._log_completion_extra,
+            "log_metric": self._log_metric,
+        }
+
+    def _discard_reward_logs(self) -> None:
+        """Drops what reward callables logged (`log_extra`, `log_metric`) since the last flush."""
+        self._pending_extra_logs.clear()
+        self._pending_metrics.clear()
+
+    def _flush_reward_logs(self, mode, num_states, state_of_reward_row) -> None:
+        """The completions-table columns (`log_extra`, one value per scored state, spread to the state's reward
+        rows) and scalar metrics (`log_metric`) that reward callables logged, gathered as TRL does."""
+        for column in sorted(set(gather_object(list(self._pending_extra_logs)))):
+            values = self._pending_extra_logs.get(column, [None] * num_states)
+            if len(values) != num_states:
+                raise ValueError(
+                    f"log_extra({column!r}, ...) got {len(values)} values for {num_states} scored states; log one "
+                    "value per state."
+                )
+            self._logs["extra"][column].extend(gather_object([values[i] for i in state_of_reward_row.tolist()]))
+        self._pending_extra_logs.clear()
+        for name in sorted(set(gather_object(list(self._pending_metrics)))):
+            values = self._pending_metrics.get(name, [])
+            local = torch.tensor([sum(values), len(values)], dtype=torch.float32, device=self.accelerator.device)
+            total, count = self.accelerator.gather(local).view(-1, 2).sum(dim=0).tolist()
+            self._metrics[mode][name].append(total / max(count, 1))
+        self._pending_metrics.clear()
+
+    def _size_completions_table(self, num_rows: int) -> None:
+        """Keeps the last `num_rows` rows of every completions-table column."""
+        for key in ("images", "prompt", "completion", "advantages"):
+            self._logs[key] = deque(maxlen=num_rows)
+        self._logs["rewards"] = defaultdict(lambda: deque(maxlen=num_rows))
+        self._logs["extra"] = defaultdict(lambda: deque(maxlen=num_rows))
+
+    def _log_completions(self, rewards_per_func, advantages, states, state_of_reward_row) -> None:
+        """The completions table: one row per reward row (a (rollout, step) pair), like the rewards and advantages."""
+        state_of_row = state_of_reward_row.tolist()
+        self._logs["prompt"].extend(gather_object([states.prompts[i] for i in state_of_row]))
+        self._logs["completion"].extend(gather_object([states.texts[i] for i in state_of_row]))
+        for i, name in enumerate(self.reward_func_names):
+            self._logs["rewards"][name].extend(rewards_per_func[:, i].tolist())
+        self._logs["advantages"].extend(advantages.tolist())
+        self._logs["extra"]["step"].extend(gather_object(states.steps[state_of_reward_row].tolist()))
+        if self.log_completions or self.log_multimodal:  # the table's image column: the partial output image
+            self._logs["images"].extend(gather_object([[states.images[i]] for i in state_of_row]))
+
+
+# End of the TRL internals adapter. ====================================================================================
+class DiffusionGRPOTrainer(_TRLAdapter):
     """Trainer for ParaRL (MMaDA-Parallel, https://huggingface.co/papers/2511.09611).
 
     Example:
@@ -145,53 +281,22 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         peft_config: Any = None,
         step_selector: StepSelector | None = None,
     ):
-        if not isinstance(args, DiffusionGRPOConfig):
-            raise TypeError("args must be a DiffusionGRPOConfig (a GRPOConfig lacks the rollout and reward settings).")
-        if not isinstance(processing_class, ParallelProcessor):
-            raise TypeError(
-                "processing_class must be a pararl ParallelProcessor (text tokenizer + image tokenizer + preset), "
-                f"got {type(processing_class).__name__}."
-            )
-        if args.multi_objective_aggregation != "sum_then_normalize":
-            raise ValueError("DiffusionGRPOTrainer supports multi_objective_aggregation='sum_then_normalize' only.")
+        _check_arguments(args, processing_class)
         self.processor = processing_class
         check_datasets(processing_class, "pararl", train_dataset, eval_dataset)  # every row, before the model loads
 
-        # TRL builds models from `config.architectures` through the transformers namespace, which does not know
-        # pararl's class: load local paths here.
-        model_path = None
-        if isinstance(model, str):
-            model_path = model
-            model_init_kwargs = dict(args.model_init_kwargs or {})
-            model_init_kwargs.setdefault("dtype", torch.float32)
-            model = MaskedDiffusionLM.from_pretrained(model, **model_init_kwargs)
-
+        model, model_path = _load_policy(model, args)
         # Rewards: every reward becomes a `Reward`; TRL only sees named stubs so that its bookkeeping (names,
         # weights) stays intact while pararl scores intermediate states itself.
-        reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        if not reward_funcs:
-            raise ValueError("reward_funcs is empty: give at least one Reward or reward callable.")
-        self.rewards = [func if isinstance(func, Reward) else as_reward(func) for func in reward_funcs]
-        stubs = [_named_stub(reward.name) for reward in self.rewards]
-
+        self.rewards = _as_rewards(reward_funcs)
         # With LoRA (a `peft_config` or a pre-wrapped PeftModel) TRL handles the reference itself (adapters disabled,
-        # or a frozen "ref" copy of a pre-trained adapter) and refuses `sync_ref_model`. For full fine-tuning with
-        # beta > 0, TRL would build the reference through the transformers namespace, which does not know pararl's
-        # class: TRL then gets a copy of the config with beta = 0 and pararl builds the reference below. The caller's
-        # config is never changed.
+        # or a frozen "ref" copy of a pre-trained adapter); for full fine-tuning with beta > 0 pararl builds it
+        # (`_set_up_reference`).
         full_fine_tune_reference = args.beta != 0.0 and peft_config is None and not is_peft_model(model)
-        trl_args = args
-        # The model was loaded above with `model_init_kwargs`; TRL, given it loaded, would warn they "will be ignored".
-        loaded_here = model_path is not None and args.model_init_kwargs is not None
-        if full_fine_tune_reference or loaded_here:
-            trl_args = copy.copy(args)
-            trl_args.model_init_kwargs = None if loaded_here else args.model_init_kwargs
-        if full_fine_tune_reference:
-            trl_args.beta, trl_args.sync_ref_model = 0.0, False
         super().__init__(
             model=model,
-            reward_funcs=stubs,
-            args=trl_args,
+            reward_funcs=[_named_stub(reward.name) for reward in self.rewards],
+            args=_args_for_trl(args, model_path, full_fine_tune_reference),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class.tokenizer,
@@ -199,23 +304,43 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             optimizers=optimizers,
             peft_config=peft_config,
         )
-        self.args.model_init_kwargs = args.model_init_kwargs
-        if full_fine_tune_reference:
-            self.args.beta, self.args.sync_ref_model = args.beta, args.sync_ref_model
-            self.beta = args.beta
-            self.ref_model = self._build_reference_model(model_path)
-            if args.sync_ref_model:
-                self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        self._set_up_reference(args, model_path, full_fine_tune_reference)
         if args.log_trajectory_pictures:
             self.add_callback(TrajectoryPictureCallback(self))
         self.reward_func_names = [reward.name for reward in self.rewards]
         for reward in self.rewards:
             reward.to(self.accelerator.device)
 
-        preset = processing_class.preset
+        decoder = self._set_up_rollout(args, step_selector)
+        self._size_likelihood(args, decoder)
+        self._check_off_policy(args)
+        # The completions table has one row per (rollout, step) loss row: s times TRL's generation batch.
+        self._size_completions_table(args.generation_batch_size * self.num_reward_steps)
+
+        self._generation_round = 0
+        self._eval_round = 0
+        self._idle_reward_rounds: dict[str, int] = {}
+        self._warned_rewards: set[str] = set()
+        self._normalizers_ready = False
+        self._last_trajectory: tuple[Trajectory, list[str], dict[int, float]] | None = None
+
+    def _set_up_reference(self, args: DiffusionGRPOConfig, model_path: str | None, full_fine_tune: bool) -> None:
+        """Gives the caller's `model_init_kwargs`, `beta` and `sync_ref_model` back to `self.args` (TRL was given a
+        copy without them, see `_args_for_trl`) and, for full fine-tuning with beta > 0, builds the reference."""
+        self.args.model_init_kwargs = args.model_init_kwargs
+        if not full_fine_tune:
+            return
+        self.args.beta, self.args.sync_ref_model = args.beta, args.sync_ref_model
+        self.beta = args.beta
+        self.ref_model = self._build_reference_model(model_path)
+        if args.sync_ref_model:
+            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+
+    def _set_up_rollout(self, args: DiffusionGRPOConfig, step_selector: StepSelector | None) -> ParallelDecoder:
+        """The rollout settings, reveal plan and step selectors; returns a decoder of the policy (for its bounds)."""
         self.rollout_config = args.to_rollout_config()
         # Fails early, with the decoder's message, on schedules that do not fit the preset (e.g. block_length).
-        decoder = ParallelDecoder(self.model, processing_class, self.rollout_config)
+        decoder = ParallelDecoder(self.model, self.processor, self.rollout_config)
         self.reveal_plan = decoder.plan
         self.step_selector = step_selector or get_step_selector(
             args.reward_step_selection, args.num_reward_steps, args.reward_steps
@@ -225,50 +350,39 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.output_level = isinstance(self.step_selector, FinalStep)
         self._loss_step_selector = StratifiedSteps(args.num_reward_steps) if self.output_level else self.step_selector
         self.num_reward_steps = args.num_reward_steps
+        return decoder
 
-        # The likelihood's two modalities: which output slots, which vocabulary columns, and the largest number of
-        # tokens one row scores there (known ahead from the decoder's own bound per step: the schedules' counts, or a
-        # thresholded modality's block / span and cap; so the likelihood needs no host sync).
-        # With loss_steps="all", a row scores a group of `loss_step_group` steps: its bound is the group's sum.
+    def _size_likelihood(self, args: DiffusionGRPOConfig, decoder: ParallelDecoder) -> None:
+        """The likelihood's two spans (`_likelihood_spans`) and the most tokens one row scores, known ahead from the
+        decoder's own bound per step (the schedules' counts, or a thresholded modality's block / image span and cap),
+        so the likelihood needs no host sync. With loss_steps="all", a row scores a group of `loss_step_group` steps:
+        its bound is the group's sum."""
         self.loss_all_steps = args.loss_steps == "all"
         group = args.loss_step_group
         text_bound, image_bound = (_grouped_bounds(bound, group) for bound in decoder.max_reveals_per_modality)
         trajectory = args.likelihood == "trajectory"
-        text_range, image_range = preset.text_vocab_range, preset.image_vocab_range
-        text_slots, image_slots = processing_class.text_positions, processing_class.image_positions
-        self._spans = (
-            _LikelihoodSpan(
-                slots=text_slots,
-                vocab_range=text_range,
-                exclude=preset.text_mask_column,
-                temperature=args.text_temperature,
-                num_scored=min(max(text_bound), len(text_slots)) if trajectory else len(text_slots),
-            ),
-            _LikelihoodSpan(
-                slots=image_slots,
-                vocab_range=image_range,
-                exclude=preset.image_mask_column,
-                temperature=args.image_temperature,
-                num_scored=min(max(image_bound), len(image_slots)) if trajectory else len(image_slots),
-            ),
+        self._spans = _likelihood_spans(
+            self.processor,
+            (max(text_bound), max(image_bound)) if trajectory else None,
+            (args.text_temperature, args.image_temperature),
         )
         if trajectory:
             per_row = max(t + i for t, i in zip(text_bound, image_bound))
             self._max_scored_tokens = min(per_row, self._spans[0].num_scored + self._spans[1].num_scored)
         else:
-            self._max_scored_tokens = int(processing_class.maskable_mask.sum())
+            self._max_scored_tokens = int(self.processor.maskable_mask.sum())
         # The first steps of the scheduled loss groups that reveal a token (rows that would score none are not built).
-        plan_counts = [t + i for t, i in zip(decoder.plan.text_counts, decoder.plan.image_counts)]
-        self._loss_group_starts = [a for a in range(0, args.diffusion_steps, group) if sum(plan_counts[a : a + group])]
-
+        self._loss_group_starts = _scheduled_group_starts(decoder.plan, group, args.diffusion_steps)
         # dr_grpo divides every row's summed loss by a constant, TRL's `max_completion_length` (= |o| of the paper):
         # for a (rollout, step) row that is the most tokens one row scores, not the whole output length (which would
         # make gradients diffusion_steps-times smaller than TRL users expect).
         self.max_completion_length = self._max_scored_tokens
-        # Off-policy rollouts (guidance; a stale input cache) are corrected with the sampler's log-probs as behaviour
-        # policy, with TRL's vLLM importance-sampling settings.
-        # Grouped steps (loss_step_group > 1) score a token on an earlier state than it was drawn from: corrected too.
-        off_policy = self.rollout_config.off_policy or (self.loss_all_steps and group > 1)
+
+    def _check_off_policy(self, args: DiffusionGRPOConfig) -> None:
+        """Off-policy rollouts (guidance; a stale input cache) are corrected with the sampler's log-probs as behaviour
+        policy, with TRL's vLLM importance-sampling settings. Grouped steps (loss_step_group > 1) score a token on an
+        earlier state than it was drawn from: corrected too."""
+        off_policy = self.rollout_config.off_policy or (self.loss_all_steps and args.loss_step_group > 1)
         self._corrects_off_policy = off_policy and args.vllm_importance_sampling_correction
         if self._corrects_off_policy and args.likelihood != "trajectory":
             raise ValueError(
@@ -282,21 +396,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 "The rollout samples off-policy (classifier-free guidance or input_cache_refresh > 1) or the loss "
                 "scores grouped steps (loss_step_group > 1), and vllm_importance_sampling_correction="
                 "False: the loss treats the rollouts as the policy's own samples, uncorrected.",
-                stacklevel=2,
+                stacklevel=3,
             )
-        # The completions table has one row per (rollout, step) loss row: s times TRL's generation batch.
-        rows = args.generation_batch_size * self.num_reward_steps
-        for key in ("images", "prompt", "completion", "advantages"):
-            self._logs[key] = deque(maxlen=rows)
-        self._logs["rewards"] = defaultdict(lambda: deque(maxlen=rows))
-        self._logs["extra"] = defaultdict(lambda: deque(maxlen=rows))
-
-        self._generation_round = 0
-        self._eval_round = 0
-        self._idle_reward_rounds: dict[str, int] = {}
-        self._warned_rewards: set[str] = set()
-        self._normalizers_ready = False
-        self._last_trajectory: tuple[Trajectory, list[str], dict[int, float]] | None = None
 
     def _build_reference_model(self, model_path: str | None):
         """The frozen reference of full fine-tuning, built as TRL builds it: loaded from the policy's folder with the
@@ -356,8 +457,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if not torch.is_grad_enabled():
             # Passes without a graph (old and reference log-probs) hold one micro-batch of logits at a time: split
             # the rows further when those would exceed the budget (matters for likelihood="random_mask").
-            columns = sum(span.num_scored * (span.vocab_range[1] - span.vocab_range[0]) for span in self._spans)
-            batch_size = max(1, min(batch_size, _NO_GRAD_LOGITS_BUDGET // max(columns, 1)))
+            row_logits = sum(span.num_scored * (span.vocab_range[1] - span.vocab_range[0]) for span in self._spans)
+            batch_size = max(1, min(batch_size, _NO_GRAD_LOGITS_BUDGET // max(row_logits, 1)))
         all_logps, all_entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
             ids = input_ids[start : start + batch_size]
@@ -372,14 +473,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             if not bool(prompt_mask.all()):
                 model_mask = torch.cat([prompt_mask, torch.ones_like(completion)], dim=1)
 
-            # Per modality, the scored slots first (topk on a 0/1 key); rows scoring fewer pad with unscored slots.
-            slots, slot_scored = [], []
-            for span in self._spans:
-                positions = span.slots.to(ids.device)
-                key = scored[:, positions]
-                order = torch.topk(key.to(torch.float32), span.num_scored, dim=1).indices
-                slots.append(positions[order])
-                slot_scored.append(key.gather(1, order))
+            slots, slot_scored = _scored_slots(self._spans, scored)
             with self.accelerator.autocast():
                 logits = model(
                     input_ids=model_ids,
@@ -405,7 +499,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         return logps, entropies, None
 
     def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-        """TRL's top-entropy token mask, with the quantile taken per modality: text entropies (over ~10^5 columns) and
+        """TRL's top-entropy token mask, with the quantile taken per modality: text entropies (over ~10^5 token ids) and
         image entropies (over the codebook) are on different scales, so one shared quantile would keep mostly one
         modality."""
         image = self.processor.image_slot_mask.to(mask.device)
@@ -413,11 +507,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         return text_mask | super().get_high_entropy_mask(entropies, mask * image, threshold)
 
     # ------------------------------------------------------------------------------------------------- generation
-    def _row_seeds(self, global_rows: torch.Tensor, generation_round: int | None = None) -> torch.Tensor:
-        """Deterministic per-rollout seeds from (args.seed, generation round, global row): resumable, rank-free."""
+    def _row_seeds(self, global_ids: torch.Tensor, generation_round: int | None = None) -> torch.Tensor:
+        """Deterministic seeds from (args.seed, generation round, global rollout or row id): resumable, rank-free."""
         generation_round = self._generation_round if generation_round is None else generation_round
         base = (self.args.seed * _SEED_MULTIPLIER + generation_round * _ROUND_MULTIPLIER) % (2**62)
-        return (base + (global_rows + 1) * _ROW_MULTIPLIER) % (2**62)
+        return (base + (global_ids + 1) * _ROW_MULTIPLIER) % (2**62)
 
     def evaluate(self, *args, **kwargs):
         # Every evaluation decodes with the same noise (its own rounds, apart from training's), so an evaluation
@@ -492,140 +586,36 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         images, input_images = self._input_images(images)
         if not self._normalizers_ready:
             self._prepare_reward_normalizers()
-        if mode == "train":
-            generation_round = self._generation_round
-            self._generation_round += 1
-        else:  # evaluation rounds never move the training noise (see `evaluate`)
-            generation_round = _EVAL_ROUND_OFFSET + self._eval_round
-            self._eval_round += 1
-
-        # Steps per prompt group, drawn from a generator seeded identically on every rank, so the G rollouts of a
-        # group share them even when the group spans processes. With confidence thresholds rows end at different
-        # steps, known only after the rollout: x0 is then recorded at every step and the steps are drawn afterwards
-        # (same generator), each group's within its shortest row (see `_group_steps`).
-        local_size, s = len(prompts), self.num_reward_steps
-        process_index, num_processes = self.accelerator.process_index, self.accelerator.num_processes
-        global_rows = process_index * local_size + torch.arange(local_size)
-        generator = torch.Generator().manual_seed(int(self._row_seeds(torch.tensor(-1), generation_round)))
-        num_groups = local_size * num_processes // num_generations
-        late_steps = self.rollout_config.thresholded
-        if late_steps:
-            record_steps = [self.args.diffusion_steps - 1] if self.output_level else range(self.args.diffusion_steps)
-        else:
-            steps = self._loss_step_selector.select(num_groups, self.args.diffusion_steps, generator)
-            steps = steps[global_rows // num_generations]  # (local_size, s)
-            record_steps = self._reward_steps_of(steps)[1]
-        row_num_steps = None  # with thresholds: the steps each row of the gathered batch ran
-        with profiling_context(self, "rollout"):
-            trajectory = self._rollout(
-                prompts, images, tasks, sorted(set(record_steps)), self._row_seeds(global_rows, generation_round)
-            )
-        if late_steps:
-            row_num_steps = self.accelerator.gather(trajectory.row_num_steps.to(device)).cpu()
-            self._metrics[mode]["rollout/steps_per_row"].append(row_num_steps.float().mean().item())
-            group_steps = row_num_steps.view(num_groups, num_generations).min(dim=1).values
-            steps = self._group_steps(group_steps, generator)[global_rows // num_generations]
-        # ParaRL scores the state of every (rollout, step) row; output-level RL scores each rollout's final output
-        # once and gives that reward to all of its rows.
-        reward_steps, _ = self._reward_steps_of(steps)
-        if self.output_level:
-            reward_rollouts = torch.arange(local_size)
-            reward_of_row = torch.arange(local_size).repeat_interleave(s)
-        else:
-            reward_rollouts = torch.arange(local_size).repeat_interleave(s)
-            reward_of_row = torch.arange(local_size * s)
-
-        # R loss rows per rollout, row = rollout * R + r: the rewarded steps (R = s), or every step group (see
-        # `_loss_row_steps`).
-        first_steps, group = self._loss_row_steps(steps, row_num_steps)
-        rows_per_rollout = first_steps.size(1)
-        rollout_of_row = torch.arange(local_size, device=device).repeat_interleave(rows_per_rollout)
-        prompt_ids = trajectory.input_ids.to(device)[rollout_of_row]
-        prompt_mask = trajectory.attention_mask.to(device)[rollout_of_row]
-        if self.args.likelihood == "trajectory":
-            completion_ids, completion_mask = self._trajectory_rows(
-                trajectory, rollout_of_row, first_steps.flatten().to(device), group
-            )
-        else:
-            completion_ids = trajectory.output_ids.to(device)[rollout_of_row]
-            row_ids = global_rows.repeat_interleave(s) * s + torch.arange(s).repeat(local_size)
-            row_seeds = self._row_seeds(row_ids, generation_round)
-            completion_mask = self._random_masks(row_seeds.to(device))
+        generation_round = self._next_generation_round(mode)
+        trajectory, index = self._decode_and_draw_steps(
+            prompts, images, tasks, mode, num_generations, generation_round
+        )
+        prompt_ids, prompt_mask, completion_ids, completion_mask = self._build_rows(
+            trajectory, index, generation_round
+        )
         num_items_in_batch = self.accelerator.gather(completion_mask.sum()).sum()
 
-        # Rewards of every scored state, gathered so that groups spanning ranks are normalised together.
-        with profiling_context(self, "rewards"):
-            states = self._reward_states(
-                trajectory, reward_rollouts, reward_steps, prompts, input_images, columns, extras=self._reward_extras()
-            )
-            local_rewards, reward_metrics = compute_rewards(self.rewards, states)
-            local_rewards = local_rewards[reward_of_row]
-        rewards_per_func = gather(local_rewards.to(device))
-        advantages, is_std_zero = self._advantages(rewards_per_func, num_generations)
+        states, reward_rows, reward_metrics = self._score_states(trajectory, index, prompts, input_images, columns)
+        rewards_per_func = gather(reward_rows.to(device))
+        all_advantages, is_std_zero = self._advantages(rewards_per_func, num_generations)
         if mode == "train":
             self._watch_rewards(rewards_per_func, num_generations)
-        process_rows = local_size * s
-        all_advantages = advantages
-        advantages = advantages[process_index * process_rows : (process_index + 1) * process_rows]
-        if self.loss_all_steps:
-            advantages = self._token_advantages(advantages, steps, trajectory, rollout_of_row, completion_mask)
+        advantages = self._row_advantages(all_advantages, trajectory, index, completion_mask)
 
-        # Old-policy and reference log-probs, as TRL computes them.
-        logits_to_keep = completion_ids.size(1)
-        prompt_completion_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        batch_size *= rows_per_rollout
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            generate_every = self.args.steps_per_generation * self.num_iterations
-            old_per_token_logps = importance_sampling_ratio = None
-            if self.args.gradient_accumulation_steps % generate_every != 0 or self._corrects_off_policy:
-                old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
-                    self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size
-                )
-            sampling_per_token_logps = None
-            if self.args.likelihood == "trajectory":
-                # The sampler's own log-probs of the scored tokens: the behaviour policy.
-                sampling = trajectory.token_logprobs.to(device)[rollout_of_row]
-                sampling_per_token_logps = sampling * completion_mask
-            if self._corrects_off_policy:
-                importance_sampling_ratio = self._importance_sampling_ratio(
-                    old_per_token_logps, sampling_per_token_logps, completion_mask
-                )
-            ref_per_token_logps = None
-            if self.beta != 0.0:
-                if self.ref_model is not None:
-                    ref_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
-                        self.ref_model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size
-                    )
-                else:
-                    model = self.accelerator.unwrap_model(self.model)
-                    with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
-                        ref_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
-                            self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=batch_size
-                        )
+        old_per_token_logps, sampling_per_token_logps, importance_sampling_ratio, ref_per_token_logps = (
+            self._no_grad_logps(mode, (prompt_ids, prompt_mask, completion_ids, completion_mask), trajectory, index)
+        )
 
-        self._log_rewards(mode, rewards_per_func, is_std_zero, reward_metrics, steps)
+        self._log_rewards(mode, rewards_per_func, is_std_zero, reward_metrics, index.steps)
         self._log_tokens(mode, completion_mask)
         if old_per_token_logps is not None and sampling_per_token_logps is not None:
             self._log_sampling(
                 mode, completion_mask, old_per_token_logps, sampling_per_token_logps, importance_sampling_ratio
             )
-        self._log_completions(rewards_per_func, all_advantages, states, reward_of_row)
-        self._flush_reward_logs(mode, len(states), reward_of_row)
+        self._log_completions(rewards_per_func, all_advantages, states, index.state_of_reward_row)
+        self._flush_reward_logs(mode, len(states), index.state_of_reward_row)
         if self.accelerator.is_main_process:  # drawn at the next logging step, each panel with its reward
-            first = reward_rollouts == 0
-            weighted = (local_rewards[: s if not self.output_level else 1] * self.reward_weights.cpu()).nansum(dim=1)
-            panel_rewards = dict(zip(reward_steps[first].tolist(), weighted.tolist()))
-            pictured = trajectory.index_select(torch.tensor([0])).to("cpu")
-            if late_steps and not self.output_level:  # x0 of every step: picture the rewarded ones
-                keep = torch.tensor(sorted(set(reward_steps.tolist())))
-                pictured = replace(pictured, recorded_steps=keep, x0=pictured.x0[:, keep])
-            self._last_trajectory = (
-                pictured,
-                prompts[:1],
-                panel_rewards,
-            )
+            self._keep_pictured_trajectory(trajectory, prompts, index, reward_rows)
         output = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
@@ -634,18 +624,221 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             "advantages": advantages,
             "num_items_in_batch": num_items_in_batch,
         }
-        if old_per_token_logps is not None:
-            output["old_per_token_logps"] = old_per_token_logps
-        if importance_sampling_ratio is not None:
-            output["importance_sampling_ratio"] = importance_sampling_ratio
-        if sampling_per_token_logps is not None:
-            output["sampling_per_token_logps"] = sampling_per_token_logps
-        if ref_per_token_logps is not None:
-            output["ref_per_token_logps"] = ref_per_token_logps
+        optional = {
+            "old_per_token_logps": old_per_token_logps,
+            "importance_sampling_ratio": importance_sampling_ratio,
+            "sampling_per_token_logps": sampling_per_token_logps,
+            "ref_per_token_logps": ref_per_token_logps,
+        }
+        output.update({key: value for key, value in optional.items() if value is not None})
         return output
 
+    def _next_generation_round(self, mode: str) -> int:
+        """The generation round of this batch (it seeds the batch's steps and noise), counted on."""
+        if mode == "train":
+            self._generation_round += 1
+            return self._generation_round - 1
+        # Evaluation rounds never move the training noise (see `evaluate`).
+        self._eval_round += 1
+        return _EVAL_ROUND_OFFSET + self._eval_round - 1
+
+    def _decode_and_draw_steps(
+        self, prompts, images, tasks, mode: str, num_generations: int, generation_round: int
+    ) -> tuple[Trajectory, "_RowIndex"]:
+        """Decodes this process's rollouts and draws each prompt group's steps; returns the trajectory and the index
+        of the batch's states and rows.
+
+        The steps are drawn from a generator seeded identically on every rank, so the G rollouts of a group share them
+        even when the group is split across processes. With confidence thresholds rows end at different steps, known
+        only after the rollout: x0 is then recorded at every step and the steps are drawn afterwards (same generator),
+        each group's within its shortest row (see `_group_steps`).
+        """
+        local_size = len(prompts)
+        global_rollouts = self.accelerator.process_index * local_size + torch.arange(local_size)
+        group_of_rollout = global_rollouts // num_generations
+        generator = torch.Generator().manual_seed(int(self._row_seeds(torch.tensor(-1), generation_round)))
+        num_groups = local_size * self.accelerator.num_processes // num_generations
+        late_steps = self.rollout_config.thresholded
+        if late_steps:
+            record_steps = [self.args.diffusion_steps - 1] if self.output_level else range(self.args.diffusion_steps)
+        else:
+            steps = self._loss_step_selector.select(num_groups, self.args.diffusion_steps, generator)
+            steps = steps[group_of_rollout]  # (local_size, s)
+            record_steps = self._reward_steps_of(steps)[1]
+        row_num_steps = None  # with thresholds: the steps each row of the gathered batch ran
+        with profiling_context(self, "rollout"):
+            trajectory = self._rollout(
+                prompts, images, tasks, sorted(set(record_steps)), self._row_seeds(global_rollouts, generation_round)
+            )
+        if late_steps:
+            row_num_steps = self.accelerator.gather(trajectory.row_num_steps.to(self.accelerator.device)).cpu()
+            self._metric_lists(mode)["rollout/steps_per_row"].append(row_num_steps.float().mean().item())
+            group_steps = row_num_steps.view(num_groups, num_generations).min(dim=1).values
+            steps = self._group_steps(group_steps, generator)[group_of_rollout]
+        return trajectory, self._index_rows(global_rollouts, steps, row_num_steps)
+
+    def _index_rows(
+        self, global_rollouts: torch.Tensor, steps: torch.Tensor, row_num_steps: torch.Tensor | None
+    ) -> "_RowIndex":
+        """The `_RowIndex` of this process's rollouts with loss steps `steps (rollouts, s)`."""
+        local_size, s = steps.size(0), self.num_reward_steps
+        # ParaRL scores the state of every (rollout, step) row; output-level RL scores each rollout's final output
+        # once and gives that reward to all of its rows.
+        state_steps, _ = self._reward_steps_of(steps)
+        if self.output_level:
+            state_rollouts = torch.arange(local_size)
+            state_of_reward_row = torch.arange(local_size).repeat_interleave(s)
+        else:
+            state_rollouts = torch.arange(local_size).repeat_interleave(s)
+            state_of_reward_row = torch.arange(local_size * s)
+        first_steps, steps_per_row = self._loss_row_steps(steps, row_num_steps)
+        rows_per_rollout = first_steps.size(1)
+        return _RowIndex(
+            global_rollouts=global_rollouts,
+            steps=steps,
+            state_rollouts=state_rollouts,
+            state_steps=state_steps,
+            state_of_reward_row=state_of_reward_row,
+            row_first_steps=first_steps,
+            steps_per_row=steps_per_row,
+            rollout_of_row=torch.arange(local_size, device=self.accelerator.device).repeat_interleave(
+                rows_per_rollout
+            ),
+        )
+
+    def _build_rows(
+        self, trajectory: Trajectory, index: "_RowIndex", generation_round: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`prompt_ids`, `prompt_mask`, `completion_ids` and `completion_mask` of the batch's loss rows (see the
+        module docstring)."""
+        device = self.accelerator.device
+        rollout_of_row = index.rollout_of_row
+        prompt_ids = trajectory.input_ids.to(device)[rollout_of_row]
+        prompt_mask = trajectory.attention_mask.to(device)[rollout_of_row]
+        if self.args.likelihood == "trajectory":
+            first_steps = index.row_first_steps.flatten().to(device)
+            completion_ids, completion_mask = self._trajectory_rows(
+                trajectory, rollout_of_row, first_steps, index.steps_per_row
+            )
+        else:
+            s, local_size = self.num_reward_steps, index.global_rollouts.size(0)
+            completion_ids = trajectory.output_ids.to(device)[rollout_of_row]
+            row_ids = index.global_rollouts.repeat_interleave(s) * s + torch.arange(s).repeat(local_size)
+            row_seeds = self._row_seeds(row_ids, generation_round)
+            completion_mask = self._random_masks(row_seeds.to(device))
+        return prompt_ids, prompt_mask, completion_ids, completion_mask
+
+    def _score_states(
+        self, trajectory: Trajectory, index: "_RowIndex", prompts, input_images, columns
+    ) -> tuple[RewardStates, torch.Tensor, dict]:
+        """The scored states, the rewards of this process's reward rows `(rollouts * s, functions)` and the rewards'
+        metrics."""
+        with profiling_context(self, "rewards"):
+            states = self._reward_states(
+                trajectory,
+                index.state_rollouts,
+                index.state_steps,
+                prompts,
+                input_images,
+                columns,
+                extras=self._reward_extras(),
+            )
+            state_rewards, reward_metrics = compute_rewards(self.rewards, states)
+            return states, state_rewards[index.state_of_reward_row], reward_metrics
+
+    def _row_advantages(
+        self, all_advantages: torch.Tensor, trajectory: Trajectory, index: "_RowIndex", completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """This process's share of the gathered reward rows' advantages (`(rows,)`); with loss_steps="all", the
+        per-token advantages of its loss rows (`(rows, L_out)`, see `_token_advantages`)."""
+        process_rows = index.global_rollouts.size(0) * self.num_reward_steps
+        process_index = self.accelerator.process_index
+        advantages = all_advantages[process_index * process_rows : (process_index + 1) * process_rows]
+        if self.loss_all_steps:
+            advantages = self._token_advantages(
+                advantages, index.steps, trajectory, index.rollout_of_row, completion_mask
+            )
+        return advantages
+
+    def _no_grad_logps(
+        self, mode: str, rows: tuple[torch.Tensor, ...], trajectory: Trajectory, index: "_RowIndex"
+    ) -> tuple[torch.Tensor | None, ...]:
+        """Old-policy, sampler and reference log-probs and the importance-sampling ratio of the loss rows `rows`
+        (`prompt_ids`, `prompt_mask`, `completion_ids`, `completion_mask`), as TRL computes them; None where not
+        needed."""
+        prompt_ids, prompt_mask, completion_ids, completion_mask = rows
+        prompt_completion_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        likelihood_inputs = (
+            prompt_completion_ids,
+            attention_mask,
+            completion_ids.size(1),
+            batch_size * index.rows_per_rollout,
+        )
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            old_per_token_logps, sampling_per_token_logps, importance_sampling_ratio = self._old_and_sampling_logps(
+                likelihood_inputs, trajectory, index, completion_mask
+            )
+            ref_per_token_logps = self._reference_logps(*likelihood_inputs)
+        return old_per_token_logps, sampling_per_token_logps, importance_sampling_ratio, ref_per_token_logps
+
+    def _old_and_sampling_logps(
+        self, likelihood_inputs: tuple, trajectory: Trajectory, index: "_RowIndex", completion_mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The old policy's log-probs (when TRL needs them: several optimizer steps per generation, or the
+        correction), the sampler's own log-probs of the scored tokens (the behaviour policy, trajectory rows only) and
+        the importance-sampling ratio of the off-policy correction; each None where not computed."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        old_per_token_logps = importance_sampling_ratio = None
+        if self.args.gradient_accumulation_steps % generate_every != 0 or self._corrects_off_policy:
+            ids, attention_mask, logits_to_keep, batch_size = likelihood_inputs
+            old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, ids, attention_mask, logits_to_keep, batch_size=batch_size
+            )
+        sampling_per_token_logps = None
+        if self.args.likelihood == "trajectory":
+            sampling = trajectory.token_logprobs.to(self.accelerator.device)[index.rollout_of_row]
+            sampling_per_token_logps = sampling * completion_mask
+        if self._corrects_off_policy:
+            importance_sampling_ratio = self._importance_sampling_ratio(
+                old_per_token_logps, sampling_per_token_logps, completion_mask
+            )
+        return old_per_token_logps, sampling_per_token_logps, importance_sampling_ratio
+
+    def _reference_logps(self, ids, attention_mask, logits_to_keep, batch_size) -> torch.Tensor | None:
+        """The reference model's log-probs (None when beta = 0): pararl's or TRL's reference model, or the policy with
+        its adapters disabled (or TRL's frozen "ref" adapter)."""
+        if self.beta == 0.0:
+            return None
+        if self.ref_model is not None:
+            return self._get_per_token_logps_and_entropies(
+                self.ref_model, ids, attention_mask, logits_to_keep, batch_size=batch_size
+            )[0]
+        model = self.accelerator.unwrap_model(self.model)
+        with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+            return self._get_per_token_logps_and_entropies(
+                self.model, ids, attention_mask, logits_to_keep, batch_size=batch_size
+            )[0]
+
+    def _keep_pictured_trajectory(
+        self, trajectory: Trajectory, prompts: list[str], index: "_RowIndex", reward_rows: torch.Tensor
+    ) -> None:
+        """Keeps the first rollout and the weighted reward of each of its rewarded steps for the trajectory picture
+        (`TrajectoryPictureCallback`, drawn at the next logging step)."""
+        first = index.state_rollouts == 0
+        weighted = (
+            reward_rows[: self.num_reward_steps if not self.output_level else 1] * self.reward_weights.cpu()
+        ).nansum(dim=1)
+        panel_rewards = dict(zip(index.state_steps[first].tolist(), weighted.tolist()))
+        pictured = trajectory.index_select(torch.tensor([0])).to("cpu")
+        if self.rollout_config.thresholded and not self.output_level:  # x0 of every step: picture the rewarded ones
+            keep = torch.tensor(sorted(set(index.state_steps.tolist())))
+            pictured = replace(pictured, recorded_steps=keep, x0=pictured.x0[:, keep])
+        self._last_trajectory = (pictured, prompts[:1], panel_rewards)
+
     def _loss_row_steps(self, steps: torch.Tensor, batch_num_steps: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-        """The first step of every loss row of each rollout, `(rollouts, R)`, and the steps a row spans.
+        """The first step of every loss row of each rollout, `(rollouts, R)`, and the steps each row covers.
 
         `loss_steps="rewarded"`: the rewarded (loss) steps, one step each. `"all"`: the groups of `loss_step_group`
         consecutive steps from step 0 in which the reveal schedule reveals a token; with confidence thresholds
@@ -720,17 +913,6 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         high = math.inf if high is None else high
         return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
-    def _compute_loss(self, model, inputs):
-        if "importance_sampling_ratio" not in inputs:
-            return super()._compute_loss(model, inputs)
-        # TRL multiplies the per-token loss by `inputs["importance_sampling_ratio"]` only when `use_vllm`, the one
-        # place `_compute_loss` reads that flag: raise it for the call, so the correction is TRL's own code.
-        self.use_vllm = True
-        try:
-            return super()._compute_loss(model, inputs)
-        finally:
-            self.use_vllm = False
-
     def _input_images(self, images: list) -> tuple[list, list]:
         """The batch's input images, each distinct one handled once (the G rollouts of a prompt carry copies): VQ code
         grids for the rollout (PIL images encoded once each) and PIL images for the rewards (code grids from an
@@ -766,14 +948,6 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 pictures[i] = picture
         rollout_images = [None if j is None else grids[j] for j in owner]
         return rollout_images, [None if j is None else pictures[j] for j in owner]
-
-    def _reward_extras(self) -> dict[str, Any]:
-        """What TRL 1.16 passes every reward callable besides the completions and the dataset columns."""
-        return {
-            "trainer_state": self.state,
-            "log_extra": self._log_completion_extra,
-            "log_metric": self._log_metric,
-        }
 
     def _reward_states(self, trajectory, rollouts, steps, prompts, images, columns, extras=None) -> RewardStates:
         """The state of trajectory row `rollouts[n]` at `steps[n]`, with that rollout's prompt, image and columns."""
@@ -926,8 +1100,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 normalizer = getattr(reward, "normalizer", None)
                 if normalizer is not None and id(normalizer) in raw:
                     raw[id(normalizer)].extend(getattr(reward, "raw_scores", reward.score)(states))
-        self._pending_extra_logs.clear()  # calibration scores are not training rows
-        self._pending_metrics.clear()
+        self._discard_reward_logs()  # calibration scores are not training rows
         for normalizer in pending:
             values = [v for v in gather_object(raw[id(normalizer)]) if v is not None]
             normalizer.fit(values)
@@ -935,7 +1108,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------------- logging
     def _log_rewards(self, mode, rewards_per_func, is_std_zero, reward_metrics, steps) -> None:
         """Reward means and spreads (per function, in total, per step slot) of the gathered batch."""
-        metrics = self._metrics[mode]
+        metrics = self._metric_lists(mode)
         s = self.num_reward_steps
         for i, name in enumerate(self.reward_func_names):
             metrics[f"rewards/{name}/mean"].append(torch.nanmean(rewards_per_func[:, i]).item())
@@ -961,11 +1134,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         num_tokens = self.accelerator.gather(completion_mask.sum()).sum().item()
         if mode == "train":
             self.state.num_input_tokens_seen += num_tokens
-        self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
+        self._metric_lists(mode)["num_tokens"] = [self.state.num_input_tokens_seen]
 
     def _log_sampling(self, mode, completion_mask, old_per_token_logps, sampling_per_token_logps, ratio) -> None:
         """How far the likelihood's log-probs are from the sampler's, and the correction's ratios: TRL's metrics."""
-        metrics, device = self._metrics[mode], old_per_token_logps.device
+        metrics, device = self._metric_lists(mode), old_per_token_logps.device
         scored = completion_mask.bool()
         delta = (old_per_token_logps - sampling_per_token_logps).abs()
         delta = delta[scored & ~torch.isnan(delta)]
@@ -982,65 +1155,32 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         metrics["sampling/importance_sampling_ratio/mean"].append(self.accelerator.gather(stats[1]).nanmean().item())
         metrics["sampling/importance_sampling_ratio/max"].append(nanmax(self.accelerator.gather(stats[2])).item())
 
-    def _flush_reward_logs(self, mode, num_states, reward_of_row) -> None:
-        """The completions-table columns (`log_extra`, one value per scored state, spread to the state's loss
-        rows) and scalar metrics (`log_metric`) that reward callables logged, gathered as TRL does."""
-        for column in sorted(set(gather_object(list(self._pending_extra_logs)))):
-            values = self._pending_extra_logs.get(column, [None] * num_states)
-            if len(values) != num_states:
-                raise ValueError(
-                    f"log_extra({column!r}, ...) got {len(values)} values for {num_states} scored states; log one "
-                    "value per state."
-                )
-            self._logs["extra"][column].extend(gather_object([values[i] for i in reward_of_row.tolist()]))
-        self._pending_extra_logs.clear()
-        for name in sorted(set(gather_object(list(self._pending_metrics)))):
-            values = self._pending_metrics.get(name, [])
-            local = torch.tensor([sum(values), len(values)], dtype=torch.float32, device=self.accelerator.device)
-            total, count = self.accelerator.gather(local).view(-1, 2).sum(dim=0).tolist()
-            self._metrics[mode][name].append(total / max(count, 1))
-        self._pending_metrics.clear()
-
-    def _log_completions(self, rewards_per_func, advantages, states, reward_of_row) -> None:
-        """The completions table: one row per (rollout, step) row of the loss, like the rewards and advantages."""
-        state_of_row = reward_of_row.tolist()
-        self._logs["prompt"].extend(gather_object([states.prompts[i] for i in state_of_row]))
-        self._logs["completion"].extend(gather_object([states.texts[i] for i in state_of_row]))
-        for i, name in enumerate(self.reward_func_names):
-            self._logs["rewards"][name].extend(rewards_per_func[:, i].tolist())
-        self._logs["advantages"].extend(advantages.tolist())
-        self._logs["extra"]["step"].extend(gather_object(states.steps[reward_of_row].tolist()))
-        if self.log_completions or self.log_multimodal:  # the table's image column: the partial output image
-            self._logs["images"].extend(gather_object([[states.images[i]] for i in state_of_row]))
-
     # ------------------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        folder = self._checkpoint_folder(trial)
         if self.args.should_save:
             state = {reward.name: reward.state_dict() for reward in self.rewards}
             with open(os.path.join(folder, _REWARD_STATE_FILE), "w") as f:
                 json.dump(
-                    {"rewards": state, "generation_round": self._generation_round, "micro_step": self._step},
+                    {"rewards": state, "generation_round": self._generation_round, "micro_step": self._micro_step},
                     f,
                     indent=2,
                 )
-        if self._mid_generation_window() and self._buffered_inputs is not None:
+        if self._mid_generation_window() and self._buffered_rows is not None:
             # The next steps train on rollouts of an earlier policy: keep them (each rank its own) so that a resume
             # trains on the same rows instead of generating new ones from the current policy.
             os.makedirs(folder, exist_ok=True)
             tensors = {
                 f"{i}.{key}": value.detach().cpu().clone()
-                for i, batch in enumerate(self._buffered_inputs)
+                for i, batch in enumerate(self._buffered_rows)
                 for key, value in batch.items()
                 if torch.is_tensor(value)
             }
             save_file(tensors, os.path.join(folder, _BUFFER_FILE.format(rank=self.accelerator.process_index)))
 
     def _mid_generation_window(self) -> bool:
-        return self._step % (self.args.steps_per_generation * self.num_iterations) != 0
+        return self._micro_step % (self.args.steps_per_generation * self.num_iterations) != 0
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Trainer resumes non-strictly (a PEFT adapter's missing keys would be dropped silently): check first.
@@ -1063,7 +1203,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self._normalizers_ready = True
         # TRL restarts its micro-step counter at 0 on resume, which re-aligns generation windows to the resumed
         # step; restore it, and the rollouts buffered mid-window, so the run continues exactly.
-        self._step = saved.get("micro_step", self._step)
+        self._micro_step = saved.get("micro_step", self._micro_step)
         if self._mid_generation_window():
             buffer_path = os.path.join(checkpoint, _BUFFER_FILE.format(rank=self.accelerator.process_index))
             if not os.path.exists(buffer_path):
@@ -1080,7 +1220,60 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             for name, value in tensors.items():
                 index, key = name.split(".", 1)
                 buffer[int(index)][key] = value
-            self._buffered_inputs = buffer
+            self._buffered_rows = buffer
+
+
+def _check_arguments(args: DiffusionGRPOConfig, processing_class: ParallelProcessor | None) -> None:
+    """Refuses a config or processor pararl cannot train with."""
+    if not isinstance(args, DiffusionGRPOConfig):
+        raise TypeError("args must be a DiffusionGRPOConfig (a GRPOConfig lacks the rollout and reward settings).")
+    if not isinstance(processing_class, ParallelProcessor):
+        raise TypeError(
+            "processing_class must be a pararl ParallelProcessor (text tokenizer + image tokenizer + preset), "
+            f"got {type(processing_class).__name__}."
+        )
+    if args.multi_objective_aggregation != "sum_then_normalize":
+        raise ValueError("DiffusionGRPOTrainer supports multi_objective_aggregation='sum_then_normalize' only.")
+
+
+def _load_policy(model: "str | Any", args: DiffusionGRPOConfig) -> tuple[Any, str | None]:
+    """The policy and the local path it was loaded from (None for a model given in memory). TRL builds models from
+    `config.architectures` through the transformers namespace, which does not know pararl's class: local paths are
+    loaded here."""
+    if not isinstance(model, str):
+        return model, None
+    model_init_kwargs = dict(args.model_init_kwargs or {})
+    model_init_kwargs.setdefault("dtype", torch.float32)
+    return MaskedDiffusionLM.from_pretrained(model, **model_init_kwargs), model
+
+
+def _as_rewards(reward_funcs: "Reward | Callable | list[Reward | Callable]") -> list[Reward]:
+    """Every reward as a pararl `Reward` (plain TRL callables wrapped)."""
+    reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+    if not reward_funcs:
+        raise ValueError("reward_funcs is empty: give at least one Reward or reward callable.")
+    return [func if isinstance(func, Reward) else as_reward(func) for func in reward_funcs]
+
+
+def _args_for_trl(
+    args: DiffusionGRPOConfig, model_path: str | None, full_fine_tune_reference: bool
+) -> DiffusionGRPOConfig:
+    """The config `GRPOTrainer.__init__` is given; the caller's config is never changed.
+
+    With LoRA (a `peft_config` or a pre-wrapped PeftModel) TRL handles the reference itself and refuses
+    `sync_ref_model`. For full fine-tuning with beta > 0, TRL would build the reference through the transformers
+    namespace, which does not know pararl's class: TRL then gets a copy of the config with beta = 0 and pararl builds
+    the reference (`_set_up_reference`). The model was loaded with `model_init_kwargs` (`_load_policy`); TRL, given it
+    loaded, would warn they "will be ignored": its copy has none.
+    """
+    trl_args = args
+    loaded_here = model_path is not None and args.model_init_kwargs is not None
+    if full_fine_tune_reference or loaded_here:
+        trl_args = copy.copy(args)
+        trl_args.model_init_kwargs = None if loaded_here else args.model_init_kwargs
+    if full_fine_tune_reference:
+        trl_args.beta, trl_args.sync_ref_model = 0.0, False
+    return trl_args
 
 
 def _named_stub(name: str) -> Callable:
@@ -1115,10 +1308,89 @@ def _grouped_bounds(bounds: Sequence[int], group: int) -> list[int]:
     return [sum(bounds[start : start + group]) for start in range(0, len(bounds), group)]
 
 
+def _scheduled_group_starts(plan: RevealPlan, group: int, num_steps: int) -> list[int]:
+    """The first steps of the groups of `group` consecutive steps (from step 0, over `num_steps`) in which `plan`
+    reveals a token: the loss rows of a scheduled rollout under loss_steps="all"."""
+    counts = [t + i for t, i in zip(plan.text_counts, plan.image_counts)]
+    return [start for start in range(0, num_steps, group) if sum(counts[start : start + group])]
+
+
+@dataclass(frozen=True)
+class _RowIndex:
+    """How one generation batch's rollouts, scored states, reward rows and rows index each other on this process.
+
+    - rollout `r` (one of this process's) is row `global_rollouts[r]` of the generation batch gathered over processes,
+      where the G rollouts of a prompt group are consecutive; `steps[r]` are its `s` drawn steps, sorted;
+    - a *state* is what the rewards score: state `n` is rollout `state_rollouts[n]` at step `state_steps[n]`, one per
+      (rollout, drawn step) pair, or under output-level RL one per rollout, its final output;
+    - a *reward row* is a (rollout, drawn step) pair, numbered `rollout * s + j`: rewards and advantages are per
+      reward row, and reward row `i` takes the reward of state `state_of_reward_row[i]`;
+    - a *row* (TRL's completion row, what the loss scores) is a (rollout, loss step or step group) pair, numbered
+      `rollout * R + j`: `rollout_of_row[i]` is its rollout (on the accelerator), `row_first_steps (rollouts, R)`
+      the first steps and `steps_per_row` how many steps each covers. Under loss_steps="rewarded", rows are the
+      reward rows.
+    """
+
+    global_rollouts: torch.Tensor
+    steps: torch.Tensor
+    state_rollouts: torch.Tensor
+    state_steps: torch.Tensor
+    state_of_reward_row: torch.Tensor
+    row_first_steps: torch.Tensor
+    steps_per_row: int
+    rollout_of_row: torch.Tensor
+
+    @property
+    def rows_per_rollout(self) -> int:
+        return self.row_first_steps.size(1)
+
+
+def _likelihood_spans(
+    processor: ParallelProcessor, max_scored: tuple[int, int] | None, temperatures: tuple[float, float]
+) -> tuple["_LikelihoodSpan", "_LikelihoodSpan"]:
+    """The text and image spans of `processor`'s output part as the likelihood scores them.
+
+    `max_scored`: the most text and image tokens one row scores (each capped at the span's slots), or None when a row
+    may score every slot (likelihood="random_mask"); `temperatures`: the text and image sampling temperatures.
+    """
+    preset = processor.preset
+    modalities = (
+        (processor.text_positions, preset.text_vocab_range, preset.text_mask_column),
+        (processor.image_positions, preset.image_vocab_range, preset.image_mask_column),
+    )
+    bounds = max_scored or (None, None)
+    return tuple(
+        _LikelihoodSpan(
+            slots=slots,
+            vocab_range=vocab_range,
+            exclude=exclude,
+            temperature=temperature,
+            num_scored=len(slots) if max_scored is None else min(bound, len(slots)),
+        )
+        for (slots, vocab_range, exclude), temperature, bound in zip(modalities, temperatures, bounds, strict=True)
+    )
+
+
+def _scored_slots(
+    spans: Sequence["_LikelihoodSpan"], scored: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per span, the `num_scored` slots of each row that get logits, the scored ones first (topk on a 0/1 key; rows
+    scoring fewer pad with unscored slots), and which of them are scored; `scored (B, L_out)` marks the scored
+    slots."""
+    slots, slot_scored = [], []
+    for span in spans:
+        span_slots = span.slots.to(scored.device)
+        key = scored[:, span_slots]
+        order = torch.topk(key.to(torch.float32), span.num_scored, dim=1).indices
+        slots.append(span_slots[order])
+        slot_scored.append(key.gather(1, order))
+    return slots, slot_scored
+
+
 @dataclass(frozen=True)
 class _LikelihoodSpan:
-    """One modality as the likelihood scores it: its output slots, its vocabulary columns, the column it never
-    samples (the text mask token), its temperature and the most tokens one row scores there."""
+    """One modality's span as the likelihood scores it: its output slots, its vocabulary range, the token id it
+    never samples (`exclude`, the text mask token), its temperature and the most tokens one row scores there."""
 
     slots: torch.Tensor
     vocab_range: tuple[int, int]
@@ -1131,7 +1403,7 @@ def _span_logps(
     logits: torch.Tensor, targets: torch.Tensor, span: _LikelihoodSpan, top_k: int | None, compute_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of `targets (B, n)` under the sampling distribution of `logits (B, n, V)` (the decoder's
-    `sampling_logits`: excluded column, temperature, top-k), with one fp32 copy of the logits."""
+    `sampling_logits`: excluded token id, temperature, top-k), with one fp32 copy of the logits."""
     logits = logits.float() / span.temperature
     if span.exclude is not None:
         logits[..., span.exclude] = float("-inf")
