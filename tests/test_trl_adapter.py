@@ -12,7 +12,7 @@ import trl
 from trl import GRPOTrainer
 
 from pararl.grpo import trainer as trainer_module
-from pararl.grpo.trainer import TRL_INTERNALS, DiffusionGRPOTrainer
+from pararl.grpo.trainer import TRL_INTERNALS
 
 
 TRAINER_FILE = Path(trainer_module.__file__)
@@ -89,16 +89,9 @@ def test_every_private_trl_name_the_trainer_uses_is_listed():
     assert not unlisted, f"pararl/grpo uses TRL private names missing from TRL_INTERNALS: {unlisted}"
 
 
-def test_adapter_accessors_reach_trls_state(processor, tiny_model, tmp_path):
-    from pararl.grpo import DiffusionGRPOConfig
-    from pararl.toy import build_toy_dataset
-
-    tiny = dict(per_device_train_batch_size=4, num_generations=4, diffusion_steps=4, num_reward_steps=2)
-    args = DiffusionGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **tiny)
-    dataset = build_toy_dataset("train", num_samples=4, seed=0)
-    trainer = DiffusionGRPOTrainer(
-        tiny_model(), lambda completions, **kw: [0.0] * len(completions), args, dataset, None, processor
-    )
+def test_adapter_accessors_reach_trls_state(make_grpo_config, make_trainer, tmp_path):
+    args = make_grpo_config(tmp_path, diffusion_steps=4, num_reward_steps=2)
+    trainer = make_trainer(args, lambda completions, **kw: [0.0] * len(completions))
     assert trainer._micro_step == trainer._step == 0
     trainer._micro_step = 3
     assert trainer._step == 3
