@@ -15,7 +15,8 @@ Words used below (`_RowIndex` has the index maps between them):
 - *row*: one TRL completion row, what the loss scores: a (rollout, step) pair, or a (rollout, step group) pair.
 - *step group*: `loss_step_group` consecutive denoising steps that one row scores together (loss_steps="all").
 - *slots* index the output part, *positions* the whole sequence; a modality's *span* is its slots (`text_positions`).
-- *columns* are a table's (the dataset's reach the rewards); the token ids a modality samples are its *vocabulary range*.
+- *columns* are a table's: the dataset's (passed on to the rewards) or the logged completions table's; the token ids a
+  modality samples from are its *vocabulary range*.
 
 Each (rollout, step) pair is one TRL *completion row*, encoded so that TRL's loss code needs no change:
 
