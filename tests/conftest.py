@@ -111,3 +111,15 @@ def make_trainer(processor, tiny_model, toy_train_dataset):
         )
 
     return build
+
+
+def policy_logps(trainer, out: dict) -> torch.Tensor:
+    """The trainer's per-token log-probs of a generation output `out`, recomputed with the current policy (test
+    modules import it: `from conftest import policy_logps`)."""
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(
+        trainer.model,
+        torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1),
+        torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1),
+        out["completion_ids"].shape[1],
+    )
+    return logps.detach()

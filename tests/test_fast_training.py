@@ -3,6 +3,7 @@ corrected by TRL's importance sampling). Offline, CPU, a tiny random policy with
 
 import pytest
 import torch
+from conftest import policy_logps
 
 from pararl.rewards import Reward, RewardNormalizer, RewardStates
 from pararl.rollout import ParallelDecoder
@@ -54,16 +55,6 @@ def trainer_and_rollouts(make_trainer, make_grpo_config, tiny_model, tmp_path):
 
 def batch(dataset, num_prompts: int = 2) -> list[dict]:
     return [dataset[i] for i in range(num_prompts) for _ in range(G)]
-
-
-def likelihood(trainer, out) -> torch.Tensor:
-    logps, _, _ = trainer._get_per_token_logps_and_entropies(
-        trainer.model,
-        torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1),
-        torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1),
-        out["completion_ids"].shape[1],
-    )
-    return logps.detach()
 
 
 def test_config_carries_the_fast_fields_and_refuses_bad_ones(make_grpo_config, tmp_path):
@@ -128,7 +119,7 @@ def test_threshold_rows_score_their_revealed_tokens_within_each_rows_steps(
     scored = out["completion_mask"].bool()
     sampling = trajectory.token_logprobs[rollout] * out["completion_mask"]
     torch.testing.assert_close(out["sampling_per_token_logps"], sampling)
-    torch.testing.assert_close(likelihood(trainer, out)[scored], sampling[scored], atol=1e-5, rtol=0)
+    torch.testing.assert_close(policy_logps(trainer, out)[scored], sampling[scored], atol=1e-5, rtol=0)
     metrics = trainer._metrics["train"]
     assert metrics["rollout/steps_per_row"][-1] == pytest.approx(ends.float().mean().item())
 
@@ -161,7 +152,7 @@ def test_stale_input_cache_is_corrected_by_importance_sampling(trainer_and_rollo
     out = trainer._generate_and_score_completions(batch(toy_train_dataset))
     (trajectory,) = trajectories
     mask = out["completion_mask"]
-    old = likelihood(trainer, out)
+    old = policy_logps(trainer, out)
     torch.testing.assert_close(out["old_per_token_logps"], old, atol=1e-6, rtol=0)
     diff = (old - out["sampling_per_token_logps"]) * mask
     assert diff.abs().max() > 1e-3  # the stale cache really moved the sampler off the full forward

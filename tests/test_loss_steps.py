@@ -5,6 +5,7 @@ Offline, CPU, a tiny random policy on toy-world prompts; log-probs checked again
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import policy_logps
 
 from pararl.grpo.trainer import DiffusionGRPOTrainer
 from pararl.rewards import Reward, RewardStates
@@ -57,16 +58,6 @@ def generate(make_trainer, make_grpo_config, tiny_model, toy_train_dataset, tmp_
     return run
 
 
-def trainer_logps(trainer, out) -> torch.Tensor:
-    logps, _, _ = trainer._get_per_token_logps_and_entropies(
-        trainer.model,
-        torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1),
-        torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1),
-        out["completion_ids"].shape[1],
-    )
-    return logps.detach()
-
-
 def hand_logps(model, processor, trajectory, i, state, scored) -> torch.Tensor:
     """Log-probs of rollout i's final tokens at `scored` output slots given the output `state`, from one full forward
     over the whole vocabulary, cut by hand: text over the text columns without the mask, image over the codebook,
@@ -103,7 +94,7 @@ def check_rows(trainer, processor, out, trajectory, group: int) -> list[int]:
     mask = out["completion_mask"].view(num_rollouts, rows_per_rollout, -1)
     maskable = processor.maskable_mask
     assert torch.equal(mask.sum(1), maskable.long().expand(num_rollouts, -1))  # each revealed token exactly once
-    logps = trainer_logps(trainer, out).view(num_rollouts, rows_per_rollout, -1)
+    logps = policy_logps(trainer, out).view(num_rollouts, rows_per_rollout, -1)
     starts = [int(trajectory.step_map[mask[:, r].bool()].min()) // group * group for r in range(rows_per_rollout)]
     for i in range(num_rollouts):
         step_map = trajectory.step_map[i]
@@ -142,7 +133,7 @@ def test_all_steps_score_every_token_once_on_the_state_before_its_step(generate,
     # g = 1 is on-policy: the rows' log-probs are the sampler's own, and nothing is corrected.
     sampling = trajectory.token_logprobs.repeat_interleave(len(starts), 0) * out["completion_mask"]
     torch.testing.assert_close(out["sampling_per_token_logps"], sampling)
-    torch.testing.assert_close(trainer_logps(trainer, out)[scored], sampling[scored], atol=1e-5, rtol=0)
+    torch.testing.assert_close(policy_logps(trainer, out)[scored], sampling[scored], atol=1e-5, rtol=0)
     assert "importance_sampling_ratio" not in out
 
 

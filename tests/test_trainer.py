@@ -14,6 +14,7 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import policy_logps
 from peft import LoraConfig, PeftModel
 
 from pararl.grpo.callbacks import TrajectoryPictureCallback
@@ -641,17 +642,6 @@ def test_to_rollout_config_carries_every_decoder_setting(make_grpo_config, tmp_p
 
 
 # ------------------------------------------------------------------------------------------- on-policy or corrected
-def likelihood(trainer, out) -> torch.Tensor:
-    """The trainer's per-token log-probs of a generation output, recomputed with the current policy."""
-    logps, _, _ = trainer._get_per_token_logps_and_entropies(
-        trainer.model,
-        torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1),
-        torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1),
-        out["completion_ids"].shape[1],
-    )
-    return logps.detach()
-
-
 def sampler_logps(trajectory, out, s: int = 3) -> torch.Tensor:
     """The decoder's recorded log-probs, spread to the (rollout, step) rows and kept at the scored tokens."""
     rows = out["completion_ids"].shape[0]
@@ -666,7 +656,7 @@ def test_top_k_rollouts_are_scored_with_the_same_filter(scoring_trainer, toy_tra
     scored = out["completion_mask"].bool()
     # The likelihood replays the top-k filter: the same numbers as the sampler (no correction needed).
     torch.testing.assert_close(
-        likelihood(trainer, out)[scored], sampler_logps(trajectory, out)[scored], atol=1e-5, rtol=0
+        policy_logps(trainer, out)[scored], sampler_logps(trajectory, out)[scored], atol=1e-5, rtol=0
     )
     assert "importance_sampling_ratio" not in out
 
@@ -691,7 +681,7 @@ def test_guided_rollouts_are_corrected_with_trls_importance_sampling(
     mask = out["completion_mask"]
     sampling = sampler_logps(trajectory, out)
     torch.testing.assert_close(out["sampling_per_token_logps"], sampling)
-    old = likelihood(trainer, out)
+    old = policy_logps(trainer, out)
     torch.testing.assert_close(out["old_per_token_logps"], old, atol=1e-6, rtol=0)
     diff = (old - sampling) * mask
     assert diff.abs().max() > 1e-2  # guidance really moved the sampler off the policy
@@ -769,7 +759,9 @@ def test_prewrapped_peft_adapter_is_its_own_reference(
     out = trainer._generate_and_score_completions(generation_batch(toy_train_dataset, 2))
     scored = out["completion_mask"].bool()
     # The reference is the SFT adapter, so KL is 0 at step 0 (the base model without it would not be).
-    torch.testing.assert_close(out["ref_per_token_logps"][scored], likelihood(trainer, out)[scored], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        out["ref_per_token_logps"][scored], policy_logps(trainer, out)[scored], atol=1e-6, rtol=0
+    )
     with pytest.raises(NotImplementedError, match="sync_ref_model=True.*PEFT"):
         make_trainer(make_grpo_config(tmp_path, beta=0.1, sync_ref_model=True), [word_count], model=sft_adapter())
 
@@ -1047,7 +1039,7 @@ def test_random_remasking_makes_the_trajectory_likelihood_exact(
     (trajectory,) = trajectories
     s = trainer.num_reward_steps
     assert s == 8 and int(out["completion_mask"].view(-1, s, out["completion_mask"].size(1)).sum(1).max()) == 1
-    per_rollout = likelihood(trainer, out).view(-1, s, out["completion_ids"].size(1)).sum(dim=(1, 2))
+    per_rollout = policy_logps(trainer, out).view(-1, s, out["completion_ids"].size(1)).sum(dim=(1, 2))
     maskable = processor.maskable_mask
     torch.testing.assert_close(per_rollout, trajectory.token_logprobs[:, maskable].sum(-1), atol=1e-4, rtol=0)
 
