@@ -34,8 +34,11 @@ def trajectory_picture(path: Path = ASSETS / "trajectory.png", seed: int = 4) ->
     decoder = ParallelDecoder(model, processor, RolloutConfig(num_steps=16, block_length=13))
     with torch.no_grad():
         trajectory = decoder.generate(
-            [row["prompt"]] * ROLLOUTS, images=[row["image"]] * ROLLOUTS, tasks=[row["task"]] * ROLLOUTS,
-            record_steps=STEPS, seeds=torch.arange(ROLLOUTS),
+            [row["prompt"]] * ROLLOUTS,
+            images=[row["image"]] * ROLLOUTS,
+            tasks=[row["task"]] * ROLLOUTS,
+            record_steps=STEPS,
+            seeds=torch.arange(ROLLOUTS),
         )
     clip_model, clip_tokenizer = load_toy_clip()
     reward = CLIPAlignmentReward(model=clip_model, tokenizer=clip_tokenizer)
