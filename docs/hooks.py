@@ -90,7 +90,9 @@ def _docstring_entries(doc: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    """One table cell: whitespace folded, `|` escaped outside code spans (a table keeps them inside)."""
+    parts = " ".join(text.split()).split("`")
+    return "`".join(part if i % 2 else part.replace("|", "\\|") for i, part in enumerate(parts))
 
 
 def config_reference(dotted: str) -> str:
