@@ -1,4 +1,4 @@
-"""The documentation: the site builds with `mkdocs build --strict` (a dead link, a missing page or a config field
+"""The documentation: the site builds with `mkdocs build --strict` (a dead link or anchor, a missing page or a field
 without help fails it), the config references are generated from the dataclasses, the README stays short, and every
 link into the results log names an entry that exists.
 
