@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
-# The test models are tiny: thread start-up costs more than it saves (README, "Development"). Subprocess tests set
-# OMP_NUM_THREADS themselves.
+# The test models are tiny: thread start-up costs more than it saves (docs/performance.md, "Threads on a CPU").
+# Subprocess tests set OMP_NUM_THREADS themselves.
 torch.set_num_threads(1)
 
 
