@@ -1,7 +1,7 @@
 """mkdocs hooks of pararl's documentation (`mkdocs.yml`: `hooks: [docs/hooks.py]`).
 
-- `<!-- config-reference: package.module.ClassName -->` in a page becomes the reference table of the fields that
-  dataclass declares itself (name, type, default, help), read from each field's `help` metadata, or, for a plain
+- `<!-- config-reference: package.module.ClassName -->` in a page becomes the parameter list of the fields that
+  dataclass declares itself (name, type, default, help; one anchor per field), read from each field's `help` metadata, or, for a plain
   dataclass without metadata, from its docstring's `Args:` entries. A field with neither fails the build.
   Inherited fields (TRL's, transformers') are left to their own documentation.
 - `<!-- include: path/from/the/repository/root.md -->` inlines a Markdown file kept outside `docs/` (the results log
@@ -89,14 +89,20 @@ def _docstring_entries(doc: str) -> tuple[dict[str, str], dict[str, str]]:
     return helps, sections
 
 
-def _cell(text: str) -> str:
-    """One table cell: whitespace folded, `|` escaped outside code spans (a table keeps them inside)."""
-    parts = " ".join(text.split()).split("`")
-    return "`".join(part if i % 2 else part.replace("|", "\\|") for i, part in enumerate(parts))
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _entry(field: dataclasses.Field, kind: str, help_text: str) -> str:
+    """One parameter, as TRL's docs list them: name (type, default) — help; the anchor is the field's name."""
+    return (
+        f'- <a id="{field.name}"></a>**`{field.name}`** ({_one_line(kind)}, defaults to {_default(field)}) — '
+        f"{_one_line(help_text)}"
+    )
 
 
 def config_reference(dotted: str) -> str:
-    """Markdown tables of the fields `dotted` (a dataclass) declares itself, grouped by its docstring's sections."""
+    """Parameter lists of the fields `dotted` (a dataclass) declares itself, grouped by its docstring's sections."""
     module_name, class_name = dotted.rsplit(".", 1)
     cls = getattr(importlib.import_module(module_name), class_name)
     own = cls.__dict__.get("__annotations__", {})
@@ -113,16 +119,15 @@ def config_reference(dotted: str) -> str:
             continue
         kind = f"`{_type_name(hints.get(field.name, field.type))}`"
         if field.metadata.get("choices"):
-            kind += " (one of " + ", ".join(f"`{choice}`" for choice in field.metadata["choices"]) + ")"
-        row = f"| `{field.name}` | {_cell(kind)} | {_cell(_default(field))} | {_cell(help_text)} |"
-        groups.setdefault(sections.get(field.name, ""), []).append(row)
+            kind += ", one of " + ", ".join(f"`{choice}`" for choice in field.metadata["choices"])
+        groups.setdefault(sections.get(field.name, ""), []).append(_entry(field, kind, help_text))
     if missing:
         raise ValueError(f"{dotted}: no help metadata nor docstring entry for the fields {missing}.")
     out = []
-    for section, rows in groups.items():
+    for section, entries in groups.items():
         if section or len(groups) > 1:
-            out += [f"**{section or 'Defaults this class changes from its parent'}**", ""]
-        out += ["| field | type | default | what it does |", "| --- | --- | --- | --- |", *rows, ""]
+            out += [f"### {section or 'Defaults this class changes from its parent'}", ""]
+        out += [*entries, ""]
     return "\n".join(out)
 
 

@@ -59,8 +59,8 @@ def test_the_config_reference_is_generated_from_the_dataclass(site, page, dotted
     cls = getattr(importlib.import_module(module), name)
     declared = [f.name for f in dataclasses.fields(cls) if f.name in cls.__dict__.get("__annotations__", {})]
     assert declared
-    missing = [field for field in declared if f"<td><code>{field}</code></td>" not in html]
-    assert not missing, f"{page} has no row for {missing}"
+    missing = [field for field in declared if f'<a id="{field}"></a><strong><code>{field}</code></strong>' not in html]
+    assert not missing, f"{page} has no entry for {missing}"
 
 
 def test_the_results_log_is_included_once(site):
