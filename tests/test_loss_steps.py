@@ -229,6 +229,46 @@ def test_nonsense_loss_step_settings_are_refused(make_grpo_config, tmp_path, kwa
         make_grpo_config(tmp_path, **{**JOB, **kwargs})
 
 
+@pytest.mark.parametrize("credited", ["image", "text"])
+@pytest.mark.parametrize("loss_steps", ["all", "rewarded"])
+def test_one_modality_credited_keeps_every_row_state_exact(generate, processor, credited, loss_steps):
+    """`loss_modalities`: a row scores only the credited modality's tokens of its step, on the same state as with both
+    credited (its log-probs are the sampler's own), and the other modality's tokens of the step stay masked."""
+    settings = dict(**BLOCKS, loss_steps=loss_steps, remasking="low_confidence")
+    _, both, _ = generate(**settings)
+    trainer, out, trajectory = generate(**settings, loss_modalities=credited)
+    own = getattr(processor, f"{credited}_slot_mask")
+    scored, scored_both = out["completion_mask"].bool(), both["completion_mask"].bool()
+    assert scored.any() and not (scored & ~own).any()
+    assert torch.equal(scored, scored_both & own)  # the same rows, each cut to the credited modality
+    uncredited = scored_both & ~own
+    assert uncredited.any()
+    mask_id = processor.preset.mask_token_id
+    assert torch.equal(out["completion_ids"], both["completion_ids"].masked_fill(uncredited, mask_id))
+    # The likelihood rebuilds the state the tokens were drawn from: the rows' log-probs are the sampler's.
+    rows_per_rollout = out["completion_ids"].shape[0] // trajectory.batch_size
+    sampling = trajectory.token_logprobs.repeat_interleave(rows_per_rollout, 0)
+    torch.testing.assert_close(policy_logps(trainer, out)[scored], sampling[scored], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["sampling_per_token_logps"], sampling * out["completion_mask"])
+    span = trainer._spans[0 if credited == "image" else 1]  # the other modality's span gets no logits
+    assert span.num_scored == 0
+    if loss_steps == "all":  # the credited tokens keep their reward-to-go advantages
+        torch.testing.assert_close(out["advantages"], both["advantages"] * own)
+    else:
+        torch.testing.assert_close(out["advantages"], both["advantages"])
+
+
+def test_one_modality_credited_trains(train, tmp_path):
+    trainer = train(tmp_path, loss_modalities="image", loss_step_group=4, beta=0.1)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logged)
+
+
+def test_unknown_loss_modalities_are_refused(make_grpo_config, tmp_path):
+    with pytest.raises(ValueError, match="loss_modalities='pixels' is not one of"):
+        make_grpo_config(tmp_path, loss_modalities="pixels")
+
+
 def word_count(completions, **kwargs):
     return [len(text.split()) / 10 for text in completions]
 

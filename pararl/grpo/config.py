@@ -15,6 +15,7 @@ from ..rollout.schedules import DECODE_ORDERS, SCHEDULES
 ADVANTAGE_MODES = ("per_step", "trajectory_mean")
 LIKELIHOODS = ("trajectory", "random_mask")
 LOSS_STEPS = ("rewarded", "all")
+LOSS_MODALITIES = ("both", "text", "image")
 
 
 @dataclass
@@ -144,6 +145,11 @@ class DiffusionGRPOConfig(GRPOConfig):
             before it in the group, so the scored distribution is not the sampled one; the rollout's own log-probs
             stay the behaviour policy and TRL's importance-sampling correction (`vllm_importance_sampling_*`)
             reweights the loss when `vllm_importance_sampling_correction` is on.
+        loss_modalities (`str`, *optional*, defaults to `"both"`):
+            Whose revealed tokens the loss scores: `"both"` modalities, only the `"image"`'s or only the `"text"`'s.
+            The other modality's tokens still condition every scored token exactly as in the rollout (each row's
+            state is unchanged); they only take no gradient, so RL cannot move their choices. Crediting only the
+            image asks the picture to follow the text rather than the text to narrow its choices.
         reward_clip (`float`, *optional*, defaults to `1.0`):
             Clip constant c of the reward normalisation: z clipped to [-c, c], then mapped to [0, 1].
         reward_calibration_fraction (`float`, *optional*, defaults to `0.01`):
@@ -366,6 +372,17 @@ class DiffusionGRPOConfig(GRPOConfig):
             "(`vllm_importance_sampling_*`) reweights the loss when `vllm_importance_sampling_correction` is on.",
         },
     )
+    loss_modalities: str = field(
+        default="both",
+        metadata={
+            "help": 'Whose revealed tokens the loss scores: `"both"` modalities, only the `"image"`\'s or only the '
+            "`\"text\"`'s. The other modality's tokens still condition every scored token exactly as in the rollout "
+            "(each row's state is unchanged); they only take no gradient, so RL cannot move their choices. "
+            "Crediting only the image asks the picture to follow the text rather than the text to narrow its "
+            "choices.",
+            "choices": list(LOSS_MODALITIES),
+        },
+    )
     reward_clip: float = field(
         default=1.0,
         metadata={
@@ -422,6 +439,7 @@ class DiffusionGRPOConfig(GRPOConfig):
             "advantage_mode": ADVANTAGE_MODES,
             "likelihood": LIKELIHOODS,
             "loss_steps": LOSS_STEPS,
+            "loss_modalities": LOSS_MODALITIES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

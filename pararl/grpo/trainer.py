@@ -361,6 +361,14 @@ class DiffusionGRPOTrainer(_TRLAdapter):
         self.loss_all_steps = args.loss_steps == "all"
         group = args.loss_step_group
         text_bound, image_bound = (_grouped_bounds(bound, group) for bound in decoder.max_reveals_per_modality)
+        # Only the credited modalities' tokens are scored (`loss_modalities`): the other's span gets no logits.
+        if args.loss_modalities == "image":
+            text_bound = [0] * len(text_bound)
+        elif args.loss_modalities == "text":
+            image_bound = [0] * len(image_bound)
+        self._credited_slots = None
+        if args.loss_modalities != "both":
+            self._credited_slots = getattr(self.processor, f"{args.loss_modalities}_slot_mask")
         trajectory = args.likelihood == "trajectory"
         self._spans = _likelihood_spans(
             self.processor,
@@ -727,7 +735,20 @@ class DiffusionGRPOTrainer(_TRLAdapter):
             row_ids = index.global_rollouts.repeat_interleave(s) * s + torch.arange(s).repeat(local_size)
             row_seeds = self._row_seeds(row_ids, generation_round)
             completion_mask = self._random_masks(row_seeds.to(device))
+        if self._credited_slots is not None:
+            completion_ids, completion_mask = self._credit_only(completion_ids, completion_mask)
         return prompt_ids, prompt_mask, completion_ids, completion_mask
+
+    def _credit_only(
+        self, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows that score only the credited modality's tokens (`loss_modalities`). The other modality's tokens of
+        the row's step stay `[MASK]` in `completion_ids`: the likelihood re-masks only the scored tokens, so every
+        row keeps exactly the state its tokens were drawn from."""
+        credited = self._credited_slots.to(completion_mask.device)
+        uncredited = completion_mask.bool() & ~credited
+        completion_ids = completion_ids.masked_fill(uncredited, self.processor.preset.mask_token_id)
+        return completion_ids, completion_mask * credited
 
     def _score_states(
         self, trajectory: Trajectory, index: "_RowIndex", prompts, input_images, columns
