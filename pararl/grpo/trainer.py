@@ -361,14 +361,14 @@ class DiffusionGRPOTrainer(_TRLAdapter):
         self.loss_all_steps = args.loss_steps == "all"
         group = args.loss_step_group
         text_bound, image_bound = (_grouped_bounds(bound, group) for bound in decoder.max_reveals_per_modality)
-        # Only the credited modalities' tokens are scored (`loss_modalities`): the other's span gets no logits.
-        if args.loss_modalities == "image":
-            text_bound = [0] * len(text_bound)
-        elif args.loss_modalities == "text":
-            image_bound = [0] * len(image_bound)
+        # With one modality credited (`loss_modalities`) only its tokens are scored: the other's span gets no logits.
         self._credited_slots = None
         if args.loss_modalities != "both":
             self._credited_slots = getattr(self.processor, f"{args.loss_modalities}_slot_mask")
+            text_bound, image_bound = (
+                bound if name == args.loss_modalities else [0] * len(bound)
+                for name, bound in (("text", text_bound), ("image", image_bound))
+            )
         trajectory = args.likelihood == "trajectory"
         self._spans = _likelihood_spans(
             self.processor,
@@ -396,8 +396,7 @@ class DiffusionGRPOTrainer(_TRLAdapter):
         if self._corrects_off_policy and args.likelihood != "trajectory":
             raise ValueError(
                 "The importance-sampling correction of an off-policy rollout (guidance, an input cache) needs "
-                "likelihood='trajectory' "
-                "(the sampler's log-probs are per revealed token at its step); use it, or set "
+                "likelihood='trajectory' (the sampler's log-probs are per revealed token at its step); use it, or set "
                 "vllm_importance_sampling_correction=False."
             )
         if off_policy and not args.vllm_importance_sampling_correction:
