@@ -46,9 +46,6 @@ def usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
-_fail = usage_error
-
-
 def _one_per_option(candidates: list[str], flags: dict[str, str]) -> list[str]:
     """The first spelling of each option (`--num_reward_steps`, not also its alias `--num-reward-steps`)."""
     seen, kept = set(), []
@@ -73,14 +70,14 @@ def check_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
             continue
         longer = _one_per_option(sorted(flag for flag in flags if flag.startswith(name)), flags)
         if longer:
-            _fail(
+            usage_error(
                 parser,
                 f"{name} is not a flag; abbreviations are not accepted, write the whole name: "
                 f"{' or '.join(longer[:5])}",
             )
         close = _one_per_option(difflib.get_close_matches(name, list(flags), n=6, cutoff=0.6), flags)[:3]
         hint = f"; did you mean {' or '.join(close)}?" if close else " (see --help)"
-        _fail(parser, f"unrecognized flag {name}{hint}")
+        usage_error(parser, f"unrecognized flag {name}{hint}")
     _check_config_keys(parser, argv, flags)
 
 
@@ -97,7 +94,7 @@ def _check_config_keys(parser: argparse.ArgumentParser, argv: Sequence[str], fla
         close = [f"--{k}" for k in difflib.get_close_matches(str(key), list(keys), n=6, cutoff=0.6)]
         close = [flag[2:] for flag in _one_per_option(close, flags)[:3]]
         hint = f"; did you mean {' or '.join(close)}?" if close else " (see --help for the flags it may set)"
-        _fail(parser, f"{path}: unknown key {key}{hint}")
+        usage_error(parser, f"{path}: unknown key {key}{hint}")
 
 
 def _config_path(argv: Sequence[str]) -> str | None:
@@ -116,15 +113,17 @@ def _read_config(parser: argparse.ArgumentParser, path: str) -> dict:
         with open(path) as f:
             config = yaml.safe_load(f)
     except OSError as error:
-        _fail(parser, f"--config {path}: {error.strerror}")
+        usage_error(parser, f"--config {path}: {error.strerror}")
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        _fail(parser, f"--config {path} is not valid YAML ({getattr(error, 'problem', None) or error}{where})")
+        usage_error(parser, f"--config {path} is not valid YAML ({getattr(error, 'problem', None) or error}{where})")
     if config is None:
         return {}
     if not isinstance(config, dict):
-        _fail(parser, f"--config {path} must hold a mapping of flag names to values, got {type(config).__name__}")
+        usage_error(
+            parser, f"--config {path} must hold a mapping of flag names to values, got {type(config).__name__}"
+        )
     return config
 
 
@@ -145,13 +144,10 @@ def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[s
     """Destinations set on the command line or in the `--config` YAML file (TrlParser's), e.g. to know whether a
     script-level default was overridden."""
     flags = _long_flags(parser)
-    given = set()
-    for i, token in enumerate(argv):
-        name = token.split("=", 1)[0]
-        if name == "--config" and i + 1 < len(argv) and os.path.isfile(argv[i + 1]):
-            given.update(key for key in _read_config(parser, argv[i + 1]) if key != "env")
-        elif name in flags:
-            given.add(flags[name])
+    given = {flags[name] for name in (token.split("=", 1)[0] for token in argv) if name in flags}
+    path = _config_path(argv)
+    if path is not None and os.path.isfile(path):
+        given.update(key for key in _read_config(parser, path) if key != "env")
     return given
 
 
