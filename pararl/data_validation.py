@@ -32,6 +32,7 @@ problems) is cached by `datasets` for datasets stored on disk, so a second train
 
 import io
 import itertools
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -486,8 +487,6 @@ def check_dataset(
         num_rows = len(dataset)
         problems = _problems_of_dataset(dataset, processor, stage, name, num_proc, batch_size)
     elif isinstance(dataset, datasets.IterableDataset):
-        import warnings
-
         warnings.warn(
             f"the {name} dataset is streamed: only its first {_STREAM_ROWS_CHECKED:,} rows are checked before "
             "training; later bad rows fail when their batch arrives.",
@@ -507,8 +506,6 @@ def _warn_unknown_words(processor, name: str, notes: Sequence[RowProblem], num_r
     """One warning when more than 1% of the checked rows have prompt words the tokenizer does not know."""
     if not notes or num_rows == 0:
         return
-    import warnings
-
     notes = sorted(notes, key=lambda p: p.row)
     of = f" of {num_rows:,}" if num_rows is not None else ""
     if num_rows is not None and len(notes) <= _UNKNOWN_WORDS_SHARE * num_rows:
