@@ -11,11 +11,13 @@ step at which each was revealed. **Coupling** asks whether either output listens
 modality written first (`order="text_then_image"` / `"image_then_text"`) and measure coordination there.
 """
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
+from .evaluate import generate_predictions
 from .palette import COLOUR_CODES, TOY_COLOURS
 from .scenes import SLOT_NAMES, ToyObject
 
@@ -25,6 +27,7 @@ __all__ = [
     "Decisions",
     "agreement_statistics",
     "coordination_report",
+    "format_coordination",
     "measure_coordination",
     "read_colour_decisions",
 ]
@@ -143,10 +146,6 @@ def measure_coordination(
     (:func:`agreement_statistics`) and when each output reveals the decision.
 
     Row noise comes from (`seed`, rollout index), so the result does not depend on `batch_size`."""
-    import json
-
-    from .evaluate import generate_predictions
-
     rollouts = dataset.select([i for i in range(len(dataset)) for _ in range(generations)])
     predictions = generate_predictions(
         model, processor, rollouts, rollout_config, batch_size=batch_size, seed=seed, keep_step_maps=True
@@ -181,13 +180,13 @@ def format_coordination(report: dict[str, dict]) -> str:
     ]
     for name, stats in report.items():
         reveal = stats["reveal"]
-
-        def share(value):
-            return "       -" if value is None else f"{value:8.1f}"
-
         lines.append(
             f"{name:<12} {stats['matched']:8.1f} {stats['independent']:8.1f} {stats['coordination']:+8.1f}"
             f" {stats['distinct_text_choices']:10.2f} {stats['distinct_image_choices']:10.2f}"
-            f" {share(reveal['text_first']):>9} {share(reveal['image_first']):>10}"
+            f" {_share(reveal['text_first']):>9} {_share(reveal['image_first']):>10}"
         )
     return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "       -" if value is None else f"{value:8.1f}"
